@@ -1,1 +1,24 @@
-//! x
+//! The capmesh node as a library: data directory, configuration and (as the node grows) its
+//! assembly and launch. The `capmesh` binary is a thin CLI over this crate; tests drive it too.
+//!
+//! ```no_run
+//! let dir = capmesh::DataDir::new("/tmp/capmesh-example");
+//! let created = dir.init()?;
+//! println!("{}", created.peer_id);
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+
+pub mod config;
+mod data_dir;
+pub mod inspect;
+
+pub use config::Config;
+pub use data_dir::{DataDir, Initialized};
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -210,10 +210,13 @@ fn int(out: &mut Vec<u8>, n: i128) {
     }
 }
 
-/// `Some(n)` when `f` is integral and fits a CBOR integer (RFC 8949 §4.2.2 numeric reduction).
+/// `Some(n)` when `f` is integral and fits a 64-bit integer, signed or unsigned: -2^63 ..
+/// 2^64 (RFC 8949 §4.2.2 numeric reduction). The range is the JSON data model's, so every
+/// reduced number decodes back into JSON; integral floats outside it stay floats.
 fn reduce(f: f64) -> Option<i128> {
     const TWO_64: f64 = 18_446_744_073_709_551_616.0;
-    (f.fract() == 0.0 && (-TWO_64..TWO_64).contains(&f)).then_some(f as i128)
+    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+    (f.fract() == 0.0 && (-TWO_63..TWO_64).contains(&f)).then_some(f as i128)
 }
 
 fn write(value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<(), EncodeError> {
@@ -501,10 +504,12 @@ mod tests {
         check(&bytes, Limits::default()).unwrap();
         assert!(to_vec(&f64::NAN).is_err());
         assert!(to_vec(&f64::INFINITY).is_err());
-        // u64::MAX as a float (2^64) does not fit; -2^64 does (the most negative CBOR integer).
+        // 2^64 and -2^63-2048 do not fit 64-bit integers: they stay floats. -2^63 fits.
+        assert_eq!(to_vec(&18_446_744_073_709_551_616.0f64).unwrap()[0], 0xfb);
+        assert_eq!(to_vec(&-9_223_372_036_854_777_856.0f64).unwrap()[0], 0xfb);
         assert_eq!(
-            to_vec(&-18_446_744_073_709_551_616.0f64).unwrap(),
-            hex("3bffffffffffffffff")
+            to_vec(&-9_223_372_036_854_775_808.0f64).unwrap(),
+            hex("3b7fffffffffffffff")
         );
     }
 

@@ -18,9 +18,11 @@ pub struct Contract {
     /// Semantic version of the contract.
     pub version: String,
     pub description: String,
-    /// JSON Schema 2020-12 of the arguments.
+    /// JSON Schema 2020-12 of the arguments (an object or a boolean).
+    #[serde(deserialize_with = "json_schema")]
     pub input: serde_json::Value,
-    /// JSON Schema 2020-12 of the output.
+    /// JSON Schema 2020-12 of the output (an object or a boolean).
+    #[serde(deserialize_with = "json_schema")]
     pub output: serde_json::Value,
     pub tags: Vec<String>,
     /// Calling it changes nothing.
@@ -29,6 +31,19 @@ pub struct Contract {
     pub idempotent: bool,
     /// The output arrives as `TaskProgress` chunks.
     pub streaming: bool,
+}
+
+/// A JSON Schema is an object or a boolean; anything else cannot be one. (Whether it is a valid
+/// 2020-12 schema is checked where contracts are admitted, with the meta-schema.)
+fn json_schema<'de, D: serde::Deserializer<'de>>(d: D) -> Result<serde_json::Value, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    if value.is_object() || value.is_boolean() {
+        Ok(value)
+    } else {
+        Err(serde::de::Error::custom(
+            "a JSON Schema must be an object or a boolean",
+        ))
+    }
 }
 
 /// A price: an unsigned amount in a unit the caller may or may not accept.

@@ -1,0 +1,333 @@
+//! Deterministic sample values of every wire type: `full` with every optional field present,
+//! `min` with none. Used by the vector generator, the schema drift guard and the benchmarks.
+
+use capmesh_types::{Cid, Codec, Digest, NodeKey, PeerId};
+use capmesh_wire::{repr::Bytes, repr::FixedBytes, *};
+use serde_json::json;
+
+pub const NOW: u64 = 1_760_000_000_000;
+
+pub fn provider() -> NodeKey {
+    NodeKey::from_seed([0x11; 32])
+}
+pub fn caller() -> NodeKey {
+    NodeKey::from_seed([0x22; 32])
+}
+pub fn issuer() -> NodeKey {
+    NodeKey::from_seed([0x33; 32])
+}
+
+pub fn contract(full: bool) -> Contract {
+    Contract {
+        name: "text.summarize".into(),
+        version: "1.2.0".into(),
+        description: "Summarize a text in at most n words.".into(),
+        input: json!({
+            "type": "object",
+            "properties": {"text": {"type": "string"}, "n": {"type": "integer", "minimum": 1}},
+            "required": ["text"],
+            "additionalProperties": false
+        }),
+        output: json!({"type": "object", "properties": {"summary": {"type": "string"}}, "required": ["summary"]}),
+        tags: if full {
+            vec!["nlp".into(), "summarize".into()]
+        } else {
+            vec![]
+        },
+        read_only: true,
+        idempotent: true,
+        streaming: false,
+    }
+}
+
+pub fn capability() -> Cid {
+    Cid::of(
+        Codec::DagCbor,
+        &cbor::to_vec(&contract(true)).expect("canonical"),
+    )
+}
+
+pub fn cid(n: u8) -> Cid {
+    Cid::of(Codec::DagCbor, &[n])
+}
+
+pub fn price() -> Price {
+    Price {
+        amount: 250,
+        unit: "usd-micro".into(),
+    }
+}
+
+pub fn advert(full: bool) -> Advert {
+    Advert {
+        capability: capability(),
+        provider: provider().peer_id(),
+        addrs: if full {
+            vec!["/ip4/127.0.0.1/tcp/4001".into()]
+        } else {
+            vec![]
+        },
+        price: price(),
+        limits: Limits {
+            timeout_ms: 30_000,
+            max_input_bytes: 65_536,
+            concurrency: 8,
+        },
+        attestations: if full { vec![cid(1)] } else { vec![] },
+        seq: 3,
+        issued: NOW - 1_000,
+        expires: NOW + 3_600_000,
+    }
+}
+
+pub fn retirement() -> Retirement {
+    Retirement {
+        provider: provider().peer_id(),
+        capability: capability(),
+        seq: 4,
+        issued: NOW - 500,
+    }
+}
+
+pub fn attestation(subject_cid: bool) -> Attestation {
+    Attestation {
+        issuer: issuer().peer_id(),
+        subject: if subject_cid {
+            Subject::Cid(capability())
+        } else {
+            Subject::Peer(provider().peer_id())
+        },
+        claim: "audited".into(),
+        issued: NOW - 2_000,
+        expires: NOW + 86_400_000,
+    }
+}
+
+pub fn call_id() -> CallId {
+    FixedBytes([0xca; 16])
+}
+
+pub fn receipt(full: bool) -> Receipt {
+    Receipt {
+        call: call_id(),
+        capability: capability(),
+        caller: caller().peer_id(),
+        provider: provider().peer_id(),
+        offer: cid(2),
+        input: Digest::of(b"args"),
+        output: full.then(|| Digest::of(b"output")),
+        price: price(),
+        started: NOW - 300,
+        ended: NOW - 100,
+        status: if full {
+            CallStatus::Ok
+        } else {
+            CallStatus::Failed
+        },
+        validation: if full {
+            Validation::Passed
+        } else {
+            Validation::Skipped
+        },
+    }
+}
+
+pub fn countersignature() -> Countersignature {
+    Countersignature {
+        receipt: cid(3),
+        caller: caller().peer_id(),
+        signed: NOW - 50,
+    }
+}
+
+pub fn signed<T: Record>(key: &NodeKey, record: &T) -> Signed<T> {
+    Signed::sign(key, record).expect("fixture signer matches")
+}
+
+pub fn error_body(full: bool) -> ErrorBody {
+    ErrorBody {
+        code: "RateLimited".into(),
+        message: "too many calls from this peer".into(),
+        retryable: true,
+        retry_after_ms: full.then_some(1_500),
+    }
+}
+
+fn range() -> SyncRange {
+    SyncRange {
+        lower: Bytes(vec![]),
+        upper: Bytes(cid(9).to_bytes().to_vec()),
+        count: 12,
+        fingerprint: Digest::of(b"fp"),
+    }
+}
+
+/// One body per kind, in `Kind::ALL` order; `full` sets every optional field.
+pub fn bodies(full: bool) -> Vec<Body> {
+    let advert = signed(&provider(), &advert(full));
+    let attestation = signed(&issuer(), &attestation(full));
+    let retirement = signed(&provider(), &retirement());
+    vec![
+        AdvertiseCapability {
+            advert: advert.clone(),
+            contract: contract(full),
+        }
+        .into(),
+        Retire {
+            retirement: retirement.clone(),
+        }
+        .into(),
+        Attest {
+            attestation: attestation.clone(),
+        }
+        .into(),
+        Discover {
+            ids: if full { vec![capability()] } else { vec![] },
+            filter: full.then(|| Filter {
+                tags: vec!["nlp".into()],
+                name_prefix: Some("text.".into()),
+                text: Some("summarize".into()),
+                provider: Some(provider().peer_id()),
+                max_price: Some(price()),
+                claim: Some("audited".into()),
+                issuer: Some(issuer().peer_id()),
+                issued_after: Some(NOW - 86_400_000),
+            }),
+            limit: 50,
+            cursor: full.then(|| Bytes(vec![1, 2, 3])),
+        }
+        .into(),
+        DiscoverResult {
+            contracts: if full { vec![contract(true)] } else { vec![] },
+            adverts: if full { vec![advert.clone()] } else { vec![] },
+            attestations: if full {
+                vec![attestation.clone()]
+            } else {
+                vec![]
+            },
+            retirements: if full {
+                vec![retirement.clone()]
+            } else {
+                vec![]
+            },
+            cursor: full.then(|| Bytes(vec![4, 5])),
+        }
+        .into(),
+        if full {
+            Sync::Reconcile {
+                ranges: vec![range()],
+            }
+            .into()
+        } else {
+            Sync::Log {
+                from: 0,
+                limit: 500,
+            }
+            .into()
+        },
+        SyncResult {
+            records: if full {
+                vec![
+                    AnyRecord::Advert(advert.clone()),
+                    AnyRecord::Retirement(retirement),
+                    AnyRecord::Attestation(attestation),
+                ]
+            } else {
+                vec![]
+            },
+            contracts: if full { vec![contract(true)] } else { vec![] },
+            next: 42,
+            head: 42,
+            ranges: if full { vec![range()] } else { vec![] },
+        }
+        .into(),
+        Intent {
+            capability: capability(),
+            max_price: full.then(price),
+            calls: 10,
+            deadline: NOW + 30_000,
+        }
+        .into(),
+        Offer {
+            capability: capability(),
+            price: price(),
+            latency_ms: 120,
+            calls: 10,
+            expires: NOW + 60_000,
+        }
+        .into(),
+        Negotiate {
+            action: if full {
+                NegotiateAction::Counter
+            } else {
+                NegotiateAction::Accept
+            },
+            offer: full.then(|| cid(2)),
+            price: full.then(|| Price {
+                amount: 200,
+                unit: "usd-micro".into(),
+            }),
+            reason: full.then(|| "budget".into()),
+        }
+        .into(),
+        TaskStart {
+            call: call_id(),
+            capability: capability(),
+            offer: cid(2),
+            args: json!({"text": "The quick brown fox jumps over the lazy dog.", "n": 3}),
+            deadline: NOW + 30_000,
+        }
+        .into(),
+        TaskAccepted { call: call_id() }.into(),
+        TaskProgress {
+            call: call_id(),
+            seq: 0,
+            data: Bytes(b"chunk".to_vec()),
+            chain: Digest::of(&[[0u8; 32].as_slice(), b"chunk"].concat()),
+        }
+        .into(),
+        TaskDone {
+            call: call_id(),
+            output: full.then(|| json!({"summary": "Fox jumps dog."})),
+            error: full.then(|| error_body(true)),
+            receipt: signed(&provider(), &receipt(full)),
+        }
+        .into(),
+        TaskCancel {
+            call: call_id(),
+            reason: full.then(|| "user pressed ctrl-c".into()),
+        }
+        .into(),
+        ReceiptCountersign {
+            countersignature: signed(&caller(), &countersignature()),
+        }
+        .into(),
+        error_body(full).into(),
+    ]
+}
+
+/// Who sends each kind in the fixtures, and to whom (`None` for gossip).
+pub fn parties(kind: Kind) -> (NodeKey, Option<PeerId>) {
+    use Kind::*;
+    match kind {
+        AdvertiseCapability | Retire => (provider(), None),
+        Attest => (issuer(), None),
+        Discover | Sync | Intent | Negotiate | TaskStart | TaskCancel | Receipt => {
+            (caller(), Some(provider().peer_id()))
+        }
+        _ => (provider(), Some(caller().peer_id())),
+    }
+}
+
+/// A signed envelope for `body` at `NOW` with fixed nonce and trace.
+pub fn envelope(body: Body) -> Envelope {
+    let (key, to) = parties(body.kind());
+    let mut builder = Envelope::builder(body)
+        .nonce(FixedBytes([7; 8]))
+        .trace(FixedBytes([9; 16]))
+        .ttl_ms(60_000);
+    if let Some(to) = to {
+        builder = builder.to(to).re(cid(5));
+    }
+    builder.sign(&key, NOW).expect("fixture envelope signs")
+}

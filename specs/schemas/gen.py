@@ -1,0 +1,1449 @@
+#!/usr/bin/env python3
+"""Generates the JSON Schemas (2020-12) of capmesh's wire objects and their example instances.
+
+    python3 specs/schemas/gen.py            # (re)write specs/schemas/**.json and specs/examples/**.json
+    python3 specs/schemas/gen.py --check    # exit 1 if a generated file is missing or differs
+    python3 specs/schemas/gen.py --verify   # also validate the schemas against the 2020-12
+                                            # meta-schema and every example against its schema
+                                            # (needs the `jsonschema` package)
+
+Every schema is built from the single table `DEFS` below, so a shared part (a CID, a Price, a signed
+record) has one definition. Each written file is self-contained: what it uses is copied into its own
+`$defs`, and no `$ref` leaves the document. The schemas mirror the serde types of `capmesh-wire`
+(crates/wire/src/records.rs, kinds.rs, repr.rs) in their JSON projection: byte strings as unpadded
+base64url, CIDs as CIDv1 base32 lower-case text, PeerIds as base58btc text.
+
+The body schemas in kinds/ are protocol constants: an envelope names the CID of its body's schema
+(DESIGN §2), so any change to those files, descriptions included, changes the wire.
+
+Examples (specs/examples/, same relative paths) have the shape
+`{"valid": [instance, ...], "invalid": [{"why": ..., "instance": ...}, ...]}`. Each invalid instance
+is a valid one with exactly one change, the one its `why` names. Keys, PeerIds and CIDs are
+well-formed (PeerIds of real ed25519 keys, derived below from fixed seeds), but CIDs are not the ids
+of actual content and signatures are not actual signatures: these are shape examples; the vectors
+in specs/vectors/ are the cryptographic ones. Only the standard library is needed to generate.
+"""
+
+import base64
+import copy
+import hashlib
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCHEMAS = HERE
+EXAMPLES = os.path.join(os.path.dirname(HERE), "examples")
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+U64_MAX = 2**64 - 1
+U32_MAX = 2**32 - 1
+
+# ---------------------------------------------------------------------------------------------
+# Encodings, with the exact text patterns the Rust decoders accept.
+# ---------------------------------------------------------------------------------------------
+
+B64 = "[A-Za-z0-9_-]"
+# data_encoding checks trailing bits, so the last character of unpadded base64url carries zero
+# padding bits: 2 padding bits (after 2 bytes) or 4 (after 1 byte).
+B64_LAST_2 = "[AEIMQUYcgkosw048]"
+B64_LAST_4 = "[AQgw]"
+
+
+def b64_fixed_pattern(n):
+    """Pattern of exactly `n` bytes as unpadded base64url."""
+    full, rest = divmod(n, 3)
+    if rest == 0:
+        return f"^{B64}{{{4 * full}}}$"
+    if rest == 1:
+        return f"^{B64}{{{4 * full + 1}}}{B64_LAST_4}$"
+    return f"^{B64}{{{4 * full + 2}}}{B64_LAST_2}$"
+
+
+B64_ANY_PATTERN = f"^(?:{B64}{{4}})*(?:{B64}{B64_LAST_4}|{B64}{{2}}{B64_LAST_2})?$"
+
+# CIDv1 text: 'b' + base32 lower (no padding) of 0x01, codec (0x71 dag-cbor -> "afy", 0x55 raw ->
+# "afk"), 0x1e 0x20 (BLAKE3-256, 32 bytes) and the digest: 58 characters whose last one carries
+# 2 zero padding bits.
+CID_PATTERN = "^baf[yk]r4i[a-z2-7]{51}[aeimquy4]$"
+# base58btc of 0x00 0x24 0x08 0x01 0x12 0x20 + 32-byte ed25519 key: always 52 characters.
+PEER_ID_PATTERN = "^12D3KooW[1-9A-HJ-NP-Za-km-z]{44}$"
+# Semantic Versioning 2.0.0 (the regex suggested on semver.org, with [0-9] for \d).
+SEMVER_PATTERN = (
+    "^(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)\\.(0|[1-9][0-9]*)"
+    "(?:-(?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)"
+    "(?:\\.(?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*)?"
+    "(?:\\+[0-9a-zA-Z-]+(?:\\.[0-9a-zA-Z-]+)*)?$"
+)
+NAME_PATTERN = "^[a-z][a-z0-9_.-]{0,63}$"
+TAG_PATTERN = "^[a-z0-9][a-z0-9_.:-]{0,63}$"
+CLAIM_PATTERN = "^[a-z0-9][a-z0-9_.:/-]{0,127}$"
+CODE_PATTERN = "^[A-Z][A-Za-z0-9]{0,63}$"
+UNIT_PATTERN = "^[A-Za-z0-9_.:-]{1,32}$"
+
+# ---------------------------------------------------------------------------------------------
+# The table of definitions.
+# ---------------------------------------------------------------------------------------------
+
+
+def ref(name, description=None):
+    out = {"$ref": f"#/$defs/{name}"}
+    if description:
+        out["description"] = description
+    return out
+
+
+def array(items, description=None, **extra):
+    out = {"type": "array", "items": items, **extra}
+    if description:
+        out["description"] = description
+    return out
+
+
+def string(description=None, **extra):
+    out = {"type": "string", **extra}
+    if description:
+        out["description"] = description
+    return out
+
+
+def boolean(description):
+    return {"type": "boolean", "description": description}
+
+
+def struct(description, fields, optional=()):
+    """A serde struct with `deny_unknown_fields`: `fields` in Rust order; `optional` names the
+    `Option` fields skipped when `None` (absent, never null)."""
+    names = [name for name, _ in fields]
+    assert set(optional) <= set(names), optional
+    return {
+        "type": "object",
+        "description": description,
+        "properties": dict(fields),
+        "required": [name for name in names if name not in optional],
+        "additionalProperties": False,
+    }
+
+
+def tagged(description, variants):
+    """An externally tagged serde enum: an object with exactly one property, the variant's name."""
+    return {
+        "type": "object",
+        "description": description,
+        "oneOf": [
+            {
+                "properties": {name: schema},
+                "required": [name],
+                "additionalProperties": False,
+            }
+            for name, schema in variants
+        ],
+    }
+
+
+def unit_enum(description, names):
+    return {"type": "string", "description": description, "enum": list(names)}
+
+
+def signed(record):
+    return {
+        "type": "object",
+        "description": (
+            f"A signed {record}: the {record}'s JSON projection and the ed25519 signature over "
+            f"the domain tag `pervasive.link/v1/{DOMAINS[record]}` followed by the canonical "
+            "CBOR of the payload."
+        ),
+        "properties": {"payload": ref(record), "sig": ref("Signature")},
+        "required": ["payload", "sig"],
+        "additionalProperties": False,
+    }
+
+
+DOMAINS = {
+    "Advert": "advert",
+    "Retirement": "retirement",
+    "Attestation": "attestation",
+    "Receipt": "receipt",
+    "Countersignature": "countersign",
+}
+
+KINDS = [
+    # (kind, body type, carrier)
+    ("AdvertiseCapability", "AdvertiseCapability", "gossip"),
+    ("Retire", "Retire", "gossip"),
+    ("Attest", "Attest", "gossip"),
+    ("Discover", "Discover", "rpc"),
+    ("DiscoverResult", "DiscoverResult", "rpc"),
+    ("Sync", "Sync", "rpc"),
+    ("SyncResult", "SyncResult", "rpc"),
+    ("Intent", "Intent", "rpc"),
+    ("Offer", "Offer", "rpc"),
+    ("Negotiate", "Negotiate", "rpc"),
+    ("TaskStart", "TaskStart", "rpc"),
+    ("TaskAccepted", "TaskAccepted", "rpc"),
+    ("TaskProgress", "TaskProgress", "rpc"),
+    ("TaskDone", "TaskDone", "rpc"),
+    ("TaskCancel", "TaskCancel", "rpc"),
+    ("Receipt", "ReceiptCountersign", "rpc"),
+    ("Error", "ErrorBody", "rpc"),
+]
+
+CARRIERS = {
+    "gossip": "gossip on `capmesh/registry/1`, or rpc",
+    "rpc": "request-response `/capmesh/rpc/1.0.0` only",
+}
+
+DEFS = {
+    # --- scalars --------------------------------------------------------------------------
+    "U64": {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": U64_MAX,
+        "description": "An unsigned 64-bit integer.",
+    },
+    "U32": {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": U32_MAX,
+        "description": "An unsigned 32-bit integer.",
+    },
+    "UnixMs": {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": U64_MAX,
+        "description": "A time in unix milliseconds (unsigned 64-bit).",
+    },
+    "PeerId": string(
+        "A libp2p PeerId of an ed25519 key, base58btc text (`12D3KooW…`, 52 characters).",
+        pattern=PEER_ID_PATTERN,
+    ),
+    "Cid": string(
+        "A CIDv1 (dag-cbor or raw codec, BLAKE3-256 multihash) as base32 lower-case multibase "
+        "text (`bafyr4i…` or `bafkr4i…`, 59 characters).",
+        pattern=CID_PATTERN,
+    ),
+    "PublicKey": string(
+        "A 32-byte ed25519 public key, unpadded base64url (43 characters).",
+        pattern=b64_fixed_pattern(32),
+    ),
+    "Digest": string(
+        "A 32-byte BLAKE3-256 digest, unpadded base64url (43 characters).",
+        pattern=b64_fixed_pattern(32),
+    ),
+    "Signature": string(
+        "A 64-byte ed25519 signature, unpadded base64url (86 characters).",
+        pattern=b64_fixed_pattern(64),
+    ),
+    "CallId": string(
+        "A 16-byte call id chosen by the caller, unpadded base64url (22 characters).",
+        pattern=b64_fixed_pattern(16),
+    ),
+    "Nonce": string(
+        "8 random bytes, unpadded base64url (11 characters).",
+        pattern=b64_fixed_pattern(8),
+    ),
+    "TraceId": string(
+        "A 16-byte trace id, unpadded base64url (22 characters).",
+        pattern=b64_fixed_pattern(16),
+    ),
+    "Bytes": string(
+        "A byte string of any length, unpadded base64url.",
+        pattern=B64_ANY_PATTERN,
+    ),
+    "Tag": string("A tag of a contract.", pattern=TAG_PATTERN),
+    "Tags": array(
+        ref("Tag"),
+        "Tags, each at most once.",
+        uniqueItems=True,
+    ),
+    "Claim": string(
+        "An attestation claim (e.g. `audited`, `org:acme/member`).",
+        pattern=CLAIM_PATTERN,
+    ),
+    "Multiaddr": string("A multiaddr in its text form (`/ip4/…/tcp/…/p2p/…`).", pattern="^/"),
+    "JsonSchema": {
+        "type": ["object", "boolean"],
+        "description": "A self-contained JSON Schema (2020-12): no `$ref` outside the document.",
+    },
+    # --- contracts and records ------------------------------------------------------------
+    "Contract": struct(
+        "What a capability is: its JSON Schema contract. The CID of its canonical CBOR is the "
+        "capability id; a changed contract is a new capability. At most 32 KiB.",
+        [
+            ("name", string("Lower-case tool name.", pattern=NAME_PATTERN)),
+            ("version", string("Semantic version (2.0.0) of the contract.", pattern=SEMVER_PATTERN)),
+            ("description", string("What the capability does.")),
+            ("input", ref("JsonSchema", "JSON Schema 2020-12 of the arguments.")),
+            ("output", ref("JsonSchema", "JSON Schema 2020-12 of the output.")),
+            ("tags", ref("Tags", "Tags for discovery.")),
+            ("read_only", boolean("Calling it changes nothing.")),
+            (
+                "idempotent",
+                boolean("Running it twice with the same arguments has the effect of running it once."),
+            ),
+            ("streaming", boolean("The output arrives as `TaskProgress` chunks.")),
+        ],
+    ),
+    "Price": struct(
+        "A price: an unsigned amount in a unit the caller may or may not accept.",
+        [
+            ("amount", ref("U64")),
+            ("unit", string("The unit of `amount`.", pattern=UNIT_PATTERN)),
+        ],
+    ),
+    "Limits": struct(
+        "What a provider promises to bear per call.",
+        [
+            ("timeout_ms", ref("U64", "Longest a call may run, in milliseconds.")),
+            ("max_input_bytes", ref("U64", "Largest accepted canonical CBOR size of the arguments.")),
+            ("concurrency", ref("U32", "Calls run at once for all callers.")),
+        ],
+    ),
+    "Advert": struct(
+        "A provider's signed offer to serve a capability on these terms (signed by `provider`, "
+        "domain `pervasive.link/v1/advert`). Its id is the CID of its payload.",
+        [
+            ("capability", ref("Cid", "The capability id (CID of the contract).")),
+            ("provider", ref("PeerId", "The provider, who signs the advert.")),
+            ("addrs", array(ref("Multiaddr"), "Multiaddrs where the provider listens.")),
+            ("price", ref("Price", "Price of one call.")),
+            ("limits", ref("Limits")),
+            (
+                "attestations",
+                array(ref("Cid"), "Ids of attestations about the provider or the capability."),
+            ),
+            ("seq", ref("U64", "For each (provider, capability) the highest `seq` wins.")),
+            ("issued", ref("UnixMs")),
+            ("expires", ref("UnixMs")),
+        ],
+    ),
+    "Retirement": struct(
+        "A provider withdraws a capability (signed by `provider`, domain "
+        "`pervasive.link/v1/retirement`); an advert with a higher `seq` brings it back.",
+        [
+            ("provider", ref("PeerId")),
+            ("capability", ref("Cid")),
+            ("seq", ref("U64", "For each (provider, capability) the highest `seq` wins.")),
+            ("issued", ref("UnixMs")),
+        ],
+    ),
+    "Subject": tagged(
+        "What an attestation speaks about: a peer or a content id.",
+        [("peer", ref("PeerId")), ("cid", ref("Cid"))],
+    ),
+    "Attestation": struct(
+        "An issuer's signed claim about a peer or a content id (signed by `issuer`, domain "
+        "`pervasive.link/v1/attestation`).",
+        [
+            ("issuer", ref("PeerId")),
+            ("subject", ref("Subject")),
+            ("claim", ref("Claim")),
+            ("issued", ref("UnixMs")),
+            ("expires", ref("UnixMs")),
+        ],
+    ),
+    "CallStatus": unit_enum("How a call ended.", ["Ok", "Failed", "Cancelled", "TimedOut"]),
+    "Validation": unit_enum(
+        "Whether the provider's output matched the contract's output schema (`Skipped`: no "
+        "output to check).",
+        ["Passed", "Failed", "Skipped"],
+    ),
+    "Receipt": struct(
+        "The provider's signed account of one call (signed by `provider`, domain "
+        "`pervasive.link/v1/receipt`).",
+        [
+            ("call", ref("CallId")),
+            ("capability", ref("Cid")),
+            ("caller", ref("PeerId")),
+            ("provider", ref("PeerId")),
+            ("offer", ref("Cid", "Id of the `Offer` envelope the call was made under.")),
+            ("input", ref("Digest", "BLAKE3 of the canonical CBOR of the arguments.")),
+            (
+                "output",
+                ref(
+                    "Digest",
+                    "BLAKE3 of the canonical CBOR of the output, or the last link of the "
+                    "`TaskProgress` chain for a streaming capability; absent when there is no "
+                    "output.",
+                ),
+            ),
+            ("price", ref("Price")),
+            ("started", ref("UnixMs")),
+            ("ended", ref("UnixMs")),
+            ("status", ref("CallStatus")),
+            ("validation", ref("Validation")),
+        ],
+        optional=["output"],
+    ),
+    "Countersignature": struct(
+        "The caller's signature over a receipt id: the second party of a two-party receipt "
+        "(signed by `caller`, domain `pervasive.link/v1/countersign`).",
+        [
+            ("receipt", ref("Cid", "Id of the receipt (CID of its payload).")),
+            ("caller", ref("PeerId")),
+            ("signed", ref("UnixMs")),
+        ],
+    ),
+    **{f"Signed{record}": signed(record) for record in DOMAINS},
+    # --- kind bodies ----------------------------------------------------------------------
+    "AdvertiseCapability": struct(
+        "A signed Advert with the contract it names, so every replica can index tags and text.",
+        [("advert", ref("SignedAdvert")), ("contract", ref("Contract"))],
+    ),
+    "Retire": struct("A signed Retirement.", [("retirement", ref("SignedRetirement"))]),
+    "Attest": struct("A signed Attestation.", [("attestation", ref("SignedAttestation"))]),
+    "Filter": struct(
+        "Filters of a replica query; all present filters must hold.",
+        [
+            ("tags", ref("Tags", "Every tag must be on the contract.")),
+            ("name_prefix", string("The contract's name starts with this.")),
+            ("text", string("Words searched in name, description and tags.")),
+            ("provider", ref("PeerId")),
+            ("max_price", ref("Price", "Only adverts in this unit at or below this amount.")),
+            ("claim", ref("Claim", "The provider must hold an unexpired attestation with this claim …")),
+            ("issuer", ref("PeerId", "… issued by this peer.")),
+            ("issued_after", ref("UnixMs", "Only adverts issued at or after this time.")),
+        ],
+        optional=["name_prefix", "text", "provider", "max_price", "claim", "issuer", "issued_after"],
+    ),
+    "Discover": struct(
+        "Ask a peer's replica by ids (contracts, adverts, attestations) or by filter.",
+        [
+            ("ids", array(ref("Cid"), "Capability ids or record ids to fetch.")),
+            ("filter", ref("Filter")),
+            ("limit", ref("U32", "Most adverts to return.")),
+            ("cursor", ref("Bytes", "Opaque position from a previous `DiscoverResult`.")),
+        ],
+        optional=["filter", "cursor"],
+    ),
+    "DiscoverResult": struct(
+        "The answer to `Discover`.",
+        [
+            ("contracts", array(ref("Contract"))),
+            ("adverts", array(ref("SignedAdvert"))),
+            ("attestations", array(ref("SignedAttestation"))),
+            ("retirements", array(ref("SignedRetirement"))),
+            ("cursor", ref("Bytes", "Present when more results follow.")),
+        ],
+        optional=["cursor"],
+    ),
+    "SyncRange": struct(
+        "A range of record ids for set reconciliation: ids in `[lower, upper)` (binary CIDs; an "
+        "empty `upper` means no bound), how many the sender holds, and the XOR of their BLAKE3 "
+        "digests.",
+        [
+            ("lower", ref("Bytes", "Inclusive lower bound: a binary CID.")),
+            ("upper", ref("Bytes", "Exclusive upper bound: a binary CID, or empty for no bound.")),
+            ("count", ref("U64")),
+            ("fingerprint", ref("Digest")),
+        ],
+    ),
+    "Sync": tagged(
+        "Catch-up: a range of the peer's change log, or reconciliation over record ids.",
+        [
+            (
+                "log",
+                struct(
+                    "A range of the change log.",
+                    [
+                        ("from", ref("U64", "First change-log sequence number wanted.")),
+                        ("limit", ref("U32", "Most records to return.")),
+                    ],
+                ),
+            ),
+            (
+                "reconcile",
+                struct(
+                    "Set reconciliation over record ids.",
+                    [("ranges", array(ref("SyncRange")))],
+                ),
+            ),
+        ],
+    ),
+    "AnyRecord": tagged(
+        "Any record a replica replicates.",
+        [
+            ("advert", ref("SignedAdvert")),
+            ("retirement", ref("SignedRetirement")),
+            ("attestation", ref("SignedAttestation")),
+        ],
+    ),
+    "SyncResult": struct(
+        "The answer to `Sync`.",
+        [
+            ("records", array(ref("AnyRecord"))),
+            ("contracts", array(ref("Contract"), "Contracts named by the adverts in `records`.")),
+            ("next", ref("U64", "Log mode: the sequence number to ask from next.")),
+            ("head", ref("U64", "The sender's latest change-log sequence number.")),
+            (
+                "ranges",
+                array(ref("SyncRange"), "Reconcile mode: sub-ranges whose fingerprints still differ."),
+            ),
+        ],
+    ),
+    "Intent": struct(
+        "Ask a provider for terms.",
+        [
+            ("capability", ref("Cid")),
+            ("max_price", ref("Price")),
+            ("calls", ref("U32", "How many calls the caller expects to make under one offer.")),
+            ("deadline", ref("UnixMs", "When the caller gives up.")),
+        ],
+        optional=["max_price"],
+    ),
+    "Offer": struct(
+        "A provider's terms. The id of the envelope carrying it is the offer id.",
+        [
+            ("capability", ref("Cid")),
+            ("price", ref("Price")),
+            ("latency_ms", ref("U64", "Expected latency of one call, in milliseconds.")),
+            ("calls", ref("U32", "How many calls the offer covers.")),
+            ("expires", ref("UnixMs")),
+        ],
+    ),
+    "NegotiateAction": unit_enum("What `Negotiate` does.", ["Accept", "Counter", "Decline"]),
+    "Negotiate": struct(
+        "Accept, counter or decline an offer (or decline an intent, with no offer).",
+        [
+            ("action", ref("NegotiateAction")),
+            ("offer", ref("Cid", "Id of the offer envelope.")),
+            ("price", ref("Price", "The counter price.")),
+            ("reason", string()),
+        ],
+        optional=["offer", "price", "reason"],
+    ),
+    "TaskStart": struct(
+        "The call.",
+        [
+            ("call", ref("CallId")),
+            ("capability", ref("Cid")),
+            ("offer", ref("Cid", "Id of the `Offer` envelope the call is made under.")),
+            (
+                "args",
+                {
+                    "description": "The arguments: any JSON value (checked against the "
+                    "contract's input schema)."
+                },
+            ),
+            ("deadline", ref("UnixMs")),
+        ],
+    ),
+    "TaskAccepted": struct(
+        "The call runs longer than the inline window; `TaskProgress` and `TaskDone` follow.",
+        [("call", ref("CallId"))],
+    ),
+    "TaskProgress": struct(
+        "A chunk of a streaming output. `chain` = BLAKE3(previous chain || data), starting from "
+        "32 zero bytes; the last chain value is the receipt's `output`.",
+        [
+            ("call", ref("CallId")),
+            ("seq", ref("U64")),
+            ("data", ref("Bytes")),
+            ("chain", ref("Digest")),
+        ],
+    ),
+    "ErrorBody": struct(
+        "A refusal or failure (kind `Error`, and `TaskDone.error`).",
+        [
+            (
+                "code",
+                string("Machine code, PascalCase (`Expired`, `PolicyDenied`, …).", pattern=CODE_PATTERN),
+            ),
+            ("message", string("For humans.")),
+            ("retryable", boolean("Trying again later may succeed.")),
+            ("retry_after_ms", ref("U64", "How long to wait before trying again, in milliseconds.")),
+        ],
+        optional=["retry_after_ms"],
+    ),
+    "TaskDone": struct(
+        "The outcome, with the provider's signed receipt.",
+        [
+            ("call", ref("CallId")),
+            (
+                "output",
+                {
+                    "description": "Present when the call succeeded (not for a streamed "
+                    "output): any JSON value (checked against the contract's output schema)."
+                },
+            ),
+            ("error", ref("ErrorBody")),
+            ("receipt", ref("SignedReceipt")),
+        ],
+        optional=["output", "error"],
+    ),
+    "TaskCancel": struct(
+        "The caller cancels a call.",
+        [("call", ref("CallId")), ("reason", string())],
+        optional=["reason"],
+    ),
+    "ReceiptCountersign": struct(
+        "The caller's countersignature of a receipt (kind `Receipt`).",
+        [("countersignature", ref("SignedCountersignature"))],
+    ),
+    # --- envelopes ------------------------------------------------------------------------
+    "Kind": unit_enum("An envelope's kind, by its PascalCase name.", [k for k, _, _ in KINDS]),
+    "EnvelopePayload": struct(
+        "The content of an envelope. Its id is the CID of its canonical CBOR; the envelope is "
+        "signed by `from` under the domain tag `pervasive.link/v1/envelope`.",
+        [
+            ("v", {"type": "integer", "const": 1, "description": "Protocol version."}),
+            ("kind", ref("Kind")),
+            ("from", ref("PublicKey", "The sender's public key.")),
+            ("to", ref("PeerId", "The recipient, for direct messages (absent for gossip).")),
+            ("ts", ref("UnixMs", "Creation time.")),
+            ("exp", ref("UnixMs", "Expiry.")),
+            ("nonce", ref("Nonce", "(`from`, `nonce`) is unique within the validity window.")),
+            ("trace", ref("TraceId", "Threads every message of one call or workflow.")),
+            ("re", ref("Cid", "Id of the envelope this one answers (absent on a first message).")),
+            (
+                "schema",
+                ref(
+                    "Cid",
+                    "CID of the canonical CBOR of the JSON Schema of `body` for this kind, as "
+                    "shipped in specs/schemas/kinds/.",
+                ),
+            ),
+            ("body", {"type": "object", "description": "The kind's body (specs/schemas/kinds/<kind>.json)."}),
+        ],
+        optional=["to", "re"],
+    ),
+    "Envelope": struct(
+        "A signed envelope: its payload and the ed25519 signature by `payload.from` over the "
+        "domain tag `pervasive.link/v1/envelope` followed by the canonical CBOR of the payload.",
+        [("payload", ref("EnvelopePayload")), ("sig", ref("Signature"))],
+    ),
+    "Signed": struct(
+        "The JSON projection of any signed record: the record's JSON object (whose canonical "
+        "CBOR is the signed payload) and the ed25519 signature over the record type's domain tag "
+        "followed by that payload. records/<Type>.json describes each payload.",
+        [
+            (
+                "payload",
+                {
+                    "type": "object",
+                    "description": "The record (Advert, Retirement, Attestation, Receipt or "
+                    "Countersignature).",
+                },
+            ),
+            ("sig", ref("Signature")),
+        ],
+    ),
+}
+
+
+def collect(node, found):
+    """Adds to `found` every definition `node` reaches through `$ref`."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref":
+                name = value.removeprefix("#/$defs/")
+                if name not in found:
+                    found[name] = DEFS[name]
+                    collect(DEFS[name], found)
+            else:
+                collect(value, found)
+    elif isinstance(node, list):
+        for item in node:
+            collect(item, found)
+
+
+def document(root, title, prefix=""):
+    body = copy.deepcopy(DEFS[root])
+    assert body.get("type") == "object", root
+    found = {}
+    collect(body, found)
+    doc = {"$schema": DIALECT, "title": title, **body}
+    doc["description"] = prefix + body["description"]
+    if found:
+        doc["$defs"] = copy.deepcopy(found)
+    return doc
+
+
+def schemas():
+    """Relative path -> schema document."""
+    out = {}
+    for record in ["Contract", *DOMAINS]:
+        out[f"records/{record}.json"] = document(record, record)
+    out["records/Signed.json"] = document("Signed", "Signed")
+    for kind, body, carrier in KINDS:
+        prefix = f"Body of an envelope of kind `{kind}` ({CARRIERS[carrier]}). "
+        out[f"kinds/{kind}.json"] = document(body, body, prefix)
+    out["EnvelopePayload.json"] = document("EnvelopePayload", "EnvelopePayload")
+    out["Envelope.json"] = document("Envelope", "Envelope")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Example values: ed25519 keys from fixed seeds (RFC 8032, pure Python), PeerIds, CIDs.
+# ---------------------------------------------------------------------------------------------
+
+_P = 2**255 - 19
+_D = -121665 * pow(121666, _P - 2, _P) % _P
+_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
+
+
+def _recover_x(y, sign):
+    x2 = (y * y - 1) * pow(_D * y * y + 1, _P - 2, _P)
+    x = pow(x2, (_P + 3) // 8, _P)
+    if (x * x - x2) % _P:
+        x = x * _SQRT_M1 % _P
+    if x & 1 != sign:
+        x = _P - x
+    return x
+
+
+def _add(a, b):
+    aa = (a[1] - a[0]) * (b[1] - b[0]) % _P
+    bb = (a[1] + a[0]) * (b[1] + b[0]) % _P
+    cc = 2 * a[3] * b[3] * _D % _P
+    dd = 2 * a[2] * b[2] % _P
+    e, f, g, h = bb - aa, dd - cc, dd + cc, bb + aa
+    return (e * f % _P, g * h % _P, f * g % _P, e * h % _P)
+
+
+_GY = 4 * pow(5, _P - 2, _P) % _P
+_GX = _recover_x(_GY, 0)
+_G = (_GX, _GY, 1, _GX * _GY % _P)
+
+
+def ed25519_public_key(seed):
+    h = hashlib.sha512(seed).digest()
+    scalar = int.from_bytes(h[:32], "little")
+    scalar &= (1 << 254) - 8
+    scalar |= 1 << 254
+    q, point = (0, 1, 1, 0), _G
+    while scalar:
+        if scalar & 1:
+            q = _add(q, point)
+        point = _add(point, point)
+        scalar >>= 1
+    zinv = pow(q[2], _P - 2, _P)
+    x, y = q[0] * zinv % _P, q[1] * zinv % _P
+    return (y | (x & 1) << 255).to_bytes(32, "little")
+
+
+_B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
+
+
+def base58(data):
+    n = int.from_bytes(data, "big")
+    out = ""
+    while n:
+        n, r = divmod(n, 58)
+        out = _B58[r] + out
+    return "1" * (len(data) - len(data.lstrip(b"\0"))) + out
+
+
+def peer_id(public_key):
+    return base58(bytes([0x00, 0x24, 0x08, 0x01, 0x12, 0x20]) + public_key)
+
+
+def b64(data):
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def fake_bytes(label, n):
+    """`n` deterministic bytes named by `label`."""
+    out, i = b"", 0
+    while len(out) < n:
+        out += hashlib.sha256(f"{label}#{i}".encode()).digest()
+        i += 1
+    return out[:n]
+
+
+def cid(label, codec=0x71, hash_code=0x1E):
+    """A well-formed CID whose digest stands in for the BLAKE3 of the object named `label`."""
+    binary = bytes([0x01, codec, hash_code, 0x20]) + fake_bytes(label, 32)
+    return "b" + base64.b32encode(binary).decode().rstrip("=").lower()
+
+
+class Party:
+    def __init__(self, seed_byte):
+        self.public_key = ed25519_public_key(bytes([seed_byte]) * 32)
+        self.peer = peer_id(self.public_key)
+        self.key = b64(self.public_key)
+
+
+ALICE = Party(1)  # a caller
+BOB = Party(2)  # a provider
+CAROL = Party(3)  # an attestation issuer
+
+NOW = 1760000000000
+MINUTE = 60_000
+HOUR = 60 * MINUTE
+DAY = 24 * HOUR
+
+
+def sig(label):
+    return b64(fake_bytes(f"sig:{label}", 64))
+
+
+def signed_example(payload, label):
+    return {"payload": copy.deepcopy(payload), "sig": sig(label)}
+
+
+CAP_ECHO = cid("contract:echo")
+CAP_BLAKE3 = cid("contract:blake3")
+OFFER_ID = cid("envelope:offer")
+ATTESTATION_ID = cid("attestation:audited")
+CALL = b64(fake_bytes("call:1", 16))
+
+CONTRACT = {
+    "name": "echo",
+    "version": "1.2.0",
+    "description": "Returns its input text unchanged.",
+    "input": {
+        "$schema": DIALECT,
+        "type": "object",
+        "properties": {"text": {"type": "string", "maxLength": 4096}},
+        "required": ["text"],
+        "additionalProperties": False,
+    },
+    "output": {
+        "type": "object",
+        "properties": {"text": {"type": "string"}},
+        "required": ["text"],
+        "additionalProperties": False,
+    },
+    "tags": ["builtin", "text", "test:echo"],
+    "read_only": True,
+    "idempotent": True,
+    "streaming": False,
+}
+CONTRACT_MINIMAL = {
+    "name": "blake3",
+    "version": "0.1.0-alpha.1+build.5",
+    "description": "",
+    "input": True,
+    "output": {},
+    "tags": [],
+    "read_only": False,
+    "idempotent": False,
+    "streaming": True,
+}
+PRICE = {"amount": 5, "unit": "credit"}
+LIMITS = {"timeout_ms": 30_000, "max_input_bytes": 1_048_576, "concurrency": 8}
+ADVERT = {
+    "capability": CAP_ECHO,
+    "provider": BOB.peer,
+    "addrs": [f"/ip4/127.0.0.1/tcp/4001/p2p/{BOB.peer}", "/ip4/127.0.0.1/udp/4001/quic-v1"],
+    "price": PRICE,
+    "limits": LIMITS,
+    "attestations": [ATTESTATION_ID],
+    "seq": 3,
+    "issued": NOW,
+    "expires": NOW + DAY,
+}
+ADVERT_MINIMAL = {
+    **ADVERT,
+    "capability": CAP_BLAKE3,
+    "addrs": [],
+    "price": {"amount": 0, "unit": "free"},
+    "limits": {"timeout_ms": U64_MAX, "max_input_bytes": 0, "concurrency": U32_MAX},
+    "attestations": [],
+    "seq": 0,
+    "issued": 0,
+    "expires": U64_MAX,
+}
+RETIREMENT = {"provider": BOB.peer, "capability": CAP_ECHO, "seq": 4, "issued": NOW + HOUR}
+ATTESTATION = {
+    "issuer": CAROL.peer,
+    "subject": {"peer": BOB.peer},
+    "claim": "audited",
+    "issued": NOW - DAY,
+    "expires": NOW + 30 * DAY,
+}
+ATTESTATION_CID = {
+    **ATTESTATION,
+    "subject": {"cid": CAP_ECHO},
+    "claim": "org:acme/reviewed-v1.2",
+}
+RECEIPT = {
+    "call": CALL,
+    "capability": CAP_ECHO,
+    "caller": ALICE.peer,
+    "provider": BOB.peer,
+    "offer": OFFER_ID,
+    "input": b64(fake_bytes("input", 32)),
+    "output": b64(fake_bytes("output", 32)),
+    "price": PRICE,
+    "started": NOW + 1_000,
+    "ended": NOW + 1_042,
+    "status": "Ok",
+    "validation": "Passed",
+}
+RECEIPT_FAILED = {k: v for k, v in RECEIPT.items() if k != "output"}
+RECEIPT_FAILED.update(status="TimedOut", validation="Skipped", ended=NOW + 31_000)
+RECEIPT_ID = cid("receipt:1")
+COUNTERSIGNATURE = {"receipt": RECEIPT_ID, "caller": ALICE.peer, "signed": NOW + 1_100}
+
+SIGNED_ADVERT = signed_example(ADVERT, "advert")
+SIGNED_RETIREMENT = signed_example(RETIREMENT, "retirement")
+SIGNED_ATTESTATION = signed_example(ATTESTATION, "attestation")
+SIGNED_RECEIPT = signed_example(RECEIPT, "receipt")
+SIGNED_RECEIPT_FAILED = signed_example(RECEIPT_FAILED, "receipt-failed")
+SIGNED_COUNTERSIGNATURE = signed_example(COUNTERSIGNATURE, "countersignature")
+
+FILTER = {
+    "tags": ["builtin", "text"],
+    "name_prefix": "ec",
+    "text": "echo text",
+    "provider": BOB.peer,
+    "max_price": {"amount": 10, "unit": "credit"},
+    "claim": "audited",
+    "issuer": CAROL.peer,
+    "issued_after": NOW - DAY,
+}
+SYNC_RANGE = {
+    "lower": b64(bytes([0x01, 0x71, 0x1E, 0x20]) + bytes(32)),
+    "upper": "",
+    "count": 120,
+    "fingerprint": b64(fake_bytes("fingerprint", 32)),
+}
+ERROR = {
+    "code": "PolicyDenied",
+    "message": "caller lacks the attestation `org:acme/member`",
+    "retryable": True,
+    "retry_after_ms": 5_000,
+}
+
+# ---------------------------------------------------------------------------------------------
+# Examples: valid instances, and invalid ones made from a valid one by one change.
+# ---------------------------------------------------------------------------------------------
+
+_DELETE = object()
+
+
+def change(instance, path, value=_DELETE):
+    """A copy of `instance` with the value at `path` (keys and indices) replaced, added or
+    (by default) removed."""
+    out = copy.deepcopy(instance)
+    *parents, last = path
+    node = out
+    for key in parents:
+        node = node[key]
+    if value is _DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return out
+
+
+def bad(why, instance, path, value=_DELETE):
+    return {"why": why, "instance": change(instance, path, value)}
+
+
+def missing(instance, field, where=()):
+    return bad(f"missing required field `{field}`", instance, (*where, field))
+
+
+def extra(instance, field="extra", value=1, where=()):
+    return bad(f"unknown field `{field}`", instance, (*where, field), value)
+
+
+LEGACY_PEER = "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"  # RSA-era sha256 PeerId
+CID_V0 = "QmYwAPJzv5CZsnA625s3Xf2nemtYgPpHdWEz79ojWnPbdG"
+UPPER_CID = "B" + CAP_ECHO[1:].upper()
+# A dag-cbor CIDv1 with a SHA2-256 multihash (0x12), as IPFS makes them: not capmesh's profile.
+SHA256_CID = cid("sha256", hash_code=0x12)
+
+
+def examples():
+    """Relative path -> {"valid": [...], "invalid": [...]}."""
+    ex = {}
+
+    ex["records/Contract.json"] = {
+        "valid": [CONTRACT, CONTRACT_MINIMAL],
+        "invalid": [
+            missing(CONTRACT, "streaming"),
+            extra(CONTRACT, "author", "bob"),
+            bad("`name` is not lower-case", CONTRACT, ("name",), "Echo"),
+            bad("`version` is not semver (missing patch)", CONTRACT, ("version",), "1.2"),
+            bad("`version` has a leading zero", CONTRACT, ("version",), "01.2.0"),
+            bad("`tags` repeats a tag", CONTRACT, ("tags",), ["text", "text"]),
+            bad("a tag has an upper-case letter", CONTRACT, ("tags", 0), "Builtin"),
+            bad("`input` is not a JSON Schema (a string)", CONTRACT, ("input",), "object"),
+            bad("`read_only` is a string, not a boolean", CONTRACT, ("read_only",), "true"),
+        ],
+    }
+    ex["records/Advert.json"] = {
+        "valid": [ADVERT, ADVERT_MINIMAL],
+        "invalid": [
+            missing(ADVERT, "limits"),
+            extra(ADVERT, "contract", CONTRACT),
+            bad("`provider` is an RSA-era PeerId, not ed25519", ADVERT, ("provider",), LEGACY_PEER),
+            bad("`capability` is a CIDv0", ADVERT, ("capability",), CID_V0),
+            bad("`capability` is upper-case base32", ADVERT, ("capability",), UPPER_CID),
+            bad("an address is not a multiaddr", ADVERT, ("addrs", 0), "127.0.0.1:4001"),
+            bad("`price.amount` is negative", ADVERT, ("price", "amount"), -1),
+            bad("`price.unit` is empty", ADVERT, ("price", "unit"), ""),
+            bad("`limits.concurrency` exceeds u32", ADVERT, ("limits", "concurrency"), U32_MAX + 1),
+            bad("`limits` has an unknown field", ADVERT, ("limits", "burst"), 2),
+            bad("`seq` is a string", ADVERT, ("seq",), "3"),
+            bad("`expires` exceeds u64", ADVERT, ("expires",), U64_MAX + 1),
+        ],
+    }
+    ex["records/Retirement.json"] = {
+        "valid": [RETIREMENT],
+        "invalid": [
+            missing(RETIREMENT, "seq"),
+            extra(RETIREMENT, "expires", NOW),
+            bad("`capability` uses a SHA-256 multihash", RETIREMENT, ("capability",), SHA256_CID),
+            bad("`provider` is null", RETIREMENT, ("provider",), None),
+        ],
+    }
+    ex["records/Attestation.json"] = {
+        "valid": [ATTESTATION, ATTESTATION_CID],
+        "invalid": [
+            missing(ATTESTATION, "issuer"),
+            extra(ATTESTATION, "signature", sig("x")),
+            bad(
+                "`subject` names two variants",
+                ATTESTATION,
+                ("subject",),
+                {"peer": BOB.peer, "cid": CAP_ECHO},
+            ),
+            bad("`subject` has an unknown variant", ATTESTATION, ("subject",), {"key": BOB.key}),
+            bad("`subject.peer` holds a CID", ATTESTATION, ("subject",), {"peer": CAP_ECHO}),
+            bad("`claim` is upper-case", ATTESTATION, ("claim",), "Audited"),
+            bad("`claim` starts with a separator", ATTESTATION, ("claim",), "/audited"),
+        ],
+    }
+    ex["records/Receipt.json"] = {
+        "valid": [RECEIPT, RECEIPT_FAILED],
+        "invalid": [
+            missing(RECEIPT, "validation"),
+            extra(RECEIPT, "id", RECEIPT_ID),
+            bad("`output` is null instead of absent", RECEIPT, ("output",), None),
+            bad("`status` is not PascalCase", RECEIPT, ("status",), "ok"),
+            bad("`validation` is not a known value", RECEIPT, ("validation",), "Unknown"),
+            bad("`call` is 32 bytes, not 16", RECEIPT, ("call",), b64(fake_bytes("call", 32))),
+            bad("`input` is padded base64", RECEIPT, ("input",), RECEIPT["input"] + "="),
+            bad(
+                "`input` is standard base64, not base64url",
+                RECEIPT,
+                ("input",),
+                "+/" + RECEIPT["input"][2:],
+            ),
+            bad("`input` is hex", RECEIPT, ("input",), fake_bytes("input", 32).hex()),
+        ],
+    }
+    ex["records/Countersignature.json"] = {
+        "valid": [COUNTERSIGNATURE],
+        "invalid": [
+            missing(COUNTERSIGNATURE, "signed"),
+            extra(COUNTERSIGNATURE, "provider", BOB.peer),
+            bad("`receipt` is a PeerId", COUNTERSIGNATURE, ("receipt",), BOB.peer),
+            bad("`caller` is a public key, not a PeerId", COUNTERSIGNATURE, ("caller",), ALICE.key),
+        ],
+    }
+    ex["records/Signed.json"] = {
+        "valid": [SIGNED_ADVERT, SIGNED_RECEIPT, SIGNED_COUNTERSIGNATURE],
+        "invalid": [
+            missing(SIGNED_ADVERT, "sig"),
+            extra(SIGNED_ADVERT, "id", cid("advert")),
+            bad(
+                "`payload` is base64 CBOR bytes, not the record's JSON",
+                SIGNED_ADVERT,
+                ("payload",),
+                b64(b"\xa1\x61a\x01"),
+            ),
+            bad("`sig` is 63 bytes", SIGNED_ADVERT, ("sig",), b64(fake_bytes("short", 63))),
+            bad(
+                "`sig` has non-zero trailing bits",
+                SIGNED_ADVERT,
+                ("sig",),
+                SIGNED_ADVERT["sig"][:-1] + "B",
+            ),
+        ],
+    }
+
+    # Kind bodies.
+    advertise = {"advert": SIGNED_ADVERT, "contract": CONTRACT}
+    ex["kinds/AdvertiseCapability.json"] = {
+        "valid": [advertise, {"advert": signed_example(ADVERT_MINIMAL, "a2"), "contract": CONTRACT_MINIMAL}],
+        "invalid": [
+            missing(advertise, "contract"),
+            extra(advertise, "capability", CAP_ECHO),
+            bad("`advert.payload` misses `seq`", advertise, ("advert", "payload", "seq")),
+            bad("`contract.name` has a space", advertise, ("contract", "name"), "echo tool"),
+            bad("`advert` is a bare Advert, not signed", advertise, ("advert",), ADVERT),
+        ],
+    }
+    retire = {"retirement": SIGNED_RETIREMENT}
+    ex["kinds/Retire.json"] = {
+        "valid": [retire],
+        "invalid": [
+            missing(retire, "retirement"),
+            extra(retire, "advert", SIGNED_ADVERT),
+            bad(
+                "`retirement.payload` has an unknown field",
+                retire,
+                ("retirement", "payload", "expires"),
+                NOW,
+            ),
+        ],
+    }
+    attest = {"attestation": SIGNED_ATTESTATION}
+    ex["kinds/Attest.json"] = {
+        "valid": [attest, {"attestation": signed_example(ATTESTATION_CID, "a3")}],
+        "invalid": [
+            missing(attest, "attestation"),
+            extra(attest, "subject", {"peer": BOB.peer}),
+            bad("`attestation.sig` is missing", attest, ("attestation", "sig")),
+        ],
+    }
+    discover = {"ids": [CAP_ECHO, ATTESTATION_ID], "filter": FILTER, "limit": 50, "cursor": b64(b"page-2")}
+    discover_min = {"ids": [], "limit": 0}
+    ex["kinds/Discover.json"] = {
+        "valid": [discover, discover_min, {"ids": [], "filter": {"tags": []}, "limit": 20}],
+        "invalid": [
+            missing(discover, "limit"),
+            extra(discover, "offset", 10),
+            bad("`filter` misses `tags`", discover, ("filter", "tags")),
+            bad("`filter.tags` repeats a tag", discover, ("filter", "tags"), ["text", "text"]),
+            bad("`filter.claim` is not a claim", discover, ("filter", "claim"), "Audited!"),
+            bad("`filter.name_prefix` is null", discover, ("filter", "name_prefix"), None),
+            bad("`cursor` is not base64url", discover, ("cursor",), "page 2"),
+            bad("`limit` exceeds u32", discover, ("limit",), U32_MAX + 1),
+            bad("`ids` holds a PeerId", discover, ("ids", 0), BOB.peer),
+        ],
+    }
+    discover_result = {
+        "contracts": [CONTRACT],
+        "adverts": [SIGNED_ADVERT],
+        "attestations": [SIGNED_ATTESTATION],
+        "retirements": [SIGNED_RETIREMENT],
+        "cursor": b64(b"page-3"),
+    }
+    discover_result_min = {"contracts": [], "adverts": [], "attestations": [], "retirements": []}
+    ex["kinds/DiscoverResult.json"] = {
+        "valid": [discover_result, discover_result_min],
+        "invalid": [
+            missing(discover_result, "retirements"),
+            extra(discover_result, "more", True),
+            bad("an advert is a Retirement", discover_result, ("adverts", 0), SIGNED_RETIREMENT),
+            bad("`cursor` is null", discover_result, ("cursor",), None),
+        ],
+    }
+    sync_log = {"log": {"from": 0, "limit": 100}}
+    sync_reconcile = {"reconcile": {"ranges": [SYNC_RANGE]}}
+    ex["kinds/Sync.json"] = {
+        "valid": [sync_log, sync_reconcile, {"reconcile": {"ranges": []}}],
+        "invalid": [
+            bad("`log` misses `limit`", sync_log, ("log", "limit")),
+            extra(sync_log, "reconcile", {"ranges": []}),
+            bad("`log` has an unknown field", sync_log, ("log", "to"), 10),
+            {"why": "unknown variant `range`", "instance": {"range": {"from": 0, "limit": 100}}},
+            bad("a range misses `fingerprint`", sync_reconcile, ("reconcile", "ranges", 0, "fingerprint")),
+            bad(
+                "a range's `lower` is CID text, not base64url bytes",
+                sync_reconcile,
+                ("reconcile", "ranges", 0, "lower"),
+                CAP_ECHO,
+            ),
+        ],
+    }
+    sync_result = {
+        "records": [
+            {"advert": SIGNED_ADVERT},
+            {"retirement": SIGNED_RETIREMENT},
+            {"attestation": SIGNED_ATTESTATION},
+        ],
+        "contracts": [CONTRACT],
+        "next": 43,
+        "head": 57,
+        "ranges": [],
+    }
+    ex["kinds/SyncResult.json"] = {
+        "valid": [
+            sync_result,
+            {"records": [], "contracts": [], "next": 0, "head": 0, "ranges": [SYNC_RANGE]},
+        ],
+        "invalid": [
+            missing(sync_result, "head"),
+            extra(sync_result, "done", True),
+            bad("a record is not tagged by its type", sync_result, ("records", 0), SIGNED_ADVERT),
+            bad("a record's tag is not lower-case", sync_result, ("records", 0), {"Advert": SIGNED_ADVERT}),
+            bad(
+                "a record tagged `advert` holds a Retirement",
+                sync_result,
+                ("records", 0),
+                {"advert": SIGNED_RETIREMENT},
+            ),
+        ],
+    }
+    intent = {
+        "capability": CAP_ECHO,
+        "max_price": {"amount": 10, "unit": "credit"},
+        "calls": 1,
+        "deadline": NOW + MINUTE,
+    }
+    intent_min = {"capability": CAP_ECHO, "calls": 100, "deadline": NOW + MINUTE}
+    ex["kinds/Intent.json"] = {
+        "valid": [intent, intent_min],
+        "invalid": [
+            missing(intent, "deadline"),
+            extra(intent, "args", {"text": "hi"}),
+            bad("`max_price` misses `unit`", intent, ("max_price", "unit")),
+            bad("`max_price` is null", intent, ("max_price",), None),
+            bad("`calls` is negative", intent, ("calls",), -1),
+        ],
+    }
+    offer = {"capability": CAP_ECHO, "price": PRICE, "latency_ms": 40, "calls": 100, "expires": NOW + HOUR}
+    ex["kinds/Offer.json"] = {
+        "valid": [offer],
+        "invalid": [
+            missing(offer, "price"),
+            extra(offer, "provider", BOB.peer),
+            bad("`price.unit` has a space", offer, ("price", "unit"), "credit points"),
+            bad("`latency_ms` is a string", offer, ("latency_ms",), "40ms"),
+        ],
+    }
+    negotiate = {
+        "action": "Counter",
+        "offer": OFFER_ID,
+        "price": {"amount": 4, "unit": "credit"},
+        "reason": "price above my budget",
+    }
+    ex["kinds/Negotiate.json"] = {
+        "valid": [negotiate, {"action": "Decline"}, {"action": "Accept", "offer": OFFER_ID}],
+        "invalid": [
+            missing(negotiate, "action"),
+            extra(negotiate, "calls", 2),
+            bad("`action` is lower-case", negotiate, ("action",), "counter"),
+            bad("`reason` is null", negotiate, ("reason",), None),
+        ],
+    }
+    task_start = {
+        "call": CALL,
+        "capability": CAP_ECHO,
+        "offer": OFFER_ID,
+        "args": {"text": "hello"},
+        "deadline": NOW + 30_000,
+    }
+    ex["kinds/TaskStart.json"] = {
+        "valid": [task_start, {**task_start, "args": ["any", 1, None, True]}],
+        "invalid": [
+            missing(task_start, "args"),
+            extra(task_start, "price", PRICE),
+            bad("`call` is 8 bytes, not 16", task_start, ("call",), b64(fake_bytes("call", 8))),
+            bad("`offer` is a PeerId", task_start, ("offer",), BOB.peer),
+        ],
+    }
+    accepted = {"call": CALL}
+    ex["kinds/TaskAccepted.json"] = {
+        "valid": [accepted],
+        "invalid": [
+            missing(accepted, "call"),
+            extra(accepted, "eta_ms", 1000),
+            bad("`call` is hex", accepted, ("call",), fake_bytes("call:1", 16).hex()),
+        ],
+    }
+    progress = {
+        "call": CALL,
+        "seq": 0,
+        "data": b64(b"first chunk of the output"),
+        "chain": b64(fake_bytes("chain:0", 32)),
+    }
+    ex["kinds/TaskProgress.json"] = {
+        "valid": [progress, {**progress, "seq": 7, "data": ""}],
+        "invalid": [
+            missing(progress, "chain"),
+            extra(progress, "last", True),
+            bad("`data` is plain text, not base64url", progress, ("data",), "first chunk"),
+            bad("`chain` is 31 bytes", progress, ("chain",), b64(fake_bytes("chain", 31))),
+        ],
+    }
+    done_ok = {"call": CALL, "output": {"text": "hello"}, "receipt": SIGNED_RECEIPT}
+    done_error = {
+        "call": CALL,
+        "error": {"code": "Timeout", "message": "the capability ran past 30000 ms", "retryable": True},
+        "receipt": SIGNED_RECEIPT_FAILED,
+    }
+    done_streamed = {"call": CALL, "receipt": SIGNED_RECEIPT}
+    ex["kinds/TaskDone.json"] = {
+        "valid": [done_ok, done_error, done_streamed, {**done_ok, "output": None}],
+        "invalid": [
+            missing(done_ok, "receipt"),
+            extra(done_ok, "status", "Ok"),
+            bad("`error.code` is not PascalCase", done_error, ("error", "code"), "timeout"),
+            bad("`error` is null", done_error, ("error",), None),
+            bad("`receipt.payload.status` is unknown", done_ok, ("receipt", "payload", "status"), "Done"),
+            bad("`receipt` is the countersignature", done_ok, ("receipt",), SIGNED_COUNTERSIGNATURE),
+        ],
+    }
+    cancel = {"call": CALL, "reason": "the agent gave up"}
+    ex["kinds/TaskCancel.json"] = {
+        "valid": [cancel, {"call": CALL}],
+        "invalid": [
+            missing(cancel, "call"),
+            extra(cancel, "force", True),
+            bad("`reason` is a number", cancel, ("reason",), 1),
+        ],
+    }
+    countersign = {"countersignature": SIGNED_COUNTERSIGNATURE}
+    ex["kinds/Receipt.json"] = {
+        "valid": [countersign],
+        "invalid": [
+            missing(countersign, "countersignature"),
+            extra(countersign, "receipt", SIGNED_RECEIPT),
+            bad(
+                "`countersignature.payload` misses `receipt`",
+                countersign,
+                ("countersignature", "payload", "receipt"),
+            ),
+        ],
+    }
+    ex["kinds/Error.json"] = {
+        "valid": [ERROR, {"code": "Expired", "message": "", "retryable": False}],
+        "invalid": [
+            missing(ERROR, "retryable"),
+            extra(ERROR, "details", {}),
+            bad("`code` is snake_case", ERROR, ("code",), "policy_denied"),
+            bad("`code` is empty", ERROR, ("code",), ""),
+            bad("`retry_after_ms` is negative", ERROR, ("retry_after_ms",), -5),
+        ],
+    }
+
+    # Envelopes.
+    payload = {
+        "v": 1,
+        "kind": "Offer",
+        "from": BOB.key,
+        "to": ALICE.peer,
+        "ts": NOW,
+        "exp": NOW + MINUTE,
+        "nonce": b64(fake_bytes("nonce", 8)),
+        "trace": b64(fake_bytes("trace", 16)),
+        "re": cid("envelope:intent"),
+        "schema": cid("schema:Offer"),
+        "body": offer,
+    }
+    payload_gossip = {
+        "v": 1,
+        "kind": "AdvertiseCapability",
+        "from": BOB.key,
+        "ts": NOW,
+        "exp": NOW + 5 * MINUTE,
+        "nonce": b64(fake_bytes("nonce:2", 8)),
+        "trace": b64(fake_bytes("trace:2", 16)),
+        "schema": cid("schema:AdvertiseCapability"),
+        "body": advertise,
+    }
+    ex["EnvelopePayload.json"] = {
+        "valid": [payload, payload_gossip],
+        "invalid": [
+            missing(payload, "schema"),
+            extra(payload, "id", cid("envelope")),
+            bad("`v` is 2", payload, ("v",), 2),
+            bad("`kind` is a reserved name, not a v1 kind", payload, ("kind",), "PolicyUpdate"),
+            bad("`from` is a PeerId, not a public key", payload, ("from",), BOB.peer),
+            bad("`nonce` is 16 bytes, not 8", payload, ("nonce",), b64(fake_bytes("nonce", 16))),
+            bad("`trace` is 8 bytes, not 16", payload, ("trace",), b64(fake_bytes("trace", 8))),
+            bad("`to` is null", payload, ("to",), None),
+            bad("`re` is not a CID", payload, ("re",), "intent-1"),
+            bad("`body` is an array", payload, ("body",), [offer]),
+            bad("`ts` is a date string", payload, ("ts",), "2025-10-09T08:53:20Z"),
+        ],
+    }
+    envelope = {"payload": payload, "sig": sig("envelope")}
+    ex["Envelope.json"] = {
+        "valid": [envelope, {"payload": payload_gossip, "sig": sig("envelope:2")}],
+        "invalid": [
+            missing(envelope, "payload"),
+            extra(envelope, "id", cid("envelope")),
+            bad("`payload` is base64 CBOR bytes, not JSON", envelope, ("payload",), b64(b"\xa0")),
+            bad("`sig` is 32 bytes", envelope, ("sig",), b64(fake_bytes("sig", 32))),
+            bad("`payload.kind` is unknown", envelope, ("payload", "kind"), "Ping"),
+        ],
+    }
+    return ex
+
+
+# ---------------------------------------------------------------------------------------------
+# Output.
+# ---------------------------------------------------------------------------------------------
+
+
+def render(value):
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def outputs():
+    files = {}
+    for rel, doc in schemas().items():
+        files[os.path.join(SCHEMAS, rel)] = render(doc)
+    for rel, doc in examples().items():
+        files[os.path.join(EXAMPLES, rel)] = render(doc)
+    return files
+
+
+def verify():
+    """Checks every schema against the 2020-12 meta-schema, and every example against its
+    schema: valid ones must pass, invalid ones must fail."""
+    from jsonschema import Draft202012Validator
+
+    failures = 0
+    docs = schemas()
+    exs = examples()
+    assert set(docs) == set(exs), set(docs) ^ set(exs)
+    for rel, doc in sorted(docs.items()):
+        Draft202012Validator.check_schema(doc)
+        validator = Draft202012Validator(doc)
+        for i, instance in enumerate(exs[rel]["valid"]):
+            errors = list(validator.iter_errors(instance))
+            for e in errors:
+                failures += 1
+                print(f"{rel}: valid[{i}] fails: {e.message} at {list(e.absolute_path)}")
+        for i, case in enumerate(exs[rel]["invalid"]):
+            if validator.is_valid(case["instance"]):
+                failures += 1
+                print(f"{rel}: invalid[{i}] ({case['why']}) passes")
+        n_valid, n_invalid = len(exs[rel]["valid"]), len(exs[rel]["invalid"])
+        if n_valid < 1 or n_invalid < 2:
+            failures += 1
+            print(f"{rel}: too few examples ({n_valid} valid, {n_invalid} invalid)")
+    print(f"verified {len(docs)} schemas: {'ok' if not failures else f'{failures} failures'}")
+    return failures == 0
+
+
+def main(argv):
+    check = "--check" in argv
+    files = outputs()
+    stale = []
+    for path, text in sorted(files.items()):
+        try:
+            with open(path, encoding="utf-8") as f:
+                current = f.read()
+        except FileNotFoundError:
+            current = None
+        if current == text:
+            continue
+        stale.append(path)
+        if not check:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+    unknown = []
+    for root in (SCHEMAS, EXAMPLES):
+        for folder, _, names in os.walk(root):
+            for name in names:
+                path = os.path.join(folder, name)
+                if name.endswith(".json") and path not in files:
+                    unknown.append(path)
+    for path in unknown:
+        print(f"not generated by gen.py: {os.path.relpath(path)}")
+    if check:
+        for path in stale:
+            print(f"out of date: {os.path.relpath(path)}")
+    else:
+        print(f"wrote {len(stale)} of {len(files)} files")
+    ok = not (check and stale)
+    if "--verify" in argv:
+        ok = verify() and ok
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
