@@ -7,7 +7,7 @@ use capmesh_wire::{Rules, cbor::Limits};
 use serde::Deserialize;
 
 /// The node's configuration. Unknown keys are refused so a typo never silently does nothing.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub identity: Identity,
@@ -37,20 +37,9 @@ pub struct EnvelopeConfig {
     pub replay_capacity: usize,
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            identity: Identity::default(),
-            envelope: EnvelopeConfig::default(),
-        }
-    }
-}
-
 impl Default for Identity {
     fn default() -> Self {
-        Self {
-            key_file: PathBuf::from("node.key"),
-        }
+        Self { key_file: PathBuf::from("node.key") }
     }
 }
 
@@ -70,9 +59,7 @@ impl Default for EnvelopeConfig {
 impl EnvelopeConfig {
     pub fn rules(&self) -> Rules {
         Rules {
-            limits: Limits::default()
-                .with_max_size(self.max_size)
-                .with_max_depth(self.max_depth),
+            limits: Limits::default().with_max_size(self.max_size).with_max_depth(self.max_depth),
             skew_ms: self.skew_ms,
             max_ttl_ms: self.max_ttl_ms,
         }

@@ -77,11 +77,7 @@ impl DataDir {
         })?;
         fs::write(&config_file, Config::DEFAULT_TOML)
             .with_context(|| format!("cannot write {}", config_file.display()))?;
-        Ok(Initialized {
-            peer_id: key.peer_id(),
-            key_file,
-            config_file,
-        })
+        Ok(Initialized { peer_id: key.peer_id(), key_file, config_file })
     }
 
     /// Loads the node key, with a hint when the directory was never initialized.

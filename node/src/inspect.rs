@@ -37,14 +37,10 @@ impl Report {
 pub enum InspectError {
     #[error("not a signed object ({code}): {0}", code = .0.code())]
     NotSigned(VerifyError),
-    #[error("the payload is neither an envelope nor a record; as an envelope: {envelope}")]
+    #[error("the payload is neither an envelope nor a record; as an envelope ({code}): {envelope}", code = .envelope.code())]
     UnknownPayload { envelope: VerifyError },
     #[error("{type_name} {id} failed verification ({}): {error}", .error.code())]
-    Failed {
-        type_name: &'static str,
-        id: Cid,
-        error: VerifyError,
-    },
+    Failed { type_name: &'static str, id: Cid, error: VerifyError },
 }
 
 impl InspectError {
@@ -61,7 +57,7 @@ impl InspectError {
 /// Accepts binary CBOR, or the same bytes as hex text (as in the test vectors).
 pub fn read_input(raw: &[u8]) -> Vec<u8> {
     let text = raw.trim_ascii();
-    let is_hex = !text.is_empty() && text.len() % 2 == 0 && text.iter().all(u8::is_ascii_hexdigit);
+    let is_hex = !text.is_empty() && text.len().is_multiple_of(2) && text.iter().all(u8::is_ascii_hexdigit);
     match is_hex.then(|| data_encoding::HEXLOWER_PERMISSIVE.decode(text)) {
         Some(Ok(bytes)) => bytes,
         _ => raw.to_vec(),
@@ -86,9 +82,7 @@ pub fn inspect(bytes: &[u8], now_ms: u64, rules: &Rules) -> Result<Report, Inspe
         )*};
     }
     try_records!(Advert, Retirement, Attestation, Receipt, Countersignature);
-    Err(InspectError::UnknownPayload {
-        envelope: as_envelope,
-    })
+    Err(InspectError::UnknownPayload { envelope: as_envelope })
 }
 
 fn envelope_report(
@@ -97,11 +91,7 @@ fn envelope_report(
     now_ms: u64,
     rules: &Rules,
 ) -> Result<Report, InspectError> {
-    let fail = |error| InspectError::Failed {
-        type_name: "Envelope",
-        id: envelope.id(),
-        error,
-    };
+    let fail = |error| InspectError::Failed { type_name: "Envelope", id: envelope.id(), error };
     let opened = envelope.open(now_ms, rules).map_err(fail)?;
     Ok(Report {
         type_name: "Envelope",
@@ -116,11 +106,7 @@ fn record_report<T: Record>(
     now_ms: u64,
     rules: &Rules,
 ) -> Result<Report, InspectError> {
-    let fail = |error| InspectError::Failed {
-        type_name: T::NAME,
-        id: signed.id(),
-        error,
-    };
+    let fail = |error| InspectError::Failed { type_name: T::NAME, id: signed.id(), error };
     let verified = signed.verify(now_ms, rules.limits).map_err(fail)?;
     Ok(Report {
         type_name: <T as Payload>::NAME,

@@ -89,9 +89,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("{} is not JSON", file.display()))?;
             println!("{}", capmesh_wire::schema::json_cid(&json)?);
         }
-        Command::Envelope {
-            command: EnvelopeCommand::Inspect { file, at },
-        } => {
+        Command::Envelope { command: EnvelopeCommand::Inspect { file, at } } => {
             // Rules come from the config when a data directory is set up; defaults otherwise.
             let config = match data_dir() {
                 Ok(dir) => dir.config()?,
@@ -113,9 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 fn read(file: &Path) -> anyhow::Result<Vec<u8>> {
     if file == Path::new("-") {
         let mut buf = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut buf)
-            .context("cannot read stdin")?;
+        std::io::stdin().read_to_end(&mut buf).context("cannot read stdin")?;
         Ok(buf)
     } else {
         std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))

@@ -121,9 +121,8 @@ impl Cid {
         if len != Digest::LEN as u64 {
             return Err(CidError::DigestLength(len));
         }
-        let (digest, trailing) = rest
-            .split_first_chunk::<32>()
-            .ok_or(CidError::DigestLength(rest.len() as u64))?;
+        let (digest, trailing) =
+            rest.split_first_chunk::<32>().ok_or(CidError::DigestLength(rest.len() as u64))?;
         if !trailing.is_empty() {
             return Err(CidError::Trailing(trailing.len()));
         }
@@ -167,9 +166,7 @@ impl FromStr for Cid {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let body = s.strip_prefix('b').ok_or(CidError::Multibase)?;
-        let bytes = crate::base32_lower()
-            .decode(body.as_bytes())
-            .map_err(|_| CidError::Base32)?;
+        let bytes = crate::base32_lower().decode(body.as_bytes()).map_err(|_| CidError::Base32)?;
         Self::from_bytes(&bytes)
     }
 }
@@ -195,10 +192,7 @@ mod tests {
         // 0x01 0x71 0x1e 0x20 always starts "bafyr4i" in base32, like IPFS dag-cbor blake3 CIDs.
         assert!(text.starts_with("bafyr4i"), "{text}");
         assert_eq!(text.len(), 1 + 58);
-        assert!(
-            text.chars()
-                .all(|c| c.is_ascii_lowercase() || ('2'..='7').contains(&c))
-        );
+        assert!(text.chars().all(|c| c.is_ascii_lowercase() || ('2'..='7').contains(&c)));
     }
 
     #[test]
@@ -218,10 +212,7 @@ mod tests {
         let mut len = good;
         len[3] = 0x10;
         assert_eq!(Cid::from_bytes(&len), Err(CidError::DigestLength(16)));
-        assert_eq!(
-            Cid::from_bytes(&good[..20]),
-            Err(CidError::DigestLength(16))
-        );
+        assert_eq!(Cid::from_bytes(&good[..20]), Err(CidError::DigestLength(16)));
         let mut long = good.to_vec();
         long.push(0);
         assert_eq!(Cid::from_bytes(&long), Err(CidError::Trailing(1)));

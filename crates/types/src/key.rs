@@ -78,10 +78,7 @@ impl NodeKey {
 
     /// Writes the seed to `path` with mode 0600, creating parent directories; never overwrites.
     pub fn save(&self, path: &Path) -> Result<(), KeyError> {
-        let io_err = |source| KeyError::Io {
-            path: path.to_owned(),
-            source,
-        };
+        let io_err = |source| KeyError::Io { path: path.to_owned(), source };
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).map_err(io_err)?;
         }
@@ -102,26 +99,20 @@ impl NodeKey {
 
     /// Reads a key written by [`NodeKey::save`], refusing a file that group or others can read.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
-        let io_err = |source| KeyError::Io {
-            path: path.to_owned(),
-            source,
-        };
+        let io_err = |source| KeyError::Io { path: path.to_owned(), source };
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = fs::metadata(path).map_err(io_err)?.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
-                return Err(KeyError::Permissions {
-                    path: path.to_owned(),
-                    mode,
-                });
+                return Err(KeyError::Permissions { path: path.to_owned(), mode });
             }
         }
         let bytes = Zeroizing::new(fs::read(path).map_err(io_err)?);
-        let seed: [u8; 32] = bytes.as_slice().try_into().map_err(|_| KeyError::Length {
-            path: path.to_owned(),
-            len: bytes.len(),
-        })?;
+        let seed: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| KeyError::Length { path: path.to_owned(), len: bytes.len() })?;
         Ok(Self::from_seed(seed))
     }
 }
@@ -193,14 +184,8 @@ mod tests {
         let key = NodeKey::from_seed([1; 32]);
         let sig = key.sign(b"a/", b"msg");
         assert_eq!(key.public().verify(b"a/", b"msg", &sig), Ok(()));
-        assert_eq!(
-            key.public().verify(b"b/", b"msg", &sig),
-            Err(SignatureError::BadSignature)
-        );
-        assert_eq!(
-            key.public().verify(b"a/", b"msh", &sig),
-            Err(SignatureError::BadSignature)
-        );
+        assert_eq!(key.public().verify(b"b/", b"msg", &sig), Err(SignatureError::BadSignature));
+        assert_eq!(key.public().verify(b"a/", b"msh", &sig), Err(SignatureError::BadSignature));
     }
 
     #[test]
@@ -220,10 +205,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(
-                fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-                0o600
-            );
+            assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         }
         assert_eq!(NodeKey::load(&path).unwrap().public(), key.public());
         assert!(matches!(key.save(&path), Err(KeyError::Exists(_))));
@@ -249,9 +231,6 @@ mod tests {
         NodeKey::from_seed([3; 32]).save(&path).unwrap();
         let mut file = OpenOptions::new().append(true).open(&path).unwrap();
         file.write_all(b"x").unwrap();
-        assert!(matches!(
-            NodeKey::load(&path),
-            Err(KeyError::Length { len: 33, .. })
-        ));
+        assert!(matches!(NodeKey::load(&path), Err(KeyError::Length { len: 33, .. })));
     }
 }

@@ -32,8 +32,7 @@ pub(crate) fn base32_lower() -> &'static data_encoding::Encoding {
         std::sync::LazyLock::new(|| {
             let mut spec = data_encoding::Specification::new();
             spec.symbols.push_str("abcdefghijklmnopqrstuvwxyz234567");
-            spec.encoding()
-                .expect("the base32 alphabet is a valid specification")
+            spec.encoding().expect("the base32 alphabet is a valid specification")
         });
     &ENCODING
 }

@@ -28,10 +28,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self {
-            max_size: 1024 * 1024,
-            max_depth: 64,
-        }
+        Self { max_size: 1024 * 1024, max_depth: 64 }
     }
 }
 
@@ -97,10 +94,7 @@ pub enum DecodeError {
     #[error("invalid CID link at byte {offset}: {reason}")]
     BadLink { offset: usize, reason: String },
     #[error("well-formed CBOR, but not a valid {expected}: {reason}")]
-    Invalid {
-        expected: &'static str,
-        reason: String,
-    },
+    Invalid { expected: &'static str, reason: String },
 }
 
 /// Why a value has no canonical encoding.
@@ -143,10 +137,8 @@ pub(crate) fn decode_checked<T: DeserializeOwned>(
     bytes: &[u8],
     expected: &'static str,
 ) -> Result<T, DecodeError> {
-    ciborium::de::from_reader(bytes).map_err(|e| DecodeError::Invalid {
-        expected,
-        reason: e.to_string(),
-    })
+    ciborium::de::from_reader(bytes)
+        .map_err(|e| DecodeError::Invalid { expected, reason: e.to_string() })
 }
 
 /// Checks that `bytes` are exactly one canonical CBOR value within `limits`.
@@ -161,18 +153,9 @@ pub(crate) fn check_with_span(
     field: Option<&str>,
 ) -> Result<Option<Range<usize>>, DecodeError> {
     if bytes.len() > limits.max_size {
-        return Err(DecodeError::TooLarge {
-            size: bytes.len(),
-            max: limits.max_size,
-        });
+        return Err(DecodeError::TooLarge { size: bytes.len(), max: limits.max_size });
     }
-    let mut walker = Walker {
-        bytes,
-        pos: 0,
-        max_depth: limits.max_depth,
-        field,
-        span: None,
-    };
+    let mut walker = Walker { bytes, pos: 0, max_depth: limits.max_depth, field, span: None };
     walker.item(0)?;
     if walker.pos != bytes.len() {
         return Err(DecodeError::Malformed("bytes after the end of the value"));
@@ -245,18 +228,14 @@ fn write(value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<(), EncodeErr
             }
         }
         Value::Array(items) => {
-            let depth = depth
-                .checked_sub(1)
-                .ok_or(EncodeError::TooDeep { max: 64 })?;
+            let depth = depth.checked_sub(1).ok_or(EncodeError::TooDeep { max: 64 })?;
             head(out, 4, items.len() as u64);
             for item in items {
                 write(item, out, depth)?;
             }
         }
         Value::Map(entries) => {
-            let depth = depth
-                .checked_sub(1)
-                .ok_or(EncodeError::TooDeep { max: 64 })?;
+            let depth = depth.checked_sub(1).ok_or(EncodeError::TooDeep { max: 64 })?;
             let mut sorted = Vec::with_capacity(entries.len());
             for (k, v) in entries {
                 let Value::Text(k) = k else {
@@ -430,10 +409,8 @@ impl Walker<'_, '_> {
                 }
                 let n = self.len(llen, 1)?;
                 let link = self.take(n)?;
-                cid_from_link(link).map_err(|reason| DecodeError::BadLink {
-                    offset: link_at,
-                    reason,
-                })?;
+                cid_from_link(link)
+                    .map_err(|reason| DecodeError::BadLink { offset: link_at, reason })?;
             }
             _ => match info {
                 20..=22 => {}
@@ -466,9 +443,7 @@ impl Walker<'_, '_> {
 
     fn nest(&self, depth: usize) -> Result<usize, DecodeError> {
         if depth >= self.max_depth {
-            return Err(DecodeError::TooDeep {
-                max: self.max_depth,
-            });
+            return Err(DecodeError::TooDeep { max: self.max_depth });
         }
         Ok(depth + 1)
     }
@@ -507,10 +482,7 @@ mod tests {
         // 2^64 and -2^63-2048 do not fit 64-bit integers: they stay floats. -2^63 fits.
         assert_eq!(to_vec(&18_446_744_073_709_551_616.0f64).unwrap()[0], 0xfb);
         assert_eq!(to_vec(&-9_223_372_036_854_777_856.0f64).unwrap()[0], 0xfb);
-        assert_eq!(
-            to_vec(&-9_223_372_036_854_775_808.0f64).unwrap(),
-            hex("3b7fffffffffffffff")
-        );
+        assert_eq!(to_vec(&-9_223_372_036_854_775_808.0f64).unwrap(), hex("3b7fffffffffffffff"));
     }
 
     #[test]
@@ -527,14 +499,8 @@ mod tests {
         assert_eq!(rule(&hex("9f01ff")), NonCanonical::IndefiniteLength);
         assert_eq!(rule(&hex("f93c00")), NonCanonical::ShortFloat);
         assert_eq!(rule(&hex("fa3f800000")), NonCanonical::ShortFloat);
-        assert_eq!(
-            rule(&hex("fb3ff0000000000000")),
-            NonCanonical::UnreducedFloat
-        );
-        assert_eq!(
-            rule(&hex("fb7ff8000000000000")),
-            NonCanonical::NonFiniteFloat
-        );
+        assert_eq!(rule(&hex("fb3ff0000000000000")), NonCanonical::UnreducedFloat);
+        assert_eq!(rule(&hex("fb7ff8000000000000")), NonCanonical::NonFiniteFloat);
         assert_eq!(rule(&hex("a2616201616102")), NonCanonical::UnsortedKeys);
         assert_eq!(rule(&hex("a262616101616202")), NonCanonical::UnsortedKeys);
         assert_eq!(rule(&hex("a2616101616102")), NonCanonical::DuplicateKey);
@@ -546,10 +512,7 @@ mod tests {
     #[test]
     fn limits_and_malformations() {
         let deep = [vec![0x81; 65], vec![0x00]].concat();
-        assert_eq!(
-            check(&deep, Limits::default()),
-            Err(DecodeError::TooDeep { max: 64 })
-        );
+        assert_eq!(check(&deep, Limits::default()), Err(DecodeError::TooDeep { max: 64 }));
         let ok = [vec![0x81; 64], vec![0x00]].concat();
         check(&ok, Limits::default()).unwrap();
         assert_eq!(
@@ -560,10 +523,7 @@ mod tests {
             check(&hex("0000"), Limits::default()),
             Err(DecodeError::Malformed("bytes after the end of the value"))
         );
-        assert_eq!(
-            check(&hex("43aa"), Limits::default()),
-            Err(DecodeError::Truncated)
-        );
+        assert_eq!(check(&hex("43aa"), Limits::default()), Err(DecodeError::Truncated));
         // An array claiming 2^32 items in 5 bytes is refused before any work.
         assert_eq!(
             check(&hex("9b0000000100000000"), Limits::default()),

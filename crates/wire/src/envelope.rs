@@ -81,9 +81,7 @@ impl<T: repr::Repr> repr::Repr for &T {
         (**self).ser(s)
     }
     fn de<'de, D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
-        Err(serde::de::Error::custom(
-            "borrowed values are serialize-only",
-        ))
+        Err(serde::de::Error::custom("borrowed values are serialize-only"))
     }
 }
 
@@ -192,11 +190,7 @@ pub struct Rules {
 
 impl Default for Rules {
     fn default() -> Self {
-        Self {
-            limits: Limits::default(),
-            skew_ms: DEFAULT_SKEW_MS,
-            max_ttl_ms: 10 * 60 * 1000,
-        }
+        Self { limits: Limits::default(), skew_ms: DEFAULT_SKEW_MS, max_ttl_ms: 10 * 60 * 1000 }
     }
 }
 
@@ -227,42 +221,22 @@ impl Envelope {
         if payload.v != VERSION {
             return Err(VerifyError::UnsupportedVersion(payload.v));
         }
-        verify_sig(
-            &payload.sender(),
-            domain::ENVELOPE,
-            self.payload(),
-            self.sig(),
-        )?;
+        verify_sig(&payload.sender(), domain::ENVELOPE, self.payload(), self.sig())?;
         if payload.ts > now_ms.saturating_add(rules.skew_ms) {
-            return Err(VerifyError::FutureDated {
-                at: payload.ts,
-                now: now_ms,
-            });
+            return Err(VerifyError::FutureDated { at: payload.ts, now: now_ms });
         }
         if payload.exp < now_ms {
-            return Err(VerifyError::Expired {
-                expires: payload.exp,
-                now: now_ms,
-            });
+            return Err(VerifyError::Expired { expires: payload.exp, now: now_ms });
         }
         let ttl_ms = payload.exp.saturating_sub(payload.ts);
         if ttl_ms > rules.max_ttl_ms {
-            return Err(VerifyError::TtlTooLong {
-                ttl_ms,
-                max_ms: rules.max_ttl_ms,
-            });
+            return Err(VerifyError::TtlTooLong { ttl_ms, max_ms: rules.max_ttl_ms });
         }
         let kind = payload.kind();
         if !schema::is_known(kind, &payload.schema) {
-            return Err(VerifyError::UnknownSchema {
-                kind,
-                schema: payload.schema,
-            });
+            return Err(VerifyError::UnknownSchema { kind, schema: payload.schema });
         }
-        Ok(Opened {
-            id: self.id(),
-            payload,
-        })
+        Ok(Opened { id: self.id(), payload })
     }
 }
 
@@ -338,10 +312,7 @@ impl EnvelopeBuilder {
 /// Signs an already built payload; `key` must be its `from`.
 pub fn seal(key: &NodeKey, payload: &EnvelopePayload) -> Result<Envelope, SignError> {
     if payload.from != key.public() {
-        return Err(SignError::WrongSigner {
-            named: payload.sender(),
-            key: key.peer_id(),
-        });
+        return Err(SignError::WrongSigner { named: payload.sender(), key: key.peer_id() });
     }
     let bytes = cbor::to_vec(payload)?;
     let sig = key.sign(domain::ENVELOPE.as_bytes(), &bytes);
@@ -365,11 +336,7 @@ impl Receiver {
     }
 
     pub fn with_rules(me: PeerId, rules: Rules, replay_capacity: usize) -> Self {
-        Self {
-            me,
-            rules,
-            replay: ReplayCache::new(replay_capacity),
-        }
+        Self { me, rules, replay: ReplayCache::new(replay_capacity) }
     }
 
     pub fn rules(&self) -> &Rules {
@@ -388,14 +355,10 @@ impl Receiver {
             (None, Carrier::Rpc) => false,
         };
         if !addressed {
-            return Err(VerifyError::Misaddressed {
-                to: p.to,
-                me: self.me,
-            });
+            return Err(VerifyError::Misaddressed { to: p.to, me: self.me });
         }
         // Held until `exp + skew`: a clock that is behind by up to the skew still refuses it.
-        self.replay
-            .insert(opened.id, p.exp.saturating_add(self.rules.skew_ms), now_ms)?;
+        self.replay.insert(opened.id, p.exp.saturating_add(self.rules.skew_ms), now_ms)?;
         Ok(opened)
     }
 }
@@ -411,11 +374,7 @@ struct ReplayCache {
 
 impl ReplayCache {
     fn new(capacity: usize) -> Self {
-        Self {
-            capacity,
-            ids: HashSet::new(),
-            by_expiry: BTreeSet::new(),
-        }
+        Self { capacity, ids: HashSet::new(), by_expiry: BTreeSet::new() }
     }
 
     fn insert(&mut self, id: Cid, until: u64, now: u64) -> Result<(), VerifyError> {
@@ -446,21 +405,14 @@ mod tests {
     const NOW: u64 = 1_760_000_000_000;
 
     fn cancel() -> Body {
-        TaskCancel {
-            call: FixedBytes([7; 16]),
-            reason: None,
-        }
-        .into()
+        TaskCancel { call: FixedBytes([7; 16]), reason: None }.into()
     }
 
     #[test]
     fn round_trip_and_checks() {
         let alice = NodeKey::from_seed([1; 32]);
         let bob = NodeKey::from_seed([2; 32]);
-        let env = Envelope::builder(cancel())
-            .to(bob.peer_id())
-            .sign(&alice, NOW)
-            .unwrap();
+        let env = Envelope::builder(cancel()).to(bob.peer_id()).sign(&alice, NOW).unwrap();
         let bytes = env.to_bytes();
         let mut rx = Receiver::new(bob.peer_id());
         let opened = rx.accept(&bytes, NOW + 10).unwrap();
@@ -470,25 +422,13 @@ mod tests {
         assert_eq!(rx.accept(&bytes, NOW + 20).unwrap_err().code(), "Replay");
 
         let mut carol = Receiver::new(NodeKey::from_seed([3; 32]).peer_id());
-        assert_eq!(
-            carol.accept(&bytes, NOW).unwrap_err().code(),
-            "Misaddressed"
-        );
-        assert_eq!(
-            rx.accept(&bytes, NOW + 61_000).unwrap_err().code(),
-            "Expired"
-        );
-        assert_eq!(
-            rx.accept(&bytes, NOW - 31_000).unwrap_err().code(),
-            "FutureDated"
-        );
+        assert_eq!(carol.accept(&bytes, NOW).unwrap_err().code(), "Misaddressed");
+        assert_eq!(rx.accept(&bytes, NOW + 61_000).unwrap_err().code(), "Expired");
+        assert_eq!(rx.accept(&bytes, NOW - 31_000).unwrap_err().code(), "FutureDated");
 
         // An rpc kind without a recipient is misaddressed everywhere.
         let open = Envelope::builder(cancel()).sign(&alice, NOW).unwrap();
-        assert_eq!(
-            rx.accept(&open.to_bytes(), NOW).unwrap_err().code(),
-            "Misaddressed"
-        );
+        assert_eq!(rx.accept(&open.to_bytes(), NOW).unwrap_err().code(), "Misaddressed");
     }
 
     #[test]
@@ -512,30 +452,17 @@ mod tests {
         rx.accept(&mk(1, 1_000), NOW).unwrap();
         let second = mk(2, 60_000);
         rx.accept(&second, NOW).unwrap();
-        assert_eq!(
-            rx.accept(&mk(3, 60_000), NOW).unwrap_err().code(),
-            "ReplayCacheFull"
-        );
+        assert_eq!(rx.accept(&mk(3, 60_000), NOW).unwrap_err().code(), "ReplayCacheFull");
         // Once the first expired (plus skew), there is room again.
-        rx.accept(&mk(3, 60_000), NOW + 1_000 + DEFAULT_SKEW_MS + 1)
-            .unwrap();
-        assert_eq!(
-            rx.accept(&second, NOW + 2_000).unwrap_err().code(),
-            "Replay"
-        );
+        rx.accept(&mk(3, 60_000), NOW + 1_000 + DEFAULT_SKEW_MS + 1).unwrap();
+        assert_eq!(rx.accept(&second, NOW + 2_000).unwrap_err().code(), "Replay");
     }
 
     #[test]
     fn ttl_and_wrong_signer() {
         let alice = NodeKey::from_seed([1; 32]);
-        let env = Envelope::builder(cancel())
-            .ttl_ms(3_600_000)
-            .sign(&alice, NOW)
-            .unwrap();
-        assert_eq!(
-            env.open(NOW, &Rules::default()).unwrap_err().code(),
-            "TtlTooLong"
-        );
+        let env = Envelope::builder(cancel()).ttl_ms(3_600_000).sign(&alice, NOW).unwrap();
+        assert_eq!(env.open(NOW, &Rules::default()).unwrap_err().code(), "TtlTooLong");
         let payload = Envelope::builder(cancel()).payload(&alice, NOW).unwrap();
         let err = seal(&NodeKey::from_seed([9; 32]), &payload).unwrap_err();
         assert!(matches!(err, SignError::WrongSigner { .. }));

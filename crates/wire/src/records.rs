@@ -40,9 +40,7 @@ fn json_schema<'de, D: serde::Deserializer<'de>>(d: D) -> Result<serde_json::Val
     if value.is_object() || value.is_boolean() {
         Ok(value)
     } else {
-        Err(serde::de::Error::custom(
-            "a JSON Schema must be an object or a boolean",
-        ))
+        Err(serde::de::Error::custom("a JSON Schema must be an object or a boolean"))
     }
 }
 

@@ -69,10 +69,7 @@ impl<T: Repr> Repr for Vec<T> {
         s.collect_seq(self.iter().map(Ser))
     }
     fn de<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(Vec::<De<T>>::deserialize(d)?
-            .into_iter()
-            .map(|De(v)| v)
-            .collect())
+        Ok(Vec::<De<T>>::deserialize(d)?.into_iter().map(|De(v)| v).collect())
     }
 }
 
@@ -90,15 +87,7 @@ macro_rules! plain_repr {
         }
     )*};
 }
-plain_repr!(
-    String,
-    u64,
-    u32,
-    crate::Price,
-    crate::Filter,
-    crate::ErrorBody,
-    serde_json::Value
-);
+plain_repr!(String, u64, u32, crate::Price, crate::Filter, crate::ErrorBody, serde_json::Value);
 
 /// Reads a byte string: CBOR bytes (and nothing else, not even a tagged byte string) or, in
 /// JSON, unpadded base64url text.
@@ -123,9 +112,7 @@ fn de_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
             f.write_str("unpadded base64url text")
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            b64()
-                .decode(v.as_bytes())
-                .map_err(|_| E::custom("invalid unpadded base64url"))
+            b64().decode(v.as_bytes()).map_err(|_| E::custom("invalid unpadded base64url"))
         }
     }
     if d.is_human_readable() {

@@ -101,11 +101,7 @@ struct RawSigned {
 impl<T> Signed<T> {
     /// Wraps received parts; nothing is checked until [`Signed::verify`].
     pub fn from_parts(payload: Vec<u8>, sig: [u8; SIGNATURE_LEN]) -> Self {
-        Self {
-            payload,
-            sig,
-            _type: PhantomData,
-        }
+        Self { payload, sig, _type: PhantomData }
     }
 
     pub fn payload(&self) -> &[u8] {
@@ -164,10 +160,7 @@ impl<T: Record> Signed<T> {
     pub fn sign(key: &NodeKey, record: &T) -> Result<Self, SignError> {
         let named = *record.signer();
         if named != key.peer_id() {
-            return Err(SignError::WrongSigner {
-                named,
-                key: key.peer_id(),
-            });
+            return Err(SignError::WrongSigner { named, key: key.peer_id() });
         }
         let payload = cbor::to_vec(record)?;
         let sig = key.sign(T::DOMAIN.as_bytes(), &payload);
@@ -180,10 +173,7 @@ impl<T: Record> Signed<T> {
         let record = self.decode(limits)?;
         verify_sig(record.signer(), T::DOMAIN, &self.payload, &self.sig)?;
         check_window(record.issued(), record.expires(), now_ms, DEFAULT_SKEW_MS)?;
-        Ok(Verified {
-            id: self.id(),
-            record,
-        })
+        Ok(Verified { id: self.id(), record })
     }
 
     /// [`Signed::verify`], and the id must be `expected` (a record fetched by id).
@@ -195,10 +185,7 @@ impl<T: Record> Signed<T> {
     ) -> Result<Verified<T>, VerifyError> {
         let actual = self.id();
         if actual != *expected {
-            return Err(VerifyError::CidMismatch {
-                expected: *expected,
-                actual,
-            });
+            return Err(VerifyError::CidMismatch { expected: *expected, actual });
         }
         self.verify(now_ms, limits)
     }
@@ -217,13 +204,10 @@ pub(crate) fn verify_sig(
     payload: &[u8],
     sig: &[u8; SIGNATURE_LEN],
 ) -> Result<(), VerifyError> {
-    signer
-        .public_key()
-        .verify(domain.as_bytes(), payload, sig)
-        .map_err(|e| match e {
-            SignatureError::BadKey => VerifyError::BadKey,
-            _ => VerifyError::BadSignature { domain },
-        })
+    signer.public_key().verify(domain.as_bytes(), payload, sig).map_err(|e| match e {
+        SignatureError::BadKey => VerifyError::BadKey,
+        _ => VerifyError::BadSignature { domain },
+    })
 }
 
 pub(crate) fn check_window(
@@ -235,10 +219,10 @@ pub(crate) fn check_window(
     if issued > now.saturating_add(skew) {
         return Err(VerifyError::FutureDated { at: issued, now });
     }
-    if let Some(expires) = expires {
-        if expires < now {
-            return Err(VerifyError::Expired { expires, now });
-        }
+    if let Some(expires) = expires
+        && expires < now
+    {
+        return Err(VerifyError::Expired { expires, now });
     }
     Ok(())
 }
@@ -258,10 +242,7 @@ impl<T> Eq for Signed<T> {}
 
 impl<T: Payload> fmt::Debug for Signed<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Signed")
-            .field("type", &T::NAME)
-            .field("id", &self.id())
-            .finish()
+        f.debug_struct("Signed").field("type", &T::NAME).field("id", &self.id()).finish()
     }
 }
 

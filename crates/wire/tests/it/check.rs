@@ -11,27 +11,15 @@ fn load(name: &str) -> Vec<Value> {
     let path = format!("{}/../../specs/vectors/{name}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let file: Value = serde_json::from_str(&text).expect("vector file is JSON");
-    assert!(
-        file["description"].as_str().is_some_and(|d| !d.is_empty()),
-        "{name}: description"
-    );
+    assert!(file["description"].as_str().is_some_and(|d| !d.is_empty()), "{name}: description");
     let vectors = file["vectors"].as_array().expect("vectors array").clone();
-    let names: BTreeSet<_> = vectors
-        .iter()
-        .map(|v| v["name"].as_str().expect("name"))
-        .collect();
-    assert_eq!(
-        names.len(),
-        vectors.len(),
-        "{name}: vector names are unique"
-    );
+    let names: BTreeSet<_> = vectors.iter().map(|v| v["name"].as_str().expect("name")).collect();
+    assert_eq!(names.len(), vectors.len(), "{name}: vector names are unique");
     vectors
 }
 
 fn unhex(v: &Value, field: &str) -> Vec<u8> {
-    let s = v[field]
-        .as_str()
-        .unwrap_or_else(|| panic!("{}: no {field}", v["name"]));
+    let s = v[field].as_str().unwrap_or_else(|| panic!("{}: no {field}", v["name"]));
     data_encoding::HEXLOWER.decode(s.as_bytes()).expect("hex")
 }
 
@@ -48,12 +36,7 @@ fn limits(v: &Value) -> Limits {
 
 fn is_valid(v: &Value) -> bool {
     let valid = v["valid"].as_bool().expect("valid flag");
-    assert_eq!(
-        valid,
-        v["error"].is_null(),
-        "{}: error is null exactly when valid",
-        v["name"]
-    );
+    assert_eq!(valid, v["error"].is_null(), "{}: error is null exactly when valid", v["name"]);
     valid
 }
 
@@ -67,20 +50,12 @@ fn cbor_vectors() {
             continue;
         }
         if v.get("raw_hex").is_some() {
-            assert_eq!(
-                Cid::of(Codec::Raw, &unhex(&v, "raw_hex")).to_string(),
-                v["cid"],
-                "{name}"
-            );
+            assert_eq!(Cid::of(Codec::Raw, &unhex(&v, "raw_hex")).to_string(), v["cid"], "{name}");
             continue;
         }
         let bytes = unhex(&v, "cbor_hex");
         cbor::check(&bytes, Limits::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(
-            Cid::of(Codec::DagCbor, &bytes).to_string(),
-            v["cid"],
-            "{name}"
-        );
+        assert_eq!(Cid::of(Codec::DagCbor, &bytes).to_string(), v["cid"], "{name}");
         if let Some(json) = v.get("json") {
             assert_eq!(
                 cbor::to_vec(json).expect("encodes"),
@@ -103,19 +78,12 @@ fn identity_vectors() {
     for v in load("identity.json") {
         assert!(is_valid(&v));
         let key = NodeKey::from_seed(unhex(&v, "seed_hex").try_into().expect("32 bytes"));
-        assert_eq!(
-            key.public().as_bytes().to_vec(),
-            unhex(&v, "public_key_hex")
-        );
+        assert_eq!(key.public().as_bytes().to_vec(), unhex(&v, "public_key_hex"));
         assert_eq!(key.peer_id().to_string(), v["peer_id"]);
         assert_eq!(key.peer_id().to_bytes().to_vec(), unhex(&v, "peer_id_hex"));
         let domain = v["domain"].as_str().expect("domain");
         let sig = key.sign(domain.as_bytes(), &unhex(&v, "message_hex"));
-        assert_eq!(
-            sig.to_vec(),
-            unhex(&v, "signature_hex"),
-            "ed25519 is deterministic"
-        );
+        assert_eq!(sig.to_vec(), unhex(&v, "signature_hex"), "ed25519 is deterministic");
     }
 }
 
@@ -126,38 +94,18 @@ fn check_signed_parts<T: Payload>(
 ) -> Signed<T> {
     let name = &v["name"];
     let payload = unhex(v, "payload_hex");
-    assert_eq!(
-        json_to_payload(&v["json"]),
-        payload,
-        "{name}: json encodes to payload_hex"
-    );
+    assert_eq!(json_to_payload(&v["json"]), payload, "{name}: json encodes to payload_hex");
     let key = NodeKey::from_seed(unhex(v, "seed_hex").try_into().expect("32 bytes"));
-    assert_eq!(
-        key.public().as_bytes().to_vec(),
-        unhex(v, "public_key_hex"),
-        "{name}"
-    );
+    assert_eq!(key.public().as_bytes().to_vec(), unhex(v, "public_key_hex"), "{name}");
     assert_eq!(key.peer_id().to_string(), v["peer_id"], "{name}");
     let domain = v["domain"].as_str().expect("domain");
-    assert_eq!(
-        key.sign(domain.as_bytes(), &payload).to_vec(),
-        unhex(v, "signature_hex"),
-        "{name}"
-    );
+    assert_eq!(key.sign(domain.as_bytes(), &payload).to_vec(), unhex(v, "signature_hex"), "{name}");
     let signed =
         Signed::<T>::from_bytes(&unhex(v, "signed_hex"), Limits::default()).expect("signed parses");
     assert_eq!(signed.payload(), payload.as_slice(), "{name}");
-    assert_eq!(
-        signed.to_bytes(),
-        unhex(v, "signed_hex"),
-        "{name}: signed_hex is canonical"
-    );
+    assert_eq!(signed.to_bytes(), unhex(v, "signed_hex"), "{name}: signed_hex is canonical");
     assert_eq!(signed.id().to_string(), v["id"], "{name}");
-    assert_eq!(
-        Cid::of(Codec::DagCbor, &payload).to_string(),
-        v["id"],
-        "{name}"
-    );
+    assert_eq!(Cid::of(Codec::DagCbor, &payload).to_string(), v["id"], "{name}");
     signed
 }
 
@@ -171,14 +119,9 @@ fn record_case<T: Record>(v: &Value) {
     let now = v["now_ms"].as_u64().expect("now_ms");
     if is_valid(v) {
         let signed = check_signed_parts::<T>(v, json_to_cbor::<T>);
-        let verified = signed
-            .verify(now, Limits::default())
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert_eq!(
-            verified.record.signer().to_string(),
-            v["peer_id"],
-            "{name}: signer"
-        );
+        let verified =
+            signed.verify(now, Limits::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(verified.record.signer().to_string(), v["peer_id"], "{name}: signer");
         assert_eq!(
             serde_json::to_value(&verified.record).expect("json"),
             v["json"],
@@ -220,18 +163,10 @@ fn record_vectors() {
 }
 
 fn receiver(v: &Value) -> Receiver {
-    let me: PeerId = v["receiver"]
-        .as_str()
-        .expect("receiver")
-        .parse()
-        .expect("peer id");
-    let rules = Rules {
-        limits: limits(v),
-        ..Rules::default()
-    };
-    let capacity = v["replay_capacity"]
-        .as_u64()
-        .map_or(Receiver::DEFAULT_REPLAY_CAPACITY, |n| n as usize);
+    let me: PeerId = v["receiver"].as_str().expect("receiver").parse().expect("peer id");
+    let rules = Rules { limits: limits(v), ..Rules::default() };
+    let capacity =
+        v["replay_capacity"].as_u64().map_or(Receiver::DEFAULT_REPLAY_CAPACITY, |n| n as usize);
     Receiver::with_rules(me, rules, capacity)
 }
 
@@ -272,25 +207,14 @@ fn coverage_of_kinds_records_and_error_classes() {
     let envelopes = load("envelopes.json");
     for kind in Kind::ALL {
         assert!(
-            envelopes
-                .iter()
-                .any(|v| v["valid"] == true && v["kind"] == kind.name()),
+            envelopes.iter().any(|v| v["valid"] == true && v["kind"] == kind.name()),
             "no valid envelope vector of kind {kind:?}"
         );
     }
     let records = load("records.json");
-    for ty in [
-        "Contract",
-        "Advert",
-        "Retirement",
-        "Attestation",
-        "Receipt",
-        "Countersignature",
-    ] {
+    for ty in ["Contract", "Advert", "Retirement", "Attestation", "Receipt", "Countersignature"] {
         assert!(
-            records
-                .iter()
-                .any(|v| v["valid"] == true && v["type"] == ty),
+            records.iter().any(|v| v["valid"] == true && v["type"] == ty),
             "no valid {ty} vector"
         );
     }

@@ -29,11 +29,7 @@ pub fn contract(full: bool) -> Contract {
             "additionalProperties": false
         }),
         output: json!({"type": "object", "properties": {"summary": {"type": "string"}}, "required": ["summary"]}),
-        tags: if full {
-            vec!["nlp".into(), "summarize".into()]
-        } else {
-            vec![]
-        },
+        tags: if full { vec!["nlp".into(), "summarize".into()] } else { vec![] },
         read_only: true,
         idempotent: true,
         streaming: false,
@@ -41,10 +37,7 @@ pub fn contract(full: bool) -> Contract {
 }
 
 pub fn capability() -> Cid {
-    Cid::of(
-        Codec::DagCbor,
-        &cbor::to_vec(&contract(true)).expect("canonical"),
-    )
+    Cid::of(Codec::DagCbor, &cbor::to_vec(&contract(true)).expect("canonical"))
 }
 
 pub fn cid(n: u8) -> Cid {
@@ -52,27 +45,16 @@ pub fn cid(n: u8) -> Cid {
 }
 
 pub fn price() -> Price {
-    Price {
-        amount: 250,
-        unit: "usd-micro".into(),
-    }
+    Price { amount: 250, unit: "usd-micro".into() }
 }
 
 pub fn advert(full: bool) -> Advert {
     Advert {
         capability: capability(),
         provider: provider().peer_id(),
-        addrs: if full {
-            vec!["/ip4/127.0.0.1/tcp/4001".into()]
-        } else {
-            vec![]
-        },
+        addrs: if full { vec!["/ip4/127.0.0.1/tcp/4001".into()] } else { vec![] },
         price: price(),
-        limits: Limits {
-            timeout_ms: 30_000,
-            max_input_bytes: 65_536,
-            concurrency: 8,
-        },
+        limits: Limits { timeout_ms: 30_000, max_input_bytes: 65_536, concurrency: 8 },
         attestations: if full { vec![cid(1)] } else { vec![] },
         seq: 3,
         issued: NOW - 1_000,
@@ -119,25 +101,13 @@ pub fn receipt(full: bool) -> Receipt {
         price: price(),
         started: NOW - 300,
         ended: NOW - 100,
-        status: if full {
-            CallStatus::Ok
-        } else {
-            CallStatus::Failed
-        },
-        validation: if full {
-            Validation::Passed
-        } else {
-            Validation::Skipped
-        },
+        status: if full { CallStatus::Ok } else { CallStatus::Failed },
+        validation: if full { Validation::Passed } else { Validation::Skipped },
     }
 }
 
 pub fn countersignature() -> Countersignature {
-    Countersignature {
-        receipt: cid(3),
-        caller: caller().peer_id(),
-        signed: NOW - 50,
-    }
+    Countersignature { receipt: cid(3), caller: caller().peer_id(), signed: NOW - 50 }
 }
 
 pub fn signed<T: Record>(key: &NodeKey, record: &T) -> Signed<T> {
@@ -168,19 +138,9 @@ pub fn bodies(full: bool) -> Vec<Body> {
     let attestation = signed(&issuer(), &attestation(full));
     let retirement = signed(&provider(), &retirement());
     vec![
-        AdvertiseCapability {
-            advert: advert.clone(),
-            contract: contract(full),
-        }
-        .into(),
-        Retire {
-            retirement: retirement.clone(),
-        }
-        .into(),
-        Attest {
-            attestation: attestation.clone(),
-        }
-        .into(),
+        AdvertiseCapability { advert: advert.clone(), contract: contract(full) }.into(),
+        Retire { retirement: retirement.clone() }.into(),
+        Attest { attestation: attestation.clone() }.into(),
         Discover {
             ids: if full { vec![capability()] } else { vec![] },
             filter: full.then(|| Filter {
@@ -200,30 +160,15 @@ pub fn bodies(full: bool) -> Vec<Body> {
         DiscoverResult {
             contracts: if full { vec![contract(true)] } else { vec![] },
             adverts: if full { vec![advert.clone()] } else { vec![] },
-            attestations: if full {
-                vec![attestation.clone()]
-            } else {
-                vec![]
-            },
-            retirements: if full {
-                vec![retirement.clone()]
-            } else {
-                vec![]
-            },
+            attestations: if full { vec![attestation.clone()] } else { vec![] },
+            retirements: if full { vec![retirement.clone()] } else { vec![] },
             cursor: full.then(|| Bytes(vec![4, 5])),
         }
         .into(),
         if full {
-            Sync::Reconcile {
-                ranges: vec![range()],
-            }
-            .into()
+            Sync::Reconcile { ranges: vec![range()] }.into()
         } else {
-            Sync::Log {
-                from: 0,
-                limit: 500,
-            }
-            .into()
+            Sync::Log { from: 0, limit: 500 }.into()
         },
         SyncResult {
             records: if full {
@@ -257,16 +202,9 @@ pub fn bodies(full: bool) -> Vec<Body> {
         }
         .into(),
         Negotiate {
-            action: if full {
-                NegotiateAction::Counter
-            } else {
-                NegotiateAction::Accept
-            },
+            action: if full { NegotiateAction::Counter } else { NegotiateAction::Accept },
             offer: full.then(|| cid(2)),
-            price: full.then(|| Price {
-                amount: 200,
-                unit: "usd-micro".into(),
-            }),
+            price: full.then(|| Price { amount: 200, unit: "usd-micro".into() }),
             reason: full.then(|| "budget".into()),
         }
         .into(),
@@ -293,15 +231,8 @@ pub fn bodies(full: bool) -> Vec<Body> {
             receipt: signed(&provider(), &receipt(full)),
         }
         .into(),
-        TaskCancel {
-            call: call_id(),
-            reason: full.then(|| "user pressed ctrl-c".into()),
-        }
-        .into(),
-        ReceiptCountersign {
-            countersignature: signed(&caller(), &countersignature()),
-        }
-        .into(),
+        TaskCancel { call: call_id(), reason: full.then(|| "user pressed ctrl-c".into()) }.into(),
+        ReceiptCountersign { countersignature: signed(&caller(), &countersignature()) }.into(),
         error_body(full).into(),
     ]
 }
@@ -322,10 +253,8 @@ pub fn parties(kind: Kind) -> (NodeKey, Option<PeerId>) {
 /// A signed envelope for `body` at `NOW` with fixed nonce and trace.
 pub fn envelope(body: Body) -> Envelope {
     let (key, to) = parties(body.kind());
-    let mut builder = Envelope::builder(body)
-        .nonce(FixedBytes([7; 8]))
-        .trace(FixedBytes([9; 16]))
-        .ttl_ms(60_000);
+    let mut builder =
+        Envelope::builder(body).nonce(FixedBytes([7; 8])).trace(FixedBytes([9; 16])).ttl_ms(60_000);
     if let Some(to) = to {
         builder = builder.to(to).re(cid(5));
     }

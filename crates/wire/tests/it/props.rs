@@ -15,9 +15,7 @@ fn json_value() -> impl Strategy<Value = Value> {
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(Value::from),
         any::<u64>().prop_map(Value::from),
-        any::<f64>()
-            .prop_filter("finite", |f| f.is_finite())
-            .prop_map(Value::from),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
         "\\PC{0,12}".prop_map(Value::String),
     ];
     leaf.prop_recursive(4, 48, 6, |inner| {
@@ -60,11 +58,7 @@ fn advert() -> impl Strategy<Value = Advert> {
                 provider: fixtures::provider().peer_id(),
                 addrs,
                 price: Price { amount, unit },
-                limits: Limits {
-                    timeout_ms: t,
-                    max_input_bytes: m,
-                    concurrency: c,
-                },
+                limits: Limits { timeout_ms: t, max_input_bytes: m, concurrency: c },
                 attestations,
                 seq,
                 issued,
@@ -76,14 +70,7 @@ fn advert() -> impl Strategy<Value = Advert> {
 fn task_start() -> impl Strategy<Value = Body> {
     (any::<[u8; 16]>(), cid(), cid(), json_value(), any::<u64>()).prop_map(
         |(call, capability, offer, args, deadline)| {
-            TaskStart {
-                call: FixedBytes(call),
-                capability,
-                offer,
-                args,
-                deadline,
-            }
-            .into()
+            TaskStart { call: FixedBytes(call), capability, offer, args, deadline }.into()
         },
     )
 }

@@ -28,9 +28,7 @@ fn validator(rel: &str) -> (Value, jsonschema::Validator) {
 }
 
 fn errors(v: &jsonschema::Validator, instance: &Value) -> Vec<String> {
-    v.iter_errors(instance)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect()
+    v.iter_errors(instance).map(|e| format!("{} at {}", e, e.instance_path())).collect()
 }
 
 /// Every schema under specs/schemas, as paths relative to specs/schemas.
@@ -40,16 +38,8 @@ fn all_schemas() -> Vec<String> {
         for entry in std::fs::read_dir(specs().join("schemas").join(dir)).expect("schemas dir") {
             let path = entry.expect("entry").path();
             if path.extension().is_some_and(|e| e == "json") {
-                let name = path
-                    .file_name()
-                    .expect("name")
-                    .to_string_lossy()
-                    .into_owned();
-                out.push(if dir.is_empty() {
-                    name
-                } else {
-                    format!("{dir}/{name}")
-                });
+                let name = path.file_name().expect("name").to_string_lossy().into_owned();
+                out.push(if dir.is_empty() { name } else { format!("{dir}/{name}") });
             }
         }
     }
@@ -60,12 +50,8 @@ fn all_schemas() -> Vec<String> {
 /// Resolves a local `$ref` (`#/$defs/Name`).
 fn resolve<'a>(root: &'a Value, mut schema: &'a Value) -> &'a Value {
     while let Some(r) = schema.get("$ref").and_then(Value::as_str) {
-        let pointer = r
-            .strip_prefix('#')
-            .unwrap_or_else(|| panic!("non-local $ref {r}"));
-        schema = root
-            .pointer(pointer)
-            .unwrap_or_else(|| panic!("dangling $ref {r}"));
+        let pointer = r.strip_prefix('#').unwrap_or_else(|| panic!("non-local $ref {r}"));
+        schema = root.pointer(pointer).unwrap_or_else(|| panic!("dangling $ref {r}"));
     }
     schema
 }
@@ -78,9 +64,7 @@ fn drift(root: &Value, schema: &Value, value: &Value, full: bool, path: &str) {
         let branch = branches
             .iter()
             .find(|b| {
-                jsonschema::draft202012::new(&with_defs(root, b))
-                    .expect("branch")
-                    .is_valid(value)
+                jsonschema::draft202012::new(&with_defs(root, b)).expect("branch").is_valid(value)
             })
             .unwrap_or_else(|| panic!("{path}: no oneOf branch matches {value}"));
         return drift(root, branch, value, full, path);
@@ -135,10 +119,7 @@ fn projection<T: Serialize>(rel: &str, value: &T, full: bool) {
     let (schema, v) = validator(&format!("schemas/{rel}"));
     let json = serde_json::to_value(value).expect("projection");
     let errs = errors(&v, &json);
-    assert!(
-        errs.is_empty(),
-        "{rel}: projection of the Rust value is invalid: {errs:?}\n{json:#}"
-    );
+    assert!(errs.is_empty(), "{rel}: projection of the Rust value is invalid: {errs:?}\n{json:#}");
     drift(&schema, &schema, &json, full, rel);
 }
 
@@ -148,10 +129,7 @@ fn every_schema_is_valid_2020_12_and_self_contained() {
     assert!(schemas.len() >= 17 + 6 + 2, "schemas found: {schemas:?}");
     for rel in schemas {
         let (schema, _) = validator(&format!("schemas/{rel}"));
-        assert_eq!(
-            schema["$schema"], "https://json-schema.org/draft/2020-12/schema",
-            "{rel}"
-        );
+        assert_eq!(schema["$schema"], "https://json-schema.org/draft/2020-12/schema", "{rel}");
         let text = schema.to_string();
         for r in text.split("\"$ref\":\"").skip(1) {
             assert!(r.starts_with('#'), "{rel}: $ref outside the document: {r}");
@@ -165,16 +143,8 @@ fn every_schema_is_valid_2020_12_and_self_contained() {
 fn schema_ids_are_the_shipped_files() {
     for &kind in Kind::ALL {
         let on_disk = read_json(&format!("schemas/kinds/{}.json", kind.name()));
-        assert_eq!(
-            schema::json_cid(&on_disk).unwrap(),
-            schema::id(kind),
-            "{kind:?}"
-        );
-        assert_eq!(
-            on_disk["title"],
-            kind.body_type(),
-            "{kind:?}: title names the body type"
-        );
+        assert_eq!(schema::json_cid(&on_disk).unwrap(), schema::id(kind), "{kind:?}");
+        assert_eq!(on_disk["title"], kind.body_type(), "{kind:?}: title names the body type");
     }
 }
 
@@ -189,11 +159,7 @@ fn typed<T: Serialize + DeserializeOwned>(instance: &Value) -> Result<(), String
 }
 
 fn typed_for(rel: &str, instance: &Value) -> Result<(), String> {
-    let name = rel
-        .rsplit('/')
-        .next()
-        .expect("name")
-        .trim_end_matches(".json");
+    let name = rel.rsplit('/').next().expect("name").trim_end_matches(".json");
     if rel.starts_with("kinds/") {
         let kind = Kind::ALL.iter().find(|k| k.name() == name).expect("kind");
         let body = Body::from_json(*kind, instance.clone()).map_err(|e| e.to_string())?;
@@ -237,22 +203,13 @@ fn examples_validate_or_fail_as_labelled() {
     for rel in all_schemas() {
         let (_, v) = validator(&format!("schemas/{rel}"));
         let examples = read_json(&format!("examples/{rel}"));
-        let valid = examples["valid"]
-            .as_array()
-            .unwrap_or_else(|| panic!("examples/{rel}: valid"));
-        let invalid = examples["invalid"]
-            .as_array()
-            .unwrap_or_else(|| panic!("examples/{rel}: invalid"));
-        assert!(
-            !valid.is_empty() && !invalid.is_empty(),
-            "examples/{rel}: one of each at least"
-        );
+        let valid = examples["valid"].as_array().unwrap_or_else(|| panic!("examples/{rel}: valid"));
+        let invalid =
+            examples["invalid"].as_array().unwrap_or_else(|| panic!("examples/{rel}: invalid"));
+        assert!(!valid.is_empty() && !invalid.is_empty(), "examples/{rel}: one of each at least");
         for (i, instance) in valid.iter().enumerate() {
             let errs = errors(&v, instance);
-            assert!(
-                errs.is_empty(),
-                "examples/{rel} valid[{i}] fails its schema: {errs:?}"
-            );
+            assert!(errs.is_empty(), "examples/{rel} valid[{i}] fails its schema: {errs:?}");
             // The Rust types accept exactly what the schema accepts (for examples with real ids;
             // envelope signatures in examples are not checked here).
             typed_for(&rel, instance)
@@ -260,15 +217,9 @@ fn examples_validate_or_fail_as_labelled() {
         }
         for (i, case) in invalid.iter().enumerate() {
             let instance = &case["instance"];
-            assert!(
-                case["why"].as_str().is_some(),
-                "examples/{rel} invalid[{i}]: why"
-            );
+            assert!(case["why"].as_str().is_some(), "examples/{rel} invalid[{i}]: why");
             let why = &case["why"];
-            assert!(
-                !v.is_valid(instance),
-                "examples/{rel} invalid[{i}] ({why}) passes its schema"
-            );
+            assert!(!v.is_valid(instance), "examples/{rel} invalid[{i}] ({why}) passes its schema");
             // Shape errors must be refused by the Rust type too. Content rules (patterns,
             // ranges) belong to the validation layers above the types (e.g. contract checks).
             let structural = v.iter_errors(instance).any(|e| {
@@ -294,17 +245,9 @@ fn rust_projections_match_their_schemas_exactly() {
         projection("records/Contract.json", &fixtures::contract(full), full);
         projection("records/Advert.json", &fixtures::advert(full), full);
         projection("records/Retirement.json", &fixtures::retirement(), full);
-        projection(
-            "records/Attestation.json",
-            &fixtures::attestation(full),
-            full,
-        );
+        projection("records/Attestation.json", &fixtures::attestation(full), full);
         projection("records/Receipt.json", &fixtures::receipt(full), full);
-        projection(
-            "records/Countersignature.json",
-            &fixtures::countersignature(),
-            full,
-        );
+        projection("records/Countersignature.json", &fixtures::countersignature(), full);
         projection(
             "records/Signed.json",
             &fixtures::signed(&fixtures::provider(), &fixtures::retirement()),
@@ -326,13 +269,7 @@ fn rust_projections_match_their_schemas_exactly() {
             // Fixtures address rpc kinds (`to`, `re` set) and leave gossip kinds open (neither).
             let mut header = json.clone();
             header["body"] = serde_json::json!({});
-            drift(
-                &schema,
-                &schema,
-                &header,
-                payload.to.is_some(),
-                "EnvelopePayload",
-            );
+            drift(&schema, &schema, &header, payload.to.is_some(), "EnvelopePayload");
             let (_, env_v) = validator("schemas/Envelope.json");
             let env_json = serde_json::to_value(&env).expect("json");
             assert!(errors(&env_v, &env_json).is_empty(), "Envelope {kind:?}");

@@ -19,9 +19,7 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Vec<u8> {
-    data_encoding::HEXLOWER
-        .decode(s.as_bytes())
-        .expect("vector hex")
+    data_encoding::HEXLOWER.decode(s.as_bytes()).expect("vector hex")
 }
 
 fn vectors_dir() -> PathBuf {
@@ -49,10 +47,7 @@ fn cbor_vectors() -> Value {
         ("float-huge-integral-stays-float", json!(1e300)),
         ("text-unicode", json!("héllo ✓")),
         ("bool-null", json!([true, false, null])),
-        (
-            "map-length-first-order",
-            json!({"bb": 1, "a": 2, "c": {"zz": [], "y": {}}}),
-        ),
+        ("map-length-first-order", json!({"bb": 1, "a": 2, "c": {"zz": [], "y": {}}})),
         ("nested-array", json!([[1, [2, [3]]], "x"])),
     ];
     for (name, value) in valid {
@@ -83,27 +78,11 @@ fn cbor_vectors() -> Value {
         ("indefinite-map", "NonCanonical", "bf616101ff".into()),
         ("float16", "NonCanonical", "f93e00".into()),
         ("float32", "NonCanonical", "fa3fc00000".into()),
-        (
-            "float64-integral",
-            "NonCanonical",
-            "fb3ff0000000000000".into(),
-        ),
+        ("float64-integral", "NonCanonical", "fb3ff0000000000000".into()),
         ("float64-nan", "NonCanonical", "fb7ff8000000000000".into()),
-        (
-            "float64-infinity",
-            "NonCanonical",
-            "fb7ff0000000000000".into(),
-        ),
-        (
-            "keys-bytewise-unsorted",
-            "NonCanonical",
-            "a2616201616102".into(),
-        ),
-        (
-            "keys-length-first-unsorted",
-            "NonCanonical",
-            "a262616101616202".into(),
-        ),
+        ("float64-infinity", "NonCanonical", "fb7ff0000000000000".into()),
+        ("keys-bytewise-unsorted", "NonCanonical", "a2616201616102".into()),
+        ("keys-length-first-unsorted", "NonCanonical", "a262616101616202".into()),
         ("duplicate-key", "NonCanonical", "a2616101616102".into()),
         ("integer-key", "NonCanonical", "a10101".into()),
         ("tag-other-than-42", "NonCanonical", "c11a5f5e1000".into()),
@@ -205,58 +184,19 @@ fn record_vectors() -> Value {
             "cbor_hex": hex(&bytes), "cid": Cid::of(Codec::DagCbor, &bytes).to_string(),
         }));
     }
-    v.push(record_vector(
-        "advert-full",
-        seed(&p),
-        &fixtures::advert(true),
-    ));
-    v.push(record_vector(
-        "advert-minimal",
-        seed(&p),
-        &fixtures::advert(false),
-    ));
-    v.push(record_vector(
-        "retirement",
-        seed(&p),
-        &fixtures::retirement(),
-    ));
-    v.push(record_vector(
-        "attestation-of-peer",
-        seed(&i),
-        &fixtures::attestation(false),
-    ));
-    v.push(record_vector(
-        "attestation-of-cid",
-        seed(&i),
-        &fixtures::attestation(true),
-    ));
-    v.push(record_vector(
-        "receipt-ok",
-        seed(&p),
-        &fixtures::receipt(true),
-    ));
-    v.push(record_vector(
-        "receipt-failed",
-        seed(&p),
-        &fixtures::receipt(false),
-    ));
-    v.push(record_vector(
-        "countersignature",
-        seed(&c),
-        &fixtures::countersignature(),
-    ));
+    v.push(record_vector("advert-full", seed(&p), &fixtures::advert(true)));
+    v.push(record_vector("advert-minimal", seed(&p), &fixtures::advert(false)));
+    v.push(record_vector("retirement", seed(&p), &fixtures::retirement()));
+    v.push(record_vector("attestation-of-peer", seed(&i), &fixtures::attestation(false)));
+    v.push(record_vector("attestation-of-cid", seed(&i), &fixtures::attestation(true)));
+    v.push(record_vector("receipt-ok", seed(&p), &fixtures::receipt(true)));
+    v.push(record_vector("receipt-failed", seed(&p), &fixtures::receipt(false)));
+    v.push(record_vector("countersignature", seed(&c), &fixtures::countersignature()));
 
     let advert = cbor::to_vec(&fixtures::advert(true)).expect("canonical");
     let retirement = cbor::to_vec(&fixtures::retirement()).expect("canonical");
-    let mut flipped = bad_record(
-        "bad-signature",
-        "Advert",
-        "BadSignature",
-        NOW,
-        &p,
-        domain::ADVERT,
-        &advert,
-    );
+    let mut flipped =
+        bad_record("bad-signature", "Advert", "BadSignature", NOW, &p, domain::ADVERT, &advert);
     let mut sig = unhex(flipped["signature_hex"].as_str().expect("hex"));
     sig[0] ^= 1;
     let signed = Signed::<Advert>::from_parts(advert.clone(), sig.clone().try_into().expect("64"));
@@ -467,13 +407,7 @@ fn envelope_vectors() -> Value {
         f(&mut payload);
         seal(&c, &payload).expect("seal").to_bytes()
     };
-    v.push(bad_envelope(
-        "expired",
-        "Expired",
-        &good.to_bytes(),
-        at_provider,
-        NOW + 60_001,
-    ));
+    v.push(bad_envelope("expired", "Expired", &good.to_bytes(), at_provider, NOW + 60_001));
     v.push(bad_envelope(
         "future-dated",
         "FutureDated",
@@ -530,13 +464,8 @@ fn envelope_vectors() -> Value {
     let mut replay = bad_envelope("replay", "Replay", &good.to_bytes(), at_provider, NOW);
     replay["deliver_first"] = json!([hex(&good.to_bytes())]);
     v.push(replay);
-    let mut full_cache = bad_envelope(
-        "replay-cache-full",
-        "ReplayCacheFull",
-        &good.to_bytes(),
-        at_provider,
-        NOW,
-    );
+    let mut full_cache =
+        bad_envelope("replay-cache-full", "ReplayCacheFull", &good.to_bytes(), at_provider, NOW);
     full_cache["replay_capacity"] = 1.into();
     full_cache["deliver_first"] = json!([hex(&seal_with(&|_| {}))]);
     v.push(full_cache);
@@ -563,13 +492,7 @@ fn envelope_vectors() -> Value {
     unsorted.extend_from_slice(&body);
     unsorted.extend_from_slice(&[0x63, b's', b'i', b'g', 0x58, 0x40]);
     unsorted.extend_from_slice(good.sig());
-    v.push(bad_envelope(
-        "outer-keys-unsorted",
-        "NonCanonical",
-        &unsorted,
-        at_provider,
-        NOW,
-    ));
+    v.push(bad_envelope("outer-keys-unsorted", "NonCanonical", &unsorted, at_provider, NOW));
     let missing = {
         let payload = Envelope::builder(cancel())
             .to(at_provider)
@@ -589,13 +512,7 @@ fn envelope_vectors() -> Value {
         let sig = c.sign(domain::ENVELOPE.as_bytes(), &bytes);
         Envelope::from_parts(bytes, sig).to_bytes()
     };
-    v.push(bad_envelope(
-        "body-missing-field",
-        "InvalidObject",
-        &missing,
-        at_provider,
-        NOW,
-    ));
+    v.push(bad_envelope("body-missing-field", "InvalidObject", &missing, at_provider, NOW));
     file(
         "Envelopes: one valid vector per kind (with every optional field, and with none), and \
          one per refusal. A receiver judges at now_ms as the peer `receiver`, with max_size \

@@ -1,0 +1,5 @@
+//! System tests: the capmesh binary as a user runs it.
+
+#![allow(clippy::unwrap_used)]
+
+mod cli;
