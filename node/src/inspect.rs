@@ -57,7 +57,8 @@ impl InspectError {
 /// Accepts binary CBOR, or the same bytes as hex text (as in the test vectors).
 pub fn read_input(raw: &[u8]) -> Vec<u8> {
     let text = raw.trim_ascii();
-    let is_hex = !text.is_empty() && text.len().is_multiple_of(2) && text.iter().all(u8::is_ascii_hexdigit);
+    let is_hex =
+        !text.is_empty() && text.len().is_multiple_of(2) && text.iter().all(u8::is_ascii_hexdigit);
     match is_hex.then(|| data_encoding::HEXLOWER_PERMISSIVE.decode(text)) {
         Some(Ok(bytes)) => bytes,
         _ => raw.to_vec(),
