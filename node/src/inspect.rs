@@ -108,7 +108,7 @@ fn record_report<T: Record>(
     rules: &Rules,
 ) -> Result<Report, InspectError> {
     let fail = |error| InspectError::Failed { type_name: T::NAME, id: signed.id(), error };
-    let verified = signed.verify(now_ms, rules.limits).map_err(fail)?;
+    let verified = signed.verify_with_skew(now_ms, rules.limits, rules.skew_ms).map_err(fail)?;
     Ok(Report {
         type_name: <T as Payload>::NAME,
         id: verified.id,

@@ -38,10 +38,15 @@ impl Limits {
         self
     }
 
+    /// Sets the depth limit, at most [`Limits::MAX_DEPTH`] (ciborium's own recursion bound, so
+    /// the strict checker, not ciborium, is always the one to refuse deep input as `TooDeep`).
     pub fn with_max_depth(mut self, max_depth: usize) -> Self {
-        self.max_depth = max_depth;
+        self.max_depth = max_depth.min(Self::MAX_DEPTH);
         self
     }
+
+    /// Largest depth limit that can be configured.
+    pub const MAX_DEPTH: usize = 256;
 }
 
 /// Which rule of canonical form some bytes break.
@@ -255,11 +260,13 @@ fn write(value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<(), EncodeErr
             }
         }
         Value::Tag(CID_TAG, inner) => match inner.as_ref() {
-            Value::Bytes(b) if cid_from_link(b).is_ok() => {
+            // A tag is a nesting level for the decoder, so it is one here too.
+            Value::Bytes(b) if cid_from_link(b).is_ok() && depth > 0 => {
                 head(out, 6, CID_TAG);
                 head(out, 2, b.len() as u64);
                 out.extend_from_slice(b);
             }
+            Value::Bytes(_) if depth == 0 => return Err(EncodeError::TooDeep { max: 64 }),
             _ => return Err(EncodeError::Serialize("tag 42 must hold a CID link".into())),
         },
         Value::Tag(t, _) => {
@@ -511,6 +518,18 @@ mod tests {
 
     #[test]
     fn limits_and_malformations() {
+        // Encoder and decoder agree on depth: 63 arrays around a link is 64 levels, 64 is too deep.
+        let link = Value::Tag(
+            42,
+            Box::new(Value::Bytes(
+                [&[0u8][..], &capmesh_types::Cid::of(capmesh_types::Codec::Raw, b"").to_bytes()]
+                    .concat(),
+            )),
+        );
+        let nest = |n| (0..n).fold(link.clone(), |v, _| Value::Array(vec![v]));
+        check(&value_to_vec(&nest(63)).unwrap(), Limits::default()).unwrap();
+        assert!(matches!(value_to_vec(&nest(64)), Err(EncodeError::TooDeep { .. })));
+        assert_eq!(Limits::default().with_max_depth(10_000).max_depth, Limits::MAX_DEPTH);
         let deep = [vec![0x81; 65], vec![0x00]].concat();
         assert_eq!(check(&deep, Limits::default()), Err(DecodeError::TooDeep { max: 64 }));
         let ok = [vec![0x81; 64], vec![0x00]].concat();

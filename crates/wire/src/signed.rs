@@ -170,9 +170,19 @@ impl<T: Record> Signed<T> {
     /// Decodes the payload strictly, checks the signature over the received bytes with the
     /// signer's key, and the record's time window at `now_ms` (unix ms).
     pub fn verify(&self, now_ms: u64, limits: Limits) -> Result<Verified<T>, VerifyError> {
+        self.verify_with_skew(now_ms, limits, DEFAULT_SKEW_MS)
+    }
+
+    /// [`Signed::verify`] with a configured clock skew (a node's `Rules::skew_ms`).
+    pub fn verify_with_skew(
+        &self,
+        now_ms: u64,
+        limits: Limits,
+        skew_ms: u64,
+    ) -> Result<Verified<T>, VerifyError> {
         let record = self.decode(limits)?;
         verify_sig(record.signer(), T::DOMAIN, &self.payload, &self.sig)?;
-        check_window(record.issued(), record.expires(), now_ms, DEFAULT_SKEW_MS)?;
+        check_window(record.issued(), record.expires(), now_ms, skew_ms)?;
         Ok(Verified { id: self.id(), record })
     }
 

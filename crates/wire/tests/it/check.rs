@@ -49,6 +49,12 @@ fn cbor_vectors() {
             assert_eq!(err.code(), v["error"], "{name}: {err}");
             continue;
         }
+        if let Some(link) = v["link"].as_str() {
+            let cid: Cid = link.parse().expect("link is a CID");
+            let mut expected = vec![0xd8, 0x2a, 0x58, 0x25, 0x00];
+            expected.extend_from_slice(&cid.to_bytes());
+            assert_eq!(unhex(&v, "cbor_hex"), expected, "{name}: tag 42 over 0x00 || binary CID");
+        }
         if v.get("raw_hex").is_some() {
             assert_eq!(Cid::of(Codec::Raw, &unhex(&v, "raw_hex")).to_string(), v["cid"], "{name}");
             continue;
