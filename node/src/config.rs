@@ -33,8 +33,6 @@ pub struct EnvelopeConfig {
     pub skew_ms: u64,
     /// Longest accepted envelope lifetime (`exp - ts`), in ms. Default 600000.
     pub max_ttl_ms: u64,
-    /// Envelope ids remembered against replay until they expire. Default 100000.
-    pub replay_capacity: usize,
 }
 
 impl Default for Identity {
@@ -51,7 +49,6 @@ impl Default for EnvelopeConfig {
             max_depth: rules.limits.max_depth,
             skew_ms: rules.skew_ms,
             max_ttl_ms: rules.max_ttl_ms,
-            replay_capacity: capmesh_wire::Receiver::DEFAULT_REPLAY_CAPACITY,
         }
     }
 }
@@ -72,12 +69,27 @@ impl Config {
 
     /// Reads `path`; a missing file means all defaults.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        match std::fs::read_to_string(path) {
+        let config: Self = match std::fs::read_to_string(path) {
             Ok(text) => toml::from_str(&text)
-                .with_context(|| format!("invalid configuration in {}", path.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
-        }
+                .with_context(|| format!("invalid configuration in {}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Self::default(),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        config
+            .validate()
+            .with_context(|| format!("invalid configuration in {}", path.display()))?;
+        Ok(config)
+    }
+
+    /// Refuses values the node could not honour (rather than silently changing them).
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let max = Limits::MAX_DEPTH;
+        anyhow::ensure!(
+            self.envelope.max_depth <= max,
+            "envelope.max_depth = {} is above the largest supported depth {max}",
+            self.envelope.max_depth
+        );
+        Ok(())
     }
 }
 
@@ -100,9 +112,18 @@ mod tests {
             .join("\n");
         let parsed: Config = toml::from_str(&uncommented).unwrap();
         assert_eq!(parsed, Config::default());
-        assert!(uncommented.contains("replay_capacity"), "{uncommented}");
+        assert!(uncommented.contains("max_ttl_ms"), "{uncommented}");
         let empty: Config = toml::from_str(Config::DEFAULT_TOML).unwrap();
         assert_eq!(empty, Config::default());
+    }
+
+    #[test]
+    fn a_depth_above_the_supported_maximum_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "[envelope]\nmax_depth = 1000\n").unwrap();
+        let err = format!("{:#}", Config::load(&path).unwrap_err());
+        assert!(err.contains("max_depth = 1000"), "{err}");
     }
 
     #[test]

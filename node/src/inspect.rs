@@ -1,10 +1,13 @@
 //! `capmesh envelope inspect`: verify an envelope or signed record and project it to JSON.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use capmesh_types::{Cid, PeerId};
 use capmesh_wire::{
     Advert, Attestation, Countersignature, Envelope, EnvelopePayload, Payload, Receipt, Record,
     Retirement, Rules, Signed, VerifyError,
 };
+use serde::de::IgnoredAny;
 use serde_json::json;
 
 /// What was found and verified.
@@ -73,17 +76,32 @@ pub fn inspect(bytes: &[u8], now_ms: u64, rules: &Rules) -> Result<Report, Inspe
         Ok(payload) => return envelope_report(&envelope, &payload, now_ms, rules),
         Err(e) => e,
     };
+    // Not an envelope: the payload's field names say which record it means to be, so a
+    // broken record is reported as that record's error, not as a failed envelope.
+    let keys = capmesh_wire::cbor::from_slice::<BTreeMap<String, IgnoredAny>>(
+        envelope.payload(),
+        rules.limits,
+        "signed payload",
+    )
+    .map(|m| m.into_keys().collect::<BTreeSet<_>>())
+    .unwrap_or_default();
+    let has = |k: &str| keys.contains(k);
     let (payload, sig) = (envelope.payload().to_vec(), *envelope.sig());
-    macro_rules! try_records {
-        ($($t:ty),*) => {$(
-            let signed = Signed::<$t>::from_parts(payload.clone(), sig);
-            if signed.decode(rules.limits).is_ok() {
-                return record_report(&signed, now_ms, rules);
-            }
-        )*};
+    if has("kind") {
+        Err(InspectError::Failed { type_name: "Envelope", id: envelope.id(), error: as_envelope })
+    } else if has("addrs") {
+        record_report(&Signed::<Advert>::from_parts(payload, sig), now_ms, rules)
+    } else if has("subject") {
+        record_report(&Signed::<Attestation>::from_parts(payload, sig), now_ms, rules)
+    } else if has("validation") {
+        record_report(&Signed::<Receipt>::from_parts(payload, sig), now_ms, rules)
+    } else if has("receipt") {
+        record_report(&Signed::<Countersignature>::from_parts(payload, sig), now_ms, rules)
+    } else if has("provider") && has("seq") {
+        record_report(&Signed::<Retirement>::from_parts(payload, sig), now_ms, rules)
+    } else {
+        Err(InspectError::UnknownPayload { envelope: as_envelope })
     }
-    try_records!(Advert, Retirement, Attestation, Receipt, Countersignature);
-    Err(InspectError::UnknownPayload { envelope: as_envelope })
 }
 
 fn envelope_report(
@@ -108,7 +126,7 @@ fn record_report<T: Record>(
     rules: &Rules,
 ) -> Result<Report, InspectError> {
     let fail = |error| InspectError::Failed { type_name: T::NAME, id: signed.id(), error };
-    let verified = signed.verify_with_skew(now_ms, rules.limits, rules.skew_ms).map_err(fail)?;
+    let verified = signed.verify(now_ms, rules).map_err(fail)?;
     Ok(Report {
         type_name: <T as Payload>::NAME,
         id: verified.id,

@@ -85,7 +85,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Id => println!("{}", data_dir()?.load_key()?.peer_id()),
         Command::Cid { file } => {
             let text = read(&file)?;
-            let json: serde_json::Value = serde_json::from_slice(&text)
+            // Duplicate member names would make the id ambiguous: refused.
+            let json = capmesh_wire::json::from_slice_strict(&text)
                 .with_context(|| format!("{} is not JSON", file.display()))?;
             println!("{}", capmesh_wire::schema::json_cid(&json)?);
         }

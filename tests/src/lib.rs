@@ -12,10 +12,14 @@ pub fn capmesh_bin() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--quiet", "-p", "capmesh", "--bin", "capmesh"])
-            .status()
-            .expect("cargo runs");
+        // Same profile as these tests, and the same lock file, so the binary is the one this
+        // run built from this tree.
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet", "--locked", "-p", "capmesh", "--bin", "capmesh"]);
+        if !cfg!(debug_assertions) {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cargo runs");
         assert!(status.success(), "building the capmesh binary failed");
         // target/debug/deps/<this test> -> target/debug/capmesh
         let exe = std::env::current_exe().expect("test executable path");

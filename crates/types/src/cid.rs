@@ -7,12 +7,15 @@ const MH_BLAKE3: u64 = 0x1e;
 const CID_V1: u64 = 1;
 
 /// What a [`Cid`]'s bytes are: canonical CBOR objects or opaque blobs.
+///
+/// Declared in code order (raw 0x55 before dag-cbor 0x71) so that the derived order of
+/// [`Cid`] is the bytewise order of the binary form, which ranges and tie-breaks use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Codec {
-    /// dag-cbor, multicodec 0x71: the canonical CBOR of a capmesh object.
-    DagCbor,
     /// raw, multicodec 0x55: bytes as they are.
     Raw,
+    /// dag-cbor, multicodec 0x71: the canonical CBOR of a capmesh object.
+    DagCbor,
 }
 
 impl Codec {
@@ -234,6 +237,13 @@ mod tests {
         #[test]
         fn arbitrary_text_never_panics(s in "\\PC{0,80}") {
             let _ = s.parse::<Cid>();
+        }
+
+        #[test]
+        fn order_is_the_binary_order(a in any::<(bool, u8)>(), b in any::<(bool, u8)>()) {
+            let cid = |(raw, n): (bool, u8)| Cid::of(if raw { Codec::Raw } else { Codec::DagCbor }, &[n]);
+            let (a, b) = (cid(a), cid(b));
+            prop_assert_eq!(a.cmp(&b), a.to_bytes().cmp(&b.to_bytes()));
         }
     }
 }

@@ -1,7 +1,7 @@
 use std::{
     fmt,
     fs::{self, OpenOptions},
-    io::{self, Write},
+    io::{self, Read, Write},
     path::{Path, PathBuf},
 };
 
@@ -76,45 +76,66 @@ impl NodeKey {
         self.0.sign(&buf).to_bytes()
     }
 
-    /// Writes the seed to `path` with mode 0600, creating parent directories; never overwrites.
+    /// Writes the seed to `path` with mode 0600, creating parent directories; never
+    /// overwrites. The seed goes to a temporary file first, synced, then is linked into place,
+    /// so a crash never leaves a partial key under `path`.
     pub fn save(&self, path: &Path) -> Result<(), KeyError> {
         let io_err = |source| KeyError::Io { path: path.to_owned(), source };
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(io_err)?;
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        fs::create_dir_all(dir).map_err(io_err)?;
+        if path.exists() {
+            return Err(KeyError::Exists(path.to_owned()));
         }
-        let mut options = OpenOptions::new();
-        options.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-        let mut file = options.open(path).map_err(|e| {
-            if e.kind() == io::ErrorKind::AlreadyExists {
-                KeyError::Exists(path.to_owned())
-            } else {
-                io_err(e)
-            }
+        let mut suffix = [0u8; 8];
+        getrandom::fill(&mut suffix).map_err(|e| KeyError::Randomness(e.to_string()))?;
+        let tmp = dir.join(format!(".key-{}.tmp", data_encoding::HEXLOWER.encode(&suffix)));
+        let result = write_new(&tmp, self.seed().as_ref()).and_then(|()| fs::hard_link(&tmp, path));
+        let _ = fs::remove_file(&tmp);
+        result.map_err(|e| match e.kind() {
+            io::ErrorKind::AlreadyExists => KeyError::Exists(path.to_owned()),
+            _ => io_err(e),
         })?;
-        file.write_all(self.seed().as_ref()).map_err(io_err)?;
-        file.sync_all().map_err(io_err)
+        // Make the new directory entry durable too.
+        #[cfg(unix)]
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err)?;
+        Ok(())
     }
 
     /// Reads a key written by [`NodeKey::save`], refusing a file that group or others can read.
+    /// Permission and content come from one open file, and at most 33 bytes are read.
     pub fn load(path: &Path) -> Result<Self, KeyError> {
         let io_err = |source| KeyError::Io { path: path.to_owned(), source };
+        let file = fs::File::open(path).map_err(io_err)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(path).map_err(io_err)?.permissions().mode() & 0o777;
+            let mode = file.metadata().map_err(io_err)?.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
                 return Err(KeyError::Permissions { path: path.to_owned(), mode });
             }
         }
-        let bytes = Zeroizing::new(fs::read(path).map_err(io_err)?);
+        let mut bytes = Zeroizing::new(Vec::with_capacity(33));
+        file.take(33).read_to_end(&mut bytes).map_err(io_err)?;
         let seed: [u8; 32] = bytes
             .as_slice()
             .try_into()
             .map_err(|_| KeyError::Length { path: path.to_owned(), len: bytes.len() })?;
         Ok(Self::from_seed(seed))
     }
+}
+
+/// Creates `path` (mode 0600 on unix; it must not exist), writes `bytes` and syncs.
+fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
 }
 
 impl fmt::Debug for NodeKey {
@@ -232,5 +253,13 @@ mod tests {
         let mut file = OpenOptions::new().append(true).open(&path).unwrap();
         file.write_all(b"x").unwrap();
         assert!(matches!(NodeKey::load(&path), Err(KeyError::Length { len: 33, .. })));
+        // Reading is bounded: a huge file is not read whole.
+        let big = dir.path().join("big.key");
+        write_new(&big, &vec![0; 1 << 20]).unwrap();
+        assert!(matches!(NodeKey::load(&big), Err(KeyError::Length { len: 33, .. })));
+        // No temporary files are left behind.
+        let names: Vec<_> =
+            fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
     }
 }

@@ -7,13 +7,16 @@
 //!   links), integral floats reduced to integers, other floats as 64-bit, NaN and infinities
 //!   refused.
 //! - [`from_slice`] first walks the bytes once and refuses anything that [`to_vec`] would not
-//!   have written ([`check`]), bounded in size and depth, then lets ciborium build the typed
-//!   value. So a value that decodes re-encodes to the very same bytes.
+//!   have written ([`check`]), bounded in size and depth, then builds the typed value with a
+//!   small zero-copy serde deserializer ([`de`]) that admits exactly one form per value (a unit
+//!   enum variant is its name, never a map; nothing may follow the value). So a value that
+//!   decodes re-encodes to the very same bytes.
 
-use std::ops::Range;
+pub(crate) mod de;
+mod ser;
 
 use ciborium::Value;
-use serde::{Serialize, de::DeserializeOwned};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::repr::{CID_TAG, cid_from_link};
 
@@ -116,8 +119,9 @@ pub enum EncodeError {
 
 /// Canonical bytes of `value`.
 pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> {
-    let value = Value::serialized(value).map_err(|e| EncodeError::Serialize(e.to_string()))?;
-    value_to_vec(&value)
+    let mut out = Vec::with_capacity(128);
+    ser::write(value, &mut out)?;
+    Ok(out)
 }
 
 /// Canonical bytes of a CBOR data model value.
@@ -137,41 +141,36 @@ pub fn from_slice<T: DeserializeOwned>(
     decode_checked(bytes, expected)
 }
 
-/// Typed decode of bytes that already passed [`check`].
-pub(crate) fn decode_checked<T: DeserializeOwned>(
-    bytes: &[u8],
+/// Typed decode of bytes that already passed [`check`], with the zero-copy deserializer of
+/// [`de`]; the whole input must be one value.
+pub(crate) fn decode_checked<'de, T: Deserialize<'de>>(
+    bytes: &'de [u8],
     expected: &'static str,
 ) -> Result<T, DecodeError> {
-    ciborium::de::from_reader(bytes)
-        .map_err(|e| DecodeError::Invalid { expected, reason: e.to_string() })
+    let invalid = |e: de::Error| DecodeError::Invalid { expected, reason: e.0 };
+    let mut de = de::Deserializer::new(bytes);
+    let value = T::deserialize(&mut de).map_err(invalid)?;
+    de.end().map_err(invalid)?;
+    Ok(value)
 }
 
 /// Checks that `bytes` are exactly one canonical CBOR value within `limits`.
 pub fn check(bytes: &[u8], limits: Limits) -> Result<(), DecodeError> {
-    check_with_span(bytes, limits, None).map(|_| ())
-}
-
-/// [`check`], also returning where the value of the top-level map's key `field` lies.
-pub(crate) fn check_with_span(
-    bytes: &[u8],
-    limits: Limits,
-    field: Option<&str>,
-) -> Result<Option<Range<usize>>, DecodeError> {
     if bytes.len() > limits.max_size {
         return Err(DecodeError::TooLarge { size: bytes.len(), max: limits.max_size });
     }
-    let mut walker = Walker { bytes, pos: 0, max_depth: limits.max_depth, field, span: None };
+    let mut walker = Walker { bytes, pos: 0, max_depth: limits.max_depth };
     walker.item(0)?;
     if walker.pos != bytes.len() {
         return Err(DecodeError::Malformed("bytes after the end of the value"));
     }
-    Ok(walker.span)
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
 // Writer
 
-fn head(out: &mut Vec<u8>, major: u8, n: u64) {
+pub(crate) fn head(out: &mut Vec<u8>, major: u8, n: u64) {
     let m = major << 5;
     if n < 24 {
         out.push(m | n as u8);
@@ -190,7 +189,7 @@ fn head(out: &mut Vec<u8>, major: u8, n: u64) {
 }
 
 /// Writes an integer in -2^64 ..= 2^64-1.
-fn int(out: &mut Vec<u8>, n: i128) {
+pub(crate) fn int(out: &mut Vec<u8>, n: i128) {
     if n >= 0 {
         head(out, 0, n as u64);
     } else {
@@ -201,7 +200,7 @@ fn int(out: &mut Vec<u8>, n: i128) {
 /// `Some(n)` when `f` is integral and fits a 64-bit integer, signed or unsigned: -2^63 ..
 /// 2^64 (RFC 8949 §4.2.2 numeric reduction). The range is the JSON data model's, so every
 /// reduced number decodes back into JSON; integral floats outside it stay floats.
-fn reduce(f: f64) -> Option<i128> {
+pub(crate) fn reduce(f: f64) -> Option<i128> {
     const TWO_64: f64 = 18_446_744_073_709_551_616.0;
     const TWO_63: f64 = 9_223_372_036_854_775_808.0;
     (f.fract() == 0.0 && (-TWO_63..TWO_64).contains(&f)).then_some(f as i128)
@@ -278,23 +277,20 @@ fn write(value: &Value, out: &mut Vec<u8>, depth: usize) -> Result<(), EncodeErr
 }
 
 /// DAG-CBOR key order: shorter keys first, then bytewise.
-fn key_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+pub(crate) fn key_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
     a.len().cmp(&b.len()).then_with(|| a.cmp(b))
 }
 
 // ---------------------------------------------------------------------------------------------
 // Strict checker
 
-struct Walker<'a, 'f> {
+struct Walker<'a> {
     bytes: &'a [u8],
     pos: usize,
     max_depth: usize,
-    /// Top-level map key whose value span is wanted.
-    field: Option<&'f str>,
-    span: Option<Range<usize>>,
 }
 
-impl Walker<'_, '_> {
+impl Walker<'_> {
     fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
         let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
         let end = end.ok_or(DecodeError::Truncated)?;
@@ -368,7 +364,6 @@ impl Walker<'_, '_> {
             }
             5 => {
                 let depth = self.nest(depth)?;
-                let top = depth == 1;
                 let mut prev: Option<&[u8]> = None;
                 for _ in 0..self.len(arg, 2)? {
                     let key_at = self.pos;
@@ -394,11 +389,7 @@ impl Walker<'_, '_> {
                         }
                     }
                     prev = Some(key);
-                    let value_at = self.pos;
                     self.item(depth)?;
-                    if top && self.field.is_some_and(|f| f.as_bytes() == key) {
-                        self.span = Some(value_at..self.pos);
-                    }
                 }
             }
             6 => {

@@ -7,11 +7,11 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::{
     Body, Carrier, Kind,
-    cbor::{self, DecodeError, Limits},
+    cbor::{self, Limits},
     error::{SignError, VerifyError},
     repr::{self, FixedBytes},
     schema,
-    signed::{DEFAULT_SKEW_MS, Payload, Signed, domain, verify_sig},
+    signed::{DEFAULT_SKEW_MS, Payload, Signed, check_window, domain, verify_sig},
 };
 
 /// Protocol version carried in `v`.
@@ -142,6 +142,29 @@ impl Serialize for EnvelopePayload {
     }
 }
 
+/// The body's encoded bytes, borrowed: `body` sorts before `kind` in canonical order, so the
+/// body is decoded only after the header, once its type is known.
+struct RawBody<'de>(&'de [u8]);
+
+impl<'de> Deserialize<'de> for RawBody<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawBody<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an envelope body")
+            }
+            fn visit_borrowed_bytes<E: serde::de::Error>(
+                self,
+                v: &'de [u8],
+            ) -> Result<Self::Value, E> {
+                Ok(RawBody(v))
+            }
+        }
+        d.deserialize_newtype_struct(cbor::de::RAW, V)
+    }
+}
+
 impl<'de> Deserialize<'de> for EnvelopePayload {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::Error;
@@ -150,11 +173,8 @@ impl<'de> Deserialize<'de> for EnvelopePayload {
             let body = Body::from_json(de.kind, de.body.clone()).map_err(D::Error::custom)?;
             Ok(de.with_body(body))
         } else {
-            // Only reached when an envelope is nested in other CBOR; `decode_payload` is the
-            // fast path used for received envelopes.
-            let de = PayloadDe::<ciborium::Value>::deserialize(d)?;
-            let bytes = cbor::value_to_vec(&de.body).map_err(D::Error::custom)?;
-            let body = Body::decode_checked(de.kind, &bytes).map_err(D::Error::custom)?;
+            let de = PayloadDe::<RawBody<'de>>::deserialize(d)?;
+            let body = Body::decode_checked(de.kind, de.body.0).map_err(D::Error::custom)?;
             Ok(de.with_body(body))
         }
     }
@@ -162,19 +182,6 @@ impl<'de> Deserialize<'de> for EnvelopePayload {
 
 impl Payload for EnvelopePayload {
     const NAME: &'static str = "EnvelopePayload";
-
-    /// One strict walk finds where `body` lies; the header and then the body (whose type
-    /// depends on `kind`, a key sorted after `body`) are decoded from the same bytes.
-    fn decode_payload(bytes: &[u8], limits: Limits) -> Result<Self, DecodeError> {
-        let span = cbor::check_with_span(bytes, limits, Some("body"))?;
-        let header: PayloadDe<serde::de::IgnoredAny> = cbor::decode_checked(bytes, Self::NAME)?;
-        let span = span.ok_or(DecodeError::Invalid {
-            expected: Self::NAME,
-            reason: "missing field `body`".into(),
-        })?;
-        let body = Body::decode_checked(header.kind, &bytes[span])?;
-        Ok(header.with_body(body))
-    }
 }
 
 /// Receiver-side rules for envelopes.
@@ -222,12 +229,7 @@ impl Envelope {
             return Err(VerifyError::UnsupportedVersion(payload.v));
         }
         verify_sig(&payload.sender(), domain::ENVELOPE, self.payload(), self.sig())?;
-        if payload.ts > now_ms.saturating_add(rules.skew_ms) {
-            return Err(VerifyError::FutureDated { at: payload.ts, now: now_ms });
-        }
-        if payload.exp < now_ms {
-            return Err(VerifyError::Expired { expires: payload.exp, now: now_ms });
-        }
+        check_window(payload.ts, Some(payload.exp), now_ms, rules.skew_ms)?;
         let ttl_ms = payload.exp.saturating_sub(payload.ts);
         if ttl_ms > rules.max_ttl_ms {
             return Err(VerifyError::TtlTooLong { ttl_ms, max_ms: rules.max_ttl_ms });
@@ -281,22 +283,22 @@ impl EnvelopeBuilder {
 
     /// The payload this builder would sign at `now_ms` as `key`.
     pub fn payload(self, key: &NodeKey, now_ms: u64) -> Result<EnvelopePayload, SignError> {
-        fn random<const N: usize>(
-            fixed: Option<FixedBytes<N>>,
-        ) -> Result<FixedBytes<N>, SignError> {
-            match fixed {
-                Some(v) => Ok(v),
-                None => FixedBytes::random().map_err(|_| SignError::Randomness),
-            }
+        // One call to the OS for both (24 bytes), used only where no value was fixed.
+        let mut random = [0u8; 24];
+        if self.nonce.is_none() || self.trace.is_none() {
+            getrandom::fill(&mut random).map_err(|_| SignError::Randomness)?;
         }
+        let (nonce, trace) = random.split_at(8);
+        let nonce = self.nonce.unwrap_or(FixedBytes(nonce.try_into().expect("8 bytes")));
+        let trace = self.trace.unwrap_or(FixedBytes(trace.try_into().expect("16 bytes")));
         Ok(EnvelopePayload {
             v: VERSION,
             from: key.public(),
             to: self.to,
             ts: now_ms,
             exp: now_ms.saturating_add(self.ttl_ms),
-            nonce: random(self.nonce)?,
-            trace: random(self.trace)?,
+            nonce,
+            trace,
             re: self.re,
             schema: schema::id(self.body.kind()),
             body: self.body,
@@ -347,6 +349,11 @@ impl Receiver {
     /// remembered only when every other check passed, so refused input cannot fill the cache.
     pub fn accept(&mut self, bytes: &[u8], now_ms: u64) -> Result<Opened, VerifyError> {
         let envelope = Envelope::from_bytes(bytes, self.rules.limits)?;
+        // A replay costs one hash, not a decode and a signature check.
+        let id = envelope.id();
+        if self.replay.ids.contains(&id) {
+            return Err(VerifyError::Replay(id));
+        }
         let opened = envelope.open(now_ms, &self.rules)?;
         let p = &opened.payload;
         let addressed = match (p.to, p.kind().carrier()) {
@@ -423,8 +430,11 @@ mod tests {
 
         let mut carol = Receiver::new(NodeKey::from_seed([3; 32]).peer_id());
         assert_eq!(carol.accept(&bytes, NOW).unwrap_err().code(), "Misaddressed");
-        assert_eq!(rx.accept(&bytes, NOW + 61_000).unwrap_err().code(), "Expired");
-        assert_eq!(rx.accept(&bytes, NOW - 31_000).unwrap_err().code(), "FutureDated");
+        let mut fresh = Receiver::new(bob.peer_id());
+        assert_eq!(fresh.accept(&bytes, NOW + 61_000).unwrap_err().code(), "Expired");
+        assert_eq!(fresh.accept(&bytes, NOW - 31_000).unwrap_err().code(), "FutureDated");
+        // Refused envelopes are not remembered: the same bytes are accepted in their window.
+        fresh.accept(&bytes, NOW).unwrap();
 
         // An rpc kind without a recipient is misaddressed everywhere.
         let open = Envelope::builder(cancel()).sign(&alice, NOW).unwrap();

@@ -1,13 +1,14 @@
 //! The v1 kinds (DESIGN §2) and their bodies. Each body mirrors `specs/schemas/kinds/<Kind>.json`.
 
-use capmesh_types::{Cid, Digest, PeerId};
+use capmesh_types::{Cid, Codec, Digest, PeerId};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     Advert, Attestation, CallId, Contract, Countersignature, Price, Receipt, Retirement,
     cbor::{self, DecodeError},
+    error::VerifyError,
     repr::{self, Bytes},
-    signed::Signed,
+    signed::{Signed, Verified},
 };
 
 /// How a kind travels.
@@ -99,6 +100,29 @@ kinds! {
 pub struct AdvertiseCapability {
     pub advert: Signed<Advert>,
     pub contract: Contract,
+}
+
+impl AdvertiseCapability {
+    /// Verifies the advert and that the contract is the one it names: the contract's CID must
+    /// be the advert's capability id.
+    pub fn verify(
+        &self,
+        now_ms: u64,
+        rules: &crate::Rules,
+    ) -> Result<Verified<Advert>, VerifyError> {
+        let advert = self.advert.verify(now_ms, rules)?;
+        let bytes = cbor::to_vec(&self.contract).map_err(|e| {
+            VerifyError::Decode(DecodeError::Invalid {
+                expected: "Contract",
+                reason: e.to_string(),
+            })
+        })?;
+        let actual = Cid::of(Codec::DagCbor, &bytes);
+        if actual != advert.record.capability {
+            return Err(VerifyError::CidMismatch { expected: advert.record.capability, actual });
+        }
+        Ok(advert)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

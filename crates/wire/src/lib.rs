@@ -25,6 +25,7 @@
 pub mod cbor;
 mod envelope;
 mod error;
+pub mod json;
 mod kinds;
 mod records;
 pub mod repr;

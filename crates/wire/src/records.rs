@@ -55,7 +55,7 @@ pub struct Price {
 /// What a provider promises to bear per call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Limits {
+pub struct CallLimits {
     /// Longest a call may run, in milliseconds.
     pub timeout_ms: u64,
     /// Largest accepted canonical CBOR size of the arguments.
@@ -75,7 +75,7 @@ pub struct Advert {
     /// Multiaddrs where the provider listens.
     pub addrs: Vec<String>,
     pub price: Price,
-    pub limits: Limits,
+    pub limits: CallLimits,
     /// Ids of attestations about the provider or the capability.
     #[serde(with = "repr")]
     pub attestations: Vec<Cid>,

@@ -251,9 +251,18 @@ impl Repr for Cid {
             let text = String::deserialize(d)?;
             text.parse().map_err(de::Error::custom)
         } else {
-            let ciborium::tag::Required::<Bytes, CID_TAG>(Bytes(bytes)) =
-                Deserialize::deserialize(d)?;
-            cid_from_link(&bytes).map_err(de::Error::custom)
+            struct Link;
+            impl Visitor<'_> for Link {
+                type Value = Cid;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a CID link (tag 42)")
+                }
+                fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Cid, E> {
+                    cid_from_link(v).map_err(E::custom)
+                }
+            }
+            // Only capmesh's own deserializer (`cbor::from_slice`) knows this marker.
+            d.deserialize_newtype_struct(crate::cbor::de::LINK, Link)
         }
     }
 }

@@ -6,7 +6,7 @@ use capmesh_types::{Cid, Codec, NodeKey, PeerId, SIGNATURE_LEN, SignatureError};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwned, ser};
 
 use crate::{
-    Advert, Attestation, Countersignature, Receipt, Retirement,
+    Advert, Attestation, Countersignature, Receipt, Retirement, Rules,
     cbor::{self, DecodeError, Limits},
     error::{SignError, VerifyError},
     repr::{Bytes, FixedBytes},
@@ -121,39 +121,54 @@ impl<T> Signed<T> {
     pub fn to_bytes(&self) -> Vec<u8> {
         // The layout is fixed (two byte strings under sorted keys), so it is written directly.
         let mut out = Vec::with_capacity(self.payload.len() + 90);
-        out.push(0xa2);
-        out.extend_from_slice(&[0x63, b's', b'i', b'g', 0x58, 0x40]);
+        out.extend_from_slice(SIG_PREFIX);
         out.extend_from_slice(&self.sig);
         out.extend_from_slice(b"\x67payload");
-        cbor_bytes_head(&mut out, self.payload.len());
+        cbor::head(&mut out, 2, self.payload.len() as u64);
         out.extend_from_slice(&self.payload);
         out
     }
 
     /// Parses `{payload, sig}` strictly (canonical, within `limits`); does not verify.
     pub fn from_bytes(bytes: &[u8], limits: Limits) -> Result<Self, VerifyError> {
+        if bytes.len() > limits.max_size {
+            return Err(DecodeError::TooLarge { size: bytes.len(), max: limits.max_size }.into());
+        }
+        // Canonical form is unique, so a canonical `{payload, sig}` has exactly the layout
+        // `to_bytes` writes: match it directly, and leave every other input to the general
+        // strict decoder, which names what is wrong with it.
+        if let Some(parsed) = Self::from_canonical_layout(bytes) {
+            return Ok(parsed);
+        }
         let raw: RawSigned = cbor::from_slice(bytes, limits, "signed object")?;
         Ok(Self::from_parts(raw.payload.0, raw.sig.0))
     }
-}
 
-fn cbor_bytes_head(out: &mut Vec<u8>, len: usize) {
-    let len = len as u64;
-    if len < 24 {
-        out.push(0x40 | len as u8);
-    } else if len <= 0xff {
-        out.extend_from_slice(&[0x58, len as u8]);
-    } else if len <= 0xffff {
-        out.push(0x59);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else if len <= 0xffff_ffff {
-        out.push(0x5a);
-        out.extend_from_slice(&(len as u32).to_be_bytes());
-    } else {
-        out.push(0x5b);
-        out.extend_from_slice(&len.to_be_bytes());
+    fn from_canonical_layout(bytes: &[u8]) -> Option<Self> {
+        let rest = bytes.strip_prefix(SIG_PREFIX)?;
+        let (sig, rest) = rest.split_first_chunk::<SIGNATURE_LEN>()?;
+        let rest = rest.strip_prefix(b"\x67payload")?;
+        let (&head, rest) = rest.split_first()?;
+        let (len, rest) = match head {
+            0x40..=0x57 => (usize::from(head - 0x40), rest),
+            0x58 => (usize::from(*rest.first()?), &rest[1..]),
+            0x59 => (usize::from(u16::from_be_bytes(*rest.first_chunk()?)), &rest[2..]),
+            0x5a => (u32::from_be_bytes(*rest.first_chunk()?) as usize, &rest[4..]),
+            _ => return None,
+        };
+        // Shortest form of the length, and nothing after the payload.
+        let shortest = match head {
+            0x58 => len >= 24,
+            0x59 => len > 0xff,
+            0x5a => len > 0xffff,
+            _ => true,
+        };
+        (shortest && rest.len() == len).then(|| Self::from_parts(rest.to_vec(), *sig))
     }
 }
+
+/// `{` (map of 2), `"sig"`, byte string of 64: how every canonical signed object starts.
+const SIG_PREFIX: &[u8] = &[0xa2, 0x63, b's', b'i', b'g', 0x58, 0x40];
 
 impl<T: Record> Signed<T> {
     /// Encodes `record` canonically and signs it with `key`, which must be the record's signer.
@@ -167,22 +182,13 @@ impl<T: Record> Signed<T> {
         Ok(Self::from_parts(payload, sig))
     }
 
-    /// Decodes the payload strictly, checks the signature over the received bytes with the
-    /// signer's key, and the record's time window at `now_ms` (unix ms).
-    pub fn verify(&self, now_ms: u64, limits: Limits) -> Result<Verified<T>, VerifyError> {
-        self.verify_with_skew(now_ms, limits, DEFAULT_SKEW_MS)
-    }
-
-    /// [`Signed::verify`] with a configured clock skew (a node's `Rules::skew_ms`).
-    pub fn verify_with_skew(
-        &self,
-        now_ms: u64,
-        limits: Limits,
-        skew_ms: u64,
-    ) -> Result<Verified<T>, VerifyError> {
-        let record = self.decode(limits)?;
+    /// Decodes the payload strictly (within `rules.limits`), checks the signature over the
+    /// received bytes with the signer's key, and the record's time window at `now_ms` (unix ms)
+    /// with `rules.skew_ms`.
+    pub fn verify(&self, now_ms: u64, rules: &Rules) -> Result<Verified<T>, VerifyError> {
+        let record = self.decode(rules.limits)?;
         verify_sig(record.signer(), T::DOMAIN, &self.payload, &self.sig)?;
-        check_window(record.issued(), record.expires(), now_ms, skew_ms)?;
+        check_window(record.issued(), record.expires(), now_ms, rules.skew_ms)?;
         Ok(Verified { id: self.id(), record })
     }
 
@@ -191,13 +197,13 @@ impl<T: Record> Signed<T> {
         &self,
         expected: &Cid,
         now_ms: u64,
-        limits: Limits,
+        rules: &Rules,
     ) -> Result<Verified<T>, VerifyError> {
         let actual = self.id();
         if actual != *expected {
             return Err(VerifyError::CidMismatch { expected: *expected, actual });
         }
-        self.verify(now_ms, limits)
+        self.verify(now_ms, rules)
     }
 }
 
@@ -303,5 +309,37 @@ impl<'de, T: Payload> Deserialize<'de> for Signed<T> {
             let raw = RawSigned::deserialize(d)?;
             Ok(Self::from_parts(raw.payload.0, raw.sig.0))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Any = Signed<crate::Retirement>;
+
+    #[test]
+    fn layout_fast_path_agrees_with_the_strict_decoder() {
+        for len in [0usize, 23, 24, 255, 256, 65_535, 65_536] {
+            let signed = Any::from_parts(vec![7; len], [9; SIGNATURE_LEN]);
+            let bytes = signed.to_bytes();
+            let general: RawSigned = cbor::from_slice(&bytes, Limits::default(), "x").unwrap();
+            assert_eq!(general.payload.0, signed.payload, "len {len}");
+            assert_eq!(Any::from_bytes(&bytes, Limits::default()).unwrap(), signed);
+        }
+        // A non-shortest payload length is refused by name, not accepted by the fast path.
+        let mut long = SIG_PREFIX.to_vec();
+        long.extend_from_slice(&[0; 64]);
+        long.extend_from_slice(b"\x67payload\x58\x01\x00");
+        let err = Any::from_bytes(&long, Limits::default()).unwrap_err();
+        assert_eq!(err.code(), "NonCanonical");
+        // Trailing bytes are refused too.
+        let mut trailing = Any::from_parts(vec![1], [0; 64]).to_bytes();
+        trailing.push(0);
+        assert_eq!(Any::from_bytes(&trailing, Limits::default()).unwrap_err().code(), "Malformed");
+        // And the size limit holds before any parsing.
+        let big = Any::from_parts(vec![0; 100], [0; 64]).to_bytes();
+        let limits = Limits::default().with_max_size(50);
+        assert_eq!(Any::from_bytes(&big, limits).unwrap_err().code(), "TooLarge");
     }
 }

@@ -126,7 +126,7 @@ fn record_case<T: Record>(v: &Value) {
     if is_valid(v) {
         let signed = check_signed_parts::<T>(v, json_to_cbor::<T>);
         let verified =
-            signed.verify(now, Limits::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            signed.verify(now, &Rules::default()).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(verified.record.signer().to_string(), v["peer_id"], "{name}: signer");
         assert_eq!(
             serde_json::to_value(&verified.record).expect("json"),
@@ -135,10 +135,11 @@ fn record_case<T: Record>(v: &Value) {
         );
         return;
     }
+    let rules = Rules { limits: limits(v), ..Rules::default() };
     let result = Signed::<T>::from_bytes(&unhex(v, "signed_hex"), limits(v)).and_then(|s| {
         match v["expected_id"].as_str() {
-            Some(id) => s.verify_as(&id.parse().expect("cid"), now, limits(v)),
-            None => s.verify(now, limits(v)),
+            Some(id) => s.verify_as(&id.parse().expect("cid"), now, &rules),
+            None => s.verify(now, &rules),
         }
     });
     let err = result.expect_err(&format!("{name} must be refused"));

@@ -54,7 +54,7 @@ pub fn advert(full: bool) -> Advert {
         provider: provider().peer_id(),
         addrs: if full { vec!["/ip4/127.0.0.1/tcp/4001".into()] } else { vec![] },
         price: price(),
-        limits: Limits { timeout_ms: 30_000, max_input_bytes: 65_536, concurrency: 8 },
+        limits: CallLimits { timeout_ms: 30_000, max_input_bytes: 65_536, concurrency: 8 },
         attestations: if full { vec![cid(1)] } else { vec![] },
         seq: 3,
         issued: NOW - 1_000,

@@ -58,7 +58,7 @@ fn advert() -> impl Strategy<Value = Advert> {
                 provider: fixtures::provider().peer_id(),
                 addrs,
                 price: Price { amount, unit },
-                limits: Limits { timeout_ms: t, max_input_bytes: m, concurrency: c },
+                limits: CallLimits { timeout_ms: t, max_input_bytes: m, concurrency: c },
                 attestations,
                 seq,
                 issued,
@@ -82,6 +82,8 @@ proptest! {
     fn json_values_round_trip_canonically(value in json_value()) {
         let bytes = cbor::to_vec(&value).unwrap();
         cbor::check(&bytes, DecodeLimits::default()).unwrap();
+        // The direct serializer and the value-tree writer agree.
+        prop_assert_eq!(&cbor::value_to_vec(&ciborium::Value::serialized(&value).unwrap()).unwrap(), &bytes);
         let back: Value = cbor::from_slice(&bytes, DecodeLimits::default(), "JSON value").unwrap();
         prop_assert_eq!(cbor::to_vec(&back).unwrap(), bytes);
     }
@@ -96,14 +98,14 @@ proptest! {
         }
         let _ = Envelope::from_bytes(&bytes, DecodeLimits::default()).map(|e| e.open(NOW, &Rules::default()));
         let _ = Receiver::new(fixtures::caller().peer_id()).accept(&bytes, NOW);
-        let _ = Signed::<Advert>::from_parts(bytes.clone(), [0; 64]).verify(NOW, DecodeLimits::default());
+        let _ = Signed::<Advert>::from_parts(bytes.clone(), [0; 64]).verify(NOW, &Rules::default());
     }
 
     #[test]
     fn signed_adverts_round_trip(advert in advert()) {
         let signed = Signed::sign(&fixtures::provider(), &advert).unwrap();
         let parsed = Signed::<Advert>::from_bytes(&signed.to_bytes(), DecodeLimits::default()).unwrap();
-        let verified = parsed.verify(NOW, DecodeLimits::default()).unwrap();
+        let verified = parsed.verify(NOW, &Rules::default()).unwrap();
         prop_assert_eq!(&verified.record, &advert);
         prop_assert_eq!(verified.id, signed.id());
         // The JSON projection is lossless: it rebuilds the same payload bytes.
@@ -135,6 +137,93 @@ proptest! {
     }
 }
 
+/// A small edit of canonical bytes: flip, insert or delete one byte.
+#[derive(Debug, Clone)]
+enum Mutation {
+    Flip(prop::sample::Index, u8),
+    Insert(prop::sample::Index, u8),
+    Delete(prop::sample::Index),
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        (any::<prop::sample::Index>(), 1u8..=255).prop_map(|(i, x)| Mutation::Flip(i, x)),
+        (any::<prop::sample::Index>(), any::<u8>()).prop_map(|(i, b)| Mutation::Insert(i, b)),
+        any::<prop::sample::Index>().prop_map(Mutation::Delete),
+    ]
+}
+
+fn mutate(mut bytes: Vec<u8>, mutations: &[Mutation]) -> Vec<u8> {
+    for m in mutations {
+        match m {
+            Mutation::Flip(i, x) => {
+                let at = i.index(bytes.len());
+                bytes[at] ^= x;
+            }
+            Mutation::Insert(i, b) => bytes.insert(i.index(bytes.len() + 1), *b),
+            Mutation::Delete(i) => {
+                bytes.remove(i.index(bytes.len()));
+            }
+        }
+    }
+    bytes
+}
+
+/// If `bytes` decode as `T`, they are exactly `T`'s canonical encoding.
+fn strict<T: Payload>(bytes: &[u8]) -> Result<(), TestCaseError> {
+    if let Ok(value) = T::decode_payload(bytes, DecodeLimits::default()) {
+        prop_assert_eq!(
+            cbor::to_vec(&value).unwrap(),
+            bytes.to_vec(),
+            "{} decoded leniently",
+            T::NAME
+        );
+    }
+    Ok(())
+}
+
+/// Every payload the fixtures make: each record type and each envelope payload (built once).
+fn payloads() -> &'static [(&'static str, Vec<u8>)] {
+    static ALL: std::sync::OnceLock<Vec<(&'static str, Vec<u8>)>> = std::sync::OnceLock::new();
+    ALL.get_or_init(build_payloads)
+}
+
+fn build_payloads() -> Vec<(&'static str, Vec<u8>)> {
+    let mut out = vec![];
+    for full in [true, false] {
+        out.push(("Advert", cbor::to_vec(&fixtures::advert(full)).unwrap()));
+        out.push(("Attestation", cbor::to_vec(&fixtures::attestation(full)).unwrap()));
+        out.push(("Receipt", cbor::to_vec(&fixtures::receipt(full)).unwrap()));
+        for body in fixtures::bodies(full) {
+            out.push(("EnvelopePayload", fixtures::envelope(body).payload().to_vec()));
+        }
+    }
+    out.push(("Retirement", cbor::to_vec(&fixtures::retirement()).unwrap()));
+    out.push(("Countersignature", cbor::to_vec(&fixtures::countersignature()).unwrap()));
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2_000))]
+
+    /// Structure-aware: small edits of real payloads reach the typed decoders, which must
+    /// either refuse the result or have decoded exactly its canonical form.
+    #[test]
+    fn typed_decoders_admit_only_canonical_forms(which in any::<prop::sample::Index>(), edits in prop::collection::vec(mutation(), 1..3)) {
+        let all = payloads();
+        let (ty, original) = &all[which.index(all.len())];
+        let bytes = mutate(original.clone(), &edits);
+        match *ty {
+            "Advert" => strict::<Advert>(&bytes)?,
+            "Attestation" => strict::<Attestation>(&bytes)?,
+            "Receipt" => strict::<Receipt>(&bytes)?,
+            "Retirement" => strict::<Retirement>(&bytes)?,
+            "Countersignature" => strict::<Countersignature>(&bytes)?,
+            _ => strict::<EnvelopePayload>(&bytes)?,
+        }
+    }
+}
+
 #[test]
 fn every_fixture_body_round_trips_in_both_forms() {
     for full in [true, false] {
@@ -146,6 +235,8 @@ fn every_fixture_body_round_trips_in_both_forms() {
             assert_eq!(opened.payload.body, body);
             let json = serde_json::to_value(&body).unwrap();
             assert_eq!(Body::from_json(body.kind(), json).unwrap(), body);
+            let tree = ciborium::Value::serialized(&opened.payload).unwrap();
+            assert_eq!(cbor::value_to_vec(&tree).unwrap(), env.payload(), "{:?}", body.kind());
         }
     }
 }

@@ -277,3 +277,120 @@ fn rust_projections_match_their_schemas_exactly() {
     }
     let _ = NOW;
 }
+
+/// The field (or variant) names serde's derive declares for `T`: what the Rust type can hold,
+/// independent of any fixture value.
+fn names_of<T: DeserializeOwned>() -> BTreeSet<&'static str> {
+    #[derive(Debug)]
+    struct Names(Vec<&'static str>);
+    impl std::fmt::Display for Names {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{:?}", self.0)
+        }
+    }
+    impl std::error::Error for Names {}
+    impl serde::de::Error for Names {
+        fn custom<T: std::fmt::Display>(_: T) -> Self {
+            Names(vec![])
+        }
+    }
+    struct Probe;
+    impl<'de> serde::Deserializer<'de> for Probe {
+        type Error = Names;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Names> {
+            Err(Names(vec![]))
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Names> {
+            Err(Names(fields.to_vec()))
+        }
+        fn deserialize_enum<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            variants: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Names> {
+            Err(Names(variants.to_vec()))
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map identifier ignored_any
+        }
+    }
+    match T::deserialize(Probe) {
+        Err(Names(names)) if !names.is_empty() => names.into_iter().collect(),
+        _ => panic!("{} is not a derived struct or enum", std::any::type_name::<T>()),
+    }
+}
+
+/// The subschema reached from the root by following `path` through `properties` (and `items`).
+fn subschema<'a>(root: &'a Value, path: &[&str]) -> &'a Value {
+    let mut at = resolve(root, root);
+    for step in path {
+        at = if *step == "items" { &at["items"] } else { &at["properties"][*step] };
+        at = resolve(root, at);
+    }
+    at
+}
+
+/// Property names of an object schema, or the variant names of a `oneOf` of one-key objects.
+fn schema_names(root: &Value, schema: &Value) -> BTreeSet<String> {
+    if let Some(branches) = schema.get("oneOf").and_then(Value::as_array) {
+        return branches
+            .iter()
+            .flat_map(|b| resolve(root, b)["required"].as_array().cloned().unwrap_or_default())
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect();
+    }
+    schema["properties"].as_object().expect("an object schema").keys().cloned().collect()
+}
+
+fn same_names<T: DeserializeOwned>(file: &str, path: &[&str]) {
+    let root = read_json(&format!("schemas/{file}"));
+    let schema = subschema(&root, path);
+    let ours: BTreeSet<String> = names_of::<T>().into_iter().map(str::to_owned).collect();
+    assert_eq!(
+        ours,
+        schema_names(&root, schema),
+        "{file} {path:?} vs {}",
+        std::any::type_name::<T>()
+    );
+}
+
+#[test]
+fn every_field_and_variant_of_the_types_is_in_the_schemas() {
+    same_names::<Contract>("records/Contract.json", &[]);
+    same_names::<Advert>("records/Advert.json", &[]);
+    same_names::<Price>("records/Advert.json", &["price"]);
+    same_names::<CallLimits>("records/Advert.json", &["limits"]);
+    same_names::<Retirement>("records/Retirement.json", &[]);
+    same_names::<Attestation>("records/Attestation.json", &[]);
+    same_names::<Subject>("records/Attestation.json", &["subject"]);
+    same_names::<Receipt>("records/Receipt.json", &[]);
+    same_names::<Countersignature>("records/Countersignature.json", &[]);
+    same_names::<AdvertiseCapability>("kinds/AdvertiseCapability.json", &[]);
+    same_names::<Retire>("kinds/Retire.json", &[]);
+    same_names::<Attest>("kinds/Attest.json", &[]);
+    same_names::<Discover>("kinds/Discover.json", &[]);
+    same_names::<Filter>("kinds/Discover.json", &["filter"]);
+    same_names::<DiscoverResult>("kinds/DiscoverResult.json", &[]);
+    same_names::<Sync>("kinds/Sync.json", &[]);
+    same_names::<SyncResult>("kinds/SyncResult.json", &[]);
+    same_names::<SyncRange>("kinds/SyncResult.json", &["ranges", "items"]);
+    same_names::<AnyRecord>("kinds/SyncResult.json", &["records", "items"]);
+    same_names::<Intent>("kinds/Intent.json", &[]);
+    same_names::<Offer>("kinds/Offer.json", &[]);
+    same_names::<Negotiate>("kinds/Negotiate.json", &[]);
+    same_names::<TaskStart>("kinds/TaskStart.json", &[]);
+    same_names::<TaskAccepted>("kinds/TaskAccepted.json", &[]);
+    same_names::<TaskProgress>("kinds/TaskProgress.json", &[]);
+    same_names::<TaskDone>("kinds/TaskDone.json", &[]);
+    same_names::<ErrorBody>("kinds/TaskDone.json", &["error"]);
+    same_names::<TaskCancel>("kinds/TaskCancel.json", &[]);
+    same_names::<ReceiptCountersign>("kinds/Receipt.json", &[]);
+    same_names::<ErrorBody>("kinds/Error.json", &[]);
+}

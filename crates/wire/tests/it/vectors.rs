@@ -314,6 +314,19 @@ fn record_vectors() -> Value {
         domain::RETIREMENT,
         &cbor::to_vec(&bad_key).expect("canonical"),
     ));
+    // A unit enum variant must be its name; the same variant as a one-entry map is refused.
+    let enum_as_map = replace_field(&fixtures::receipt(true), "validation", |v| {
+        ciborium::Value::Map(vec![(v.clone(), ciborium::Value::Integer(0.into()))])
+    });
+    v.push(bad_record(
+        "receipt-enum-variant-as-map",
+        "Receipt",
+        "InvalidObject",
+        NOW,
+        &p,
+        domain::RECEIPT,
+        &enum_as_map,
+    ));
     let mut truncated = bad_record(
         "signed-truncated",
         "Retirement",
@@ -334,6 +347,23 @@ fn record_vectors() -> Value {
          the record was fetched by.",
         v,
     )
+}
+
+/// Canonical bytes of `value` with the top-level field `field` rewritten by `f`.
+fn replace_field<T: Serialize>(
+    value: &T,
+    field: &str,
+    f: impl Fn(&ciborium::Value) -> ciborium::Value,
+) -> Vec<u8> {
+    let mut value = ciborium::Value::serialized(value).expect("value");
+    if let ciborium::Value::Map(entries) = &mut value {
+        for (k, v) in entries.iter_mut() {
+            if k.as_text() == Some(field) {
+                *v = f(v);
+            }
+        }
+    }
+    cbor::value_to_vec(&value).expect("canonical")
 }
 
 /// Serializes a record with one field more than its schema allows.
@@ -513,6 +543,20 @@ fn envelope_vectors() -> Value {
         Envelope::from_parts(bytes, sig).to_bytes()
     };
     v.push(bad_envelope("body-missing-field", "InvalidObject", &missing, at_provider, NOW));
+    let kind_as_map = {
+        let payload = Envelope::builder(cancel())
+            .to(at_provider)
+            .nonce(FixedBytes([5; 8]))
+            .trace(FixedBytes([6; 16]))
+            .payload(&c, NOW)
+            .expect("payload");
+        let bytes = replace_field(&payload, "kind", |k| {
+            ciborium::Value::Map(vec![(k.clone(), ciborium::Value::Null)])
+        });
+        let sig = c.sign(domain::ENVELOPE.as_bytes(), &bytes);
+        Envelope::from_parts(bytes, sig).to_bytes()
+    };
+    v.push(bad_envelope("kind-as-map", "InvalidObject", &kind_as_map, at_provider, NOW));
     file(
         "Envelopes: one valid vector per kind (with every optional field, and with none), and \
          one per refusal. A receiver judges at now_ms as the peer `receiver`, with max_size \
@@ -545,6 +589,7 @@ fn files_match_the_generator() {
         if write {
             std::fs::create_dir_all(vectors_dir()).expect("mkdir");
             std::fs::write(&path, render(&value)).expect("write vectors");
+            continue;
         }
         let on_disk = std::fs::read_to_string(&path).unwrap_or_else(|e| {
             panic!("{}: {e}; run with CAPMESH_WRITE_VECTORS=1", path.display())
@@ -554,4 +599,6 @@ fn files_match_the_generator() {
             "{name} differs from what the code generates; regenerate with CAPMESH_WRITE_VECTORS=1 and review the diff"
         );
     }
+    // Writing is not checking: a run that rewrote the files says so by failing.
+    assert!(!write, "vector files rewritten; unset CAPMESH_WRITE_VECTORS, review the diff, rerun");
 }
