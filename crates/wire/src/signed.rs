@@ -47,6 +47,11 @@ pub trait Record: Payload {
     fn expires(&self) -> Option<u64> {
         None
     }
+
+    /// The time checks of [`Signed::verify`]: not dated beyond `now + skew`, not expired.
+    fn check_time(&self, now_ms: u64, skew_ms: u64) -> Result<(), VerifyError> {
+        check_window(self.issued(), self.expires(), now_ms, skew_ms)
+    }
 }
 
 macro_rules! record {
@@ -187,9 +192,15 @@ impl<T: Record> Signed<T> {
     /// with `rules.skew_ms`.
     pub fn verify(&self, now_ms: u64, rules: &Rules) -> Result<Verified<T>, VerifyError> {
         let record = self.decode(rules.limits)?;
-        verify_sig(record.signer(), T::DOMAIN, &self.payload, &self.sig)?;
-        check_window(record.issued(), record.expires(), now_ms, rules.skew_ms)?;
+        self.check_signature(&record)?;
+        record.check_time(now_ms, rules.skew_ms)?;
         Ok(Verified { id: self.id(), record })
+    }
+
+    /// The signature check of [`Signed::verify`] alone, for a payload already decoded (e.g. by a
+    /// caller that verifies many signatures as one batch and falls back to this).
+    pub fn check_signature(&self, record: &T) -> Result<(), VerifyError> {
+        verify_sig(record.signer(), T::DOMAIN, &self.payload, &self.sig)
     }
 
     /// [`Signed::verify`], and the id must be `expected` (a record fetched by id).

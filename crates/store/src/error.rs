@@ -1,0 +1,43 @@
+use capmesh_contract::ContractError;
+use capmesh_types::{Cid, PeerId};
+use capmesh_wire::VerifyError;
+
+/// Why a record was not stored. Every refusal leaves the store untouched.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("record refused ({code}): {0}", code = .0.code())]
+    Verify(#[from] VerifyError),
+    #[error("contract refused ({code}): {0}", code = .0.code())]
+    Contract(#[from] ContractError),
+    #[error(
+        "record {id} has seq {got}, but seq {have} is already stored for this provider and capability"
+    )]
+    Stale { id: Cid, have: u64, got: u64 },
+    #[error("{signer} already has {max} records here, the most this replica keeps per signer")]
+    SignerCap { signer: PeerId, max: u64 },
+    #[error("this replica holds its maximum of {max} records")]
+    TotalCap { max: u64 },
+    #[error("storage failed: {0}")]
+    Storage(#[from] sled::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl StoreError {
+    /// Stable machine name of the refusal.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Verify(e) => e.code(),
+            Self::Contract(e) => e.code(),
+            Self::Stale { .. } => "Stale",
+            Self::SignerCap { .. } => "SignerCap",
+            Self::TotalCap { .. } => "TotalCap",
+            Self::Storage(_) => "Storage",
+            Self::Corrupt(_) => "Corrupt",
+            Self::Closed => "Closed",
+        }
+    }
+}
