@@ -138,6 +138,8 @@ struct Inner {
     tx: Mutex<Option<SyncSender<Request>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
     ledger: Mutex<()>,
+    /// Contract ids that passed `capmesh_contract::check` (bounded; see `ContractGate`).
+    checked_contracts: Mutex<std::collections::HashSet<Cid>>,
 }
 
 impl Drop for Inner {
@@ -182,6 +184,7 @@ impl Store {
                 tx: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(handle)),
                 ledger: Mutex::new(()),
+                checked_contracts: Mutex::new(Default::default()),
             }),
         })
     }
@@ -247,7 +250,8 @@ impl Store {
     fn check_all(&self, items: &[Item], now_ms: u64) -> Vec<Result<registry::Checked, StoreError>> {
         let rules = &self.inner.config.rules;
         let db = &self.inner.db;
-        let known = |cap: &Cid| db.contains_key(keys::contract(cap)).unwrap_or(false);
+        let gate = registry::ContractGate { db, passed: &self.inner.checked_contracts };
+        let known = &gate;
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         if items.len() < 8 || threads < 2 {
             return items.iter().map(|i| i.check(now_ms, rules, known)).collect();

@@ -66,6 +66,35 @@ impl RecordType {
     }
 }
 
+/// Contracts are immutable by id, so one that passed [`check_contract`] never needs the check
+/// again: ids that passed are remembered (bounded), and stored ones are known good.
+pub(crate) struct ContractGate<'a> {
+    pub(crate) db: &'a sled::Db,
+    pub(crate) passed: &'a std::sync::Mutex<std::collections::HashSet<Cid>>,
+}
+
+impl ContractGate<'_> {
+    /// Most contract ids remembered as checked; the set starts over when full.
+    const MAX_REMEMBERED: usize = 4096;
+
+    fn is_stored(&self, cap: &Cid) -> Result<bool, StoreError> {
+        Ok(self.db.contains_key(keys::contract(cap))?)
+    }
+
+    fn check(&self, cap: &Cid, contract: &Contract) -> Result<(), StoreError> {
+        if self.passed.lock().unwrap_or_else(|e| e.into_inner()).contains(cap) {
+            return Ok(());
+        }
+        check_contract(contract)?;
+        let mut passed = self.passed.lock().unwrap_or_else(|e| e.into_inner());
+        if passed.len() >= Self::MAX_REMEMBERED {
+            passed.clear();
+        }
+        passed.insert(*cap);
+        Ok(())
+    }
+}
+
 /// A record that passed verification, ready to apply. (Variants differ in size; they live only
 /// between verification and the writer, so boxing would buy nothing.)
 #[derive(Debug, Clone)]
@@ -99,7 +128,7 @@ impl Item {
         &self,
         now_ms: u64,
         rules: &Rules,
-        known_contract: impl Fn(&Cid) -> bool,
+        contracts: &ContractGate<'_>,
     ) -> Result<Checked, StoreError> {
         Ok(match self {
             Item::Advert { advert, contract } => {
@@ -112,10 +141,10 @@ impl Item {
                 if actual != cap {
                     return Err(VerifyError::CidMismatch { expected: cap, actual }.into());
                 }
-                let contract_bytes = if known_contract(&cap) {
+                let contract_bytes = if contracts.is_stored(&cap)? {
                     Vec::new()
                 } else {
-                    check_contract(contract)?;
+                    contracts.check(&cap, contract)?;
                     contract_bytes
                 };
                 Checked::Advert {
