@@ -1,4 +1,4 @@
-//! The data directory: the node key, the configuration, and (later) the replica.
+//! The data directory: the node key, the configuration, and the replica.
 
 use std::{
     fs,
@@ -26,6 +26,8 @@ pub struct Initialized {
 
 impl DataDir {
     pub const CONFIG_FILE: &'static str = "config.toml";
+    /// The replica's directory (sled), relative to the data directory.
+    pub const REPLICA_DIR: &'static str = "replica";
 
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self { root: root.into() }
@@ -45,6 +47,11 @@ impl DataDir {
 
     pub fn config_file(&self) -> PathBuf {
         self.root.join(Self::CONFIG_FILE)
+    }
+
+    /// The registry replica (`<data dir>/replica`), opened by `capmesh_store::Store::open`.
+    pub fn replica_dir(&self) -> PathBuf {
+        self.root.join(Self::REPLICA_DIR)
     }
 
     pub fn config(&self) -> anyhow::Result<Config> {

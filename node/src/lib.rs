@@ -1,5 +1,6 @@
-//! The capmesh node as a library: data directory, configuration and (as the node grows) its
-//! assembly and launch. The `capmesh` binary is a thin CLI over this crate; tests drive it too.
+//! The capmesh node as a library: data directory, configuration, the offline commands (`cap`,
+//! `registry`, `inspect`) and (as the node grows) its assembly and launch. The `capmesh` binary
+//! is a thin CLI over this crate; tests drive it too.
 //!
 //! ```no_run
 //! let dir = capmesh::DataDir::new("/tmp/capmesh-example");
@@ -8,9 +9,11 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
+pub mod cap;
 pub mod config;
 mod data_dir;
 pub mod inspect;
+pub mod registry;
 
 pub use config::Config;
 pub use data_dir::{DataDir, Initialized};

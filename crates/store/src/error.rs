@@ -18,6 +18,8 @@ pub enum StoreError {
     SignerCap { signer: PeerId, max: u64 },
     #[error("this replica holds its maximum of {max} records")]
     TotalCap { max: u64 },
+    #[error("the replica at {} is in use by another process (one process at a time may open it)", .0.display())]
+    Locked(std::path::PathBuf),
     #[error("storage failed: {0}")]
     Storage(#[from] sled::Error),
     #[error("stored data is corrupt: {0}")]
@@ -35,6 +37,7 @@ impl StoreError {
             Self::Stale { .. } => "Stale",
             Self::SignerCap { .. } => "SignerCap",
             Self::TotalCap { .. } => "TotalCap",
+            Self::Locked(_) => "Locked",
             Self::Storage(_) => "Storage",
             Self::Corrupt(_) => "Corrupt",
             Self::Closed => "Closed",

@@ -7,8 +7,8 @@ use capmesh_types::{Cid, PeerId};
 use capmesh_wire::{Advert, Attestation, Record, Retirement, Signed};
 
 use crate::{
-    ChangeOp, RecordType, Store, StoreError, keys, limits,
-    registry::{Change, State, StateKind, Summary, advert_index_keys, subject_bytes},
+    ChangeOp, RECORD_HEADER, RecordType, Store, StoreError, keys, limits, postings,
+    registry::{Change, State, StateKind, Summary, advert_terms, subject_bytes},
     writer::load_contract,
 };
 
@@ -17,6 +17,7 @@ use crate::{
 pub struct IntegrityReport {
     pub records: u64,
     pub adverts: u64,
+    /// Postings in all posting lists.
     pub index_entries: u64,
     pub log_entries: u64,
 }
@@ -50,6 +51,7 @@ impl Store {
             return Err(corrupt(format!("log head {max_seq} but counter {stored_seq}")));
         }
 
+        let mut expected_postings = 0u64;
         for entry in db.scan_prefix([keys::RECORD]) {
             let (k, v) = entry?;
             let id = keys::cid_at(&k, 1).ok_or_else(|| corrupt("record key".into()))?;
@@ -61,14 +63,17 @@ impl Store {
                 .first()
                 .and_then(|b| RecordType::from_byte(*b))
                 .ok_or_else(|| corrupt(format!("record {id} type")))?;
-            let bytes = &v[1..];
+            let order =
+                keys::u64_at(&v, 33).ok_or_else(|| corrupt(format!("record {id} header")))?;
+            let bytes =
+                v.get(RECORD_HEADER..).ok_or_else(|| corrupt(format!("record {id} header")))?;
             let bad = |e: capmesh_wire::VerifyError| corrupt(format!("record {id}: {e}"));
             let signer = match ty {
                 RecordType::Advert => {
                     let advert = Signed::<Advert>::from_bytes(bytes, limits())
                         .and_then(|s| s.decode(limits()))
                         .map_err(bad)?;
-                    self.check_advert(&id, &advert, &mut report)?;
+                    expected_postings += self.check_advert(&id, order, &advert, &mut report)?;
                     *advert.signer()
                 }
                 RecordType::Retirement => {
@@ -96,32 +101,32 @@ impl Store {
                     a.issuer
                 }
             };
+            if v.get(1..33) != Some(signer.public_key().as_bytes().as_slice()) {
+                return Err(corrupt(format!("record {id} header names another signer")));
+            }
             *per_signer.entry(signer).or_default() += 1;
         }
 
-        // Every index entry points at a live advert.
-        for prefix in [
-            keys::IDX_ALL,
-            keys::IDX_CAP,
-            keys::IDX_PROVIDER,
-            keys::IDX_TAG,
-            keys::IDX_NAME,
-            keys::IDX_WORD,
-        ] {
-            for entry in db.scan_prefix(prefix) {
-                let (k, v) = entry?;
-                let id = Cid::from_bytes(&v).map_err(|e| corrupt(format!("index value: {e}")))?;
-                if !db.contains_key(keys::summary(&id))? || !db.contains_key(keys::record(&id))? {
-                    return Err(corrupt(format!(
-                        "index entry {k:?} points at missing advert {id}"
-                    )));
+        // Every posting points at a live advert, and there are exactly as many as the live
+        // adverts' terms (each of which was checked to hold its advert above).
+        for entry in db.scan_prefix([keys::POSTING]) {
+            let (_, v) = entry?;
+            for order in postings::decode(&v) {
+                if !db.contains_key(keys::summary(order))? {
+                    return Err(corrupt(format!("posting {order} points at no advert")));
                 }
                 report.index_entries += 1;
             }
         }
+        if report.index_entries != expected_postings {
+            return Err(corrupt(format!(
+                "{} postings, expected {expected_postings}",
+                report.index_entries
+            )));
+        }
         for entry in db.scan_prefix([keys::SUMMARY]) {
-            let (k, _) = entry?;
-            let id = keys::cid_at(&k, 1).ok_or_else(|| corrupt("summary key".into()))?;
+            let (_, v) = entry?;
+            let id = keys::cid_at(&v, 0).ok_or_else(|| corrupt("summary value".into()))?;
             if !db.contains_key(keys::record(&id))? {
                 return Err(corrupt(format!("summary of missing advert {id}")));
             }
@@ -148,19 +153,25 @@ impl Store {
         Ok(report)
     }
 
+    /// Checks a live advert's summary, state, postings and expiry entry; returns how many
+    /// postings it has.
     fn check_advert(
         &self,
         id: &Cid,
+        order: u64,
         advert: &Advert,
         report: &mut IntegrityReport,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let db = &self.inner.db;
         report.adverts += 1;
-        let summary = db
-            .get(keys::summary(id))?
-            .as_deref()
-            .and_then(Summary::decode)
+        let value = db
+            .get(keys::summary(order))?
             .ok_or_else(|| corrupt(format!("advert {id} has no summary")))?;
+        let summary = value
+            .get(Cid::BINARY_LEN..)
+            .and_then(Summary::decode)
+            .filter(|s| keys::cid_at(&value, 0) == Some(*id) && s.order == order)
+            .ok_or_else(|| corrupt(format!("advert {id} has a wrong summary")))?;
         let state = db
             .get(keys::state(&advert.provider, &advert.capability))?
             .as_deref()
@@ -169,14 +180,15 @@ impl Store {
             return Err(corrupt(format!("advert {id} is not the current state")));
         }
         let contract = load_contract(db, &advert.capability)?;
-        for k in advert_index_keys(&summary, &contract) {
-            if db.get(&k)?.as_deref() != Some(&id.to_bytes()[..]) {
-                return Err(corrupt(format!("advert {id} misses index entry {k:?}")));
+        let terms = advert_terms(&summary, &contract);
+        for term in &terms {
+            if !postings::contains(db, term, order)? {
+                return Err(corrupt(format!("advert {id} is missing from posting list {term:?}")));
             }
         }
         if !db.contains_key(keys::expiry(advert.expires, id))? {
             return Err(corrupt(format!("advert {id} has no expiry entry")));
         }
-        Ok(())
+        Ok(terms.len() as u64)
     }
 }

@@ -4,19 +4,14 @@
 //! | prefix | key | value |
 //! |---|---|---|
 //! | `C` | capability id (36) | canonical contract |
-//! | `R` | record id (36) | record type (1) ‖ signed bytes |
-//! | `S` | provider key (32) ‖ capability id (36) | [`State`] |
-//! | `V` | advert id (36) | [`Summary`] of a live advert |
-//! | `ia` | order (8) | advert id |
-//! | `ic` | capability id ‖ order | advert id |
-//! | `ip` | provider key ‖ order | advert id |
-//! | `it` | tag ‖ 0 ‖ order | advert id |
-//! | `in` | name ‖ 0 ‖ order | advert id |
-//! | `iw` | token ‖ 0 ‖ order | advert id |
+//! | `R` | record id (36) | record type (1) ‖ signer key (32) ‖ order (8) ‖ signed bytes |
+//! | `S` | provider key (32) ‖ capability id (36) | state: the winning seq, kind, record id |
+//! | `V` | order (8) | advert id (36) ‖ [`Summary`](crate::Summary) of a live advert |
+//! | `p` | kind (1) ‖ term ‖ first order (8) | a chunk of a posting list (see `postings`) |
 //! | `ix` | expires (8) ‖ record id | empty |
 //! | `as` | subject ‖ attestation id | issuer key (32) ‖ expires (8) ‖ claim |
-//! | `G` | log sequence (8) | [`Change`] |
-//! | `M` | counter name | u64 |
+//! | `G` | log sequence (8) | change: op, record type, record id |
+//! | `M:` | counter name | u64 |
 //! | `Mp` | signer key (32) | u64: live records signed by it |
 //! | `P` | peer key (32) | peer book entry |
 //! | `L` | ledger sequence (8) | chain hash (32) ‖ entry type (1) ‖ signed bytes |
@@ -35,12 +30,7 @@ pub(crate) const LOG: u8 = b'G';
 pub(crate) const PEER: u8 = b'P';
 pub(crate) const LEDGER: u8 = b'L';
 
-pub(crate) const IDX_ALL: &[u8] = b"ia";
-pub(crate) const IDX_CAP: &[u8] = b"ic";
-pub(crate) const IDX_PROVIDER: &[u8] = b"ip";
-pub(crate) const IDX_TAG: &[u8] = b"it";
-pub(crate) const IDX_NAME: &[u8] = b"in";
-pub(crate) const IDX_WORD: &[u8] = b"iw";
+pub(crate) const POSTING: u8 = b'p';
 pub(crate) const IDX_EXPIRY: &[u8] = b"ix";
 pub(crate) const ATT_SUBJECT: &[u8] = b"as";
 pub(crate) const META: &[u8] = b"M:";
@@ -66,8 +56,8 @@ pub(crate) fn state(provider: &PeerId, cap: &Cid) -> Vec<u8> {
     cat(&[&[STATE], provider.public_key().as_bytes(), &cap.to_bytes()])
 }
 
-pub(crate) fn summary(id: &Cid) -> Vec<u8> {
-    cat(&[&[SUMMARY], &id.to_bytes()])
+pub(crate) fn summary(order: u64) -> Vec<u8> {
+    cat(&[&[SUMMARY], &order.to_be_bytes()])
 }
 
 pub(crate) fn log(seq: u64) -> Vec<u8> {
@@ -84,17 +74,6 @@ pub(crate) fn signer_count(signer: &PeerId) -> Vec<u8> {
 
 pub(crate) fn expiry(expires: u64, id: &Cid) -> Vec<u8> {
     cat(&[IDX_EXPIRY, &expires.to_be_bytes(), &id.to_bytes()])
-}
-
-/// A text-keyed index entry: `prefix ‖ text ‖ 0 ‖ order`. Text never holds 0 (tags, names and
-/// tokens are restricted to printable characters), so the separator keeps prefixes apart.
-pub(crate) fn text_index(prefix: &[u8], text: &str, order: u64) -> Vec<u8> {
-    cat(&[prefix, text.as_bytes(), &[0], &order.to_be_bytes()])
-}
-
-/// Prefix of all entries of one text value: `prefix ‖ text ‖ 0`.
-pub(crate) fn text_prefix(prefix: &[u8], text: &str) -> Vec<u8> {
-    cat(&[prefix, text.as_bytes(), &[0]])
 }
 
 pub(crate) fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {

@@ -25,6 +25,8 @@ mod integrity;
 mod keys;
 mod ledger;
 mod peers;
+mod pending;
+mod postings;
 mod query;
 mod registry;
 mod writer;
@@ -67,6 +69,9 @@ pub struct Config {
     pub rules: Rules,
     /// sled page cache in bytes. Default 256 MiB.
     pub cache_bytes: u64,
+    /// Postings per posting-list chunk (one sled value). Default 512; tests use tiny chunks to
+    /// exercise chunk boundaries.
+    pub posting_chunk: usize,
 }
 
 impl Default for Config {
@@ -78,6 +83,7 @@ impl Default for Config {
             queue: 1024,
             rules: Rules::default(),
             cache_bytes: 256 * 1024 * 1024,
+            posting_chunk: 512,
         }
     }
 }
@@ -166,7 +172,14 @@ impl Store {
             .path(dir)
             .cache_capacity(config.cache_bytes)
             .mode(sled::Mode::HighThroughput)
-            .open()?;
+            .open()
+            .map_err(|e| match e {
+                // sled reports a held lock only as an I/O error with this text.
+                sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+                    StoreError::Locked(dir.to_owned())
+                }
+                e => StoreError::Storage(e),
+            })?;
         let stats = Arc::new(Stats::default());
         let head = Arc::new(Head::default());
         let writer = Writer::new(db.clone(), config.clone(), stats.clone(), head.clone())?;
@@ -303,7 +316,10 @@ impl Store {
             .first()
             .and_then(|b| RecordType::from_byte(*b))
             .ok_or_else(|| StoreError::Corrupt(format!("record {id} has no type")))?;
-        Ok(Some((ty, v[1..].to_vec())))
+        // type (1) ‖ signer (32) ‖ order (8) ‖ signed bytes
+        let signed =
+            v.get(RECORD_HEADER..).ok_or_else(|| StoreError::Corrupt(format!("record {id}")))?;
+        Ok(Some((ty, signed.to_vec())))
     }
 
     /// What the replica did so far.
@@ -332,6 +348,9 @@ impl Store {
         Ok(self.len()? == 0)
     }
 }
+
+/// Bytes before a stored record's signed bytes: type, signer key, order.
+pub(crate) const RECORD_HEADER: usize = 1 + 32 + 8;
 
 /// Decoder limits used for the replica's own stored bytes.
 pub(crate) fn limits() -> cbor::Limits {

@@ -6,7 +6,11 @@ use std::collections::BTreeSet;
 use capmesh_types::{Cid, PeerId};
 use capmesh_wire::Filter;
 
-use crate::{Store, StoreError, keys, registry::Summary};
+use crate::{
+    Store, StoreError, keys,
+    postings::{self, Kind, partial_prefix, term_prefix},
+    registry::Summary,
+};
 
 /// Scan direction over an index: insertion order, oldest or newest first.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -51,35 +55,41 @@ pub struct Hit {
     pub summary: Summary,
 }
 
-/// A page of hits and where the next page starts. The cursor is the last index key read, so
-/// records inserted meanwhile never shift the pages: nothing is repeated or skipped that
-/// existed when the first page was read.
+/// A page of hits and where the next page starts. The cursor names the last posting read
+/// (chunk and order), so records inserted meanwhile never shift the pages: nothing is repeated
+/// or skipped that existed when the first page was read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
     pub hits: Vec<Hit>,
     pub next: Option<Vec<u8>>,
 }
 
-/// Which index a query scans, and under which prefix.
+/// Which posting lists a query scans: one term, or (name prefix) every term under a prefix.
 fn plan(q: &Query) -> Vec<u8> {
     let f = &q.filter;
     if let Some(cap) = &q.capability {
-        return keys::cat(&[keys::IDX_CAP, &cap.to_bytes()]);
+        return term_prefix(Kind::Capability, &cap.to_bytes());
     }
     if let Some(p) = &f.provider {
-        return keys::cat(&[keys::IDX_PROVIDER, p.public_key().as_bytes()]);
+        return term_prefix(Kind::Provider, p.public_key().as_bytes());
     }
     if let Some(tag) = f.tags.first() {
-        return keys::text_prefix(keys::IDX_TAG, tag);
+        return term_prefix(Kind::Tag, tag.as_bytes());
     }
     if let Some(word) = f.text.as_deref().and_then(|t| keys::tokens(t).into_iter().next()) {
-        return keys::text_prefix(keys::IDX_WORD, &word);
+        return term_prefix(Kind::Word, word.as_bytes());
     }
     if let Some(prefix) = &f.name_prefix {
-        // Names share the index: every name starting with the prefix, ordered by name.
-        return keys::cat(&[keys::IDX_NAME, prefix.as_bytes()]);
+        // Every name starting with the prefix, ordered by name, then insertion.
+        return partial_prefix(Kind::Name, prefix.as_bytes());
     }
-    keys::IDX_ALL.to_vec()
+    term_prefix(Kind::All, &[])
+}
+
+/// A cursor is the chunk key last read followed by the last order returned from it.
+fn split_cursor(cursor: &[u8]) -> Option<(&[u8], u64)> {
+    let (chunk, order) = cursor.split_at_checked(cursor.len().checked_sub(8)?)?;
+    Some((chunk, u64::from_be_bytes(order.try_into().ok()?)))
 }
 
 impl Store {
@@ -90,45 +100,54 @@ impl Store {
         let prefix = plan(q);
         let words: BTreeSet<String> =
             q.filter.text.as_deref().map(keys::tokens).unwrap_or_default().into_iter().collect();
-        let after = q.cursor.clone().filter(|c| c.starts_with(&prefix));
-        let iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+        let after =
+            q.cursor.as_deref().and_then(split_cursor).filter(|(c, _)| c.starts_with(&prefix));
+        use std::ops::Bound::{Included, Unbounded};
+        let chunks: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
             match (q.order, after) {
                 (Order::Oldest, None) => Box::new(db.scan_prefix(&prefix)),
                 (Order::Newest, None) => Box::new(db.scan_prefix(&prefix).rev()),
-                (Order::Oldest, Some(c)) => Box::new(
-                    db.range((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded))
-                        .take_while(move |r| {
-                            r.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix))
-                        }),
-                ),
-                (Order::Newest, Some(c)) => Box::new(
-                    db.range((
-                        std::ops::Bound::Included(prefix.clone()),
-                        std::ops::Bound::Excluded(c),
-                    ))
-                    .rev(),
-                ),
+                (Order::Oldest, Some((c, _))) => {
+                    Box::new(db.range((Included(c.to_vec()), Unbounded)))
+                }
+                (Order::Newest, Some((c, _))) => {
+                    Box::new(db.range((Included(prefix.clone()), Included(c.to_vec()))).rev())
+                }
             };
         let mut hits = Vec::with_capacity(limit);
-        let mut last = None;
-        for entry in iter {
-            let (key, value) = entry?;
-            last = Some(key.to_vec());
-            let id = Cid::from_bytes(&value)
-                .map_err(|e| StoreError::Corrupt(format!("index value: {e}")))?;
-            let summary =
-                db.get(keys::summary(&id))?.as_deref().and_then(Summary::decode).ok_or_else(
-                    || StoreError::Corrupt(format!("index points at missing advert {id}")),
-                )?;
-            if self.matches(q, &words, &summary, now_ms)? {
-                hits.push(Hit { id, summary });
-                if hits.len() == limit {
-                    break;
+        for entry in chunks {
+            let (chunk_key, value) = entry?;
+            if !chunk_key.starts_with(&prefix) {
+                break;
+            }
+            let mut orders = postings::decode(&value);
+            if q.order == Order::Newest {
+                orders.reverse();
+            }
+            for order in orders {
+                // Resume strictly after the cursor within the chunk it names.
+                if let Some((c, last)) = after
+                    && c == chunk_key.as_ref()
+                    && (if q.order == Order::Oldest { order <= last } else { order >= last })
+                {
+                    continue;
+                }
+                let value = db
+                    .get(keys::summary(order))?
+                    .ok_or_else(|| StoreError::Corrupt(format!("posting {order} has no advert")))?;
+                let (id, summary) = keys::cid_at(&value, 0)
+                    .zip(value.get(Cid::BINARY_LEN..).and_then(Summary::decode))
+                    .ok_or_else(|| StoreError::Corrupt(format!("summary {order}")))?;
+                if self.matches(q, &words, &summary, now_ms)? {
+                    hits.push(Hit { id, summary });
+                    if hits.len() == limit {
+                        let next = keys::cat(&[&chunk_key, &order.to_be_bytes()]);
+                        return Ok(Page { hits, next: Some(next) });
+                    }
                 }
             }
         }
-        let next = if hits.len() == limit { last } else { None };
-        Ok(Page { hits, next })
+        Ok(Page { hits, next: None })
     }
 
     fn matches(
@@ -159,14 +178,14 @@ impl Store {
         if f.issued_after.is_some_and(|t| s.issued < t) {
             return Ok(false);
         }
-        // Tags and words: the advert's own index entries say whether it has them.
+        // Tags and words: membership in their posting lists.
         for tag in &f.tags {
-            if !db.contains_key(keys::text_index(keys::IDX_TAG, tag, s.order))? {
+            if !postings::contains(db, &term_prefix(Kind::Tag, tag.as_bytes()), s.order)? {
                 return Ok(false);
             }
         }
         for word in words {
-            if !db.contains_key(keys::text_index(keys::IDX_WORD, word, s.order))? {
+            if !postings::contains(db, &term_prefix(Kind::Word, word.as_bytes()), s.order)? {
                 return Ok(false);
             }
         }

@@ -6,7 +6,6 @@ use capmesh_types::{Cid, Codec, PeerId};
 use capmesh_wire::{
     Advert, Attestation, Contract, Record, Retirement, Rules, Signed, Subject, VerifyError, cbor,
 };
-use sled::Batch;
 
 use crate::{StoreError, keys};
 
@@ -274,24 +273,20 @@ impl Summary {
     }
 }
 
-/// Every index key of a live advert.
-pub(crate) fn advert_index_keys(summary: &Summary, contract: &Contract) -> Vec<Vec<u8>> {
-    let o = summary.order.to_be_bytes();
+/// Every posting-list term of a live advert, as term prefixes.
+pub(crate) fn advert_terms(summary: &Summary, contract: &Contract) -> Vec<Vec<u8>> {
+    use crate::postings::{Kind, term_prefix};
     let mut out = vec![
-        keys::cat(&[keys::IDX_ALL, &o]),
-        keys::cat(&[keys::IDX_CAP, &summary.capability.to_bytes(), &o]),
-        keys::cat(&[keys::IDX_PROVIDER, summary.provider.public_key().as_bytes(), &o]),
-        keys::text_index(keys::IDX_NAME, &contract.name, summary.order),
+        term_prefix(Kind::All, &[]),
+        term_prefix(Kind::Capability, &summary.capability.to_bytes()),
+        term_prefix(Kind::Provider, summary.provider.public_key().as_bytes()),
+        term_prefix(Kind::Name, contract.name.as_bytes()),
     ];
     let mut tags = contract.tags.clone();
     tags.sort();
     tags.dedup();
-    out.extend(tags.iter().map(|t| keys::text_index(keys::IDX_TAG, t, summary.order)));
-    out.extend(
-        contract_tokens(contract)
-            .iter()
-            .map(|w| keys::text_index(keys::IDX_WORD, w, summary.order)),
-    );
+    out.extend(tags.iter().map(|t| term_prefix(Kind::Tag, t.as_bytes())));
+    out.extend(contract_tokens(contract).iter().map(|w| term_prefix(Kind::Word, w.as_bytes())));
     out
 }
 
@@ -349,12 +344,19 @@ impl Change {
     }
 }
 
-/// Adds the removal of a live advert (record, summary, indexes, expiry entry) to `batch`.
-pub(crate) fn remove_advert(batch: &mut Batch, id: &Cid, summary: &Summary, contract: &Contract) {
-    batch.remove(keys::record(id));
-    batch.remove(keys::summary(id));
-    batch.remove(keys::expiry(summary.expires, id));
-    for k in advert_index_keys(summary, contract) {
-        batch.remove(k);
+/// Removes a live advert (record, summary, postings, expiry entry) in `p`.
+pub(crate) fn remove_advert(
+    p: &mut crate::pending::Pending,
+    db: &sled::Db,
+    id: &Cid,
+    summary: &Summary,
+    contract: &Contract,
+) -> Result<(), StoreError> {
+    p.remove(keys::record(id));
+    p.remove(keys::summary(summary.order));
+    p.remove(keys::expiry(summary.expires, id));
+    for term in advert_terms(summary, contract) {
+        crate::postings::remove(p, db, &term, summary.order)?;
     }
+    Ok(())
 }

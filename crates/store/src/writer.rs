@@ -11,13 +11,15 @@ use std::{
 
 use capmesh_types::{Cid, PeerId};
 use capmesh_wire::{Contract, cbor};
-use sled::{Batch, Db};
+use sled::Db;
 
 use crate::{
     Config, Stats, StoreError, keys,
+    pending::Pending,
+    postings,
     registry::{
-        Change, ChangeOp, Checked, Outcome, RecordType, State, StateKind, Summary,
-        advert_index_keys, remove_advert, subject_bytes,
+        Change, ChangeOp, Checked, Outcome, RecordType, State, StateKind, Summary, advert_terms,
+        remove_advert, subject_bytes,
     },
 };
 
@@ -62,11 +64,13 @@ pub(crate) struct Writer {
     config: Config,
     stats: Arc<Stats>,
     head: Arc<Head>,
-    /// Last change-log sequence written (flushed or not).
+    /// Last change-log sequence assigned (committed or in the current group).
     seq: u64,
     total: u64,
     /// Live records per signer, loaded on first use.
     per_signer: HashMap<PeerId, u64>,
+    /// Signers whose count changed in the current group.
+    touched: std::collections::HashSet<PeerId>,
 }
 
 fn read_u64(db: &Db, key: &[u8]) -> Result<u64, StoreError> {
@@ -83,7 +87,16 @@ impl Writer {
         let seq = read_u64(&db, &keys::meta("seq"))?;
         let total = read_u64(&db, &keys::meta("total"))?;
         head.publish(seq);
-        Ok(Self { db, config, stats, head, seq, total, per_signer: HashMap::new() })
+        Ok(Self {
+            db,
+            config,
+            stats,
+            head,
+            seq,
+            total,
+            per_signer: HashMap::new(),
+            touched: Default::default(),
+        })
     }
 
     pub(crate) fn run(mut self, rx: Receiver<Request>) {
@@ -95,28 +108,35 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let before = (self.seq, self.total, self.per_signer.clone());
+            let mut pending = Pending::default();
             let mut replies: Vec<(SyncSender<Reply>, Reply)> = group
                 .into_iter()
                 .map(|req| {
                     let reply = match req.op {
-                        Op::Apply(items) => {
-                            Reply::Applied(items.into_iter().map(|c| self.apply(c)).collect())
-                        }
-                        Op::Sweep(now) => Reply::Swept(self.sweep(now)),
+                        Op::Apply(items) => Reply::Applied(
+                            items.into_iter().map(|c| self.apply(&mut pending, c)).collect(),
+                        ),
+                        Op::Sweep(now) => Reply::Swept(self.sweep(&mut pending, now)),
                     };
                     (req.reply, reply)
                 })
                 .collect();
-            // One flush acknowledges the whole group; nothing is acknowledged before it.
-            if let Err(e) = self.db.flush() {
-                tracing::error!(error = %e, "flush failed; the group is not acknowledged");
-                for (_, reply) in &mut replies {
-                    fail_all(reply, &e);
+            // The whole group is one atomic batch, and one flush acknowledges it: nothing is
+            // acknowledged before it is durable, and a crash keeps all of a group or none.
+            let result = self.commit(pending);
+            match result {
+                Ok(()) => {
+                    self.stats.flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.head.publish(self.seq);
                 }
-                self.reload();
-            } else {
-                self.stats.flushes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.head.publish(self.seq);
+                Err(e) => {
+                    tracing::error!(error = %e, "commit failed; the group is not acknowledged");
+                    for (_, reply) in &mut replies {
+                        fail_all(reply, &e.to_string());
+                    }
+                    (self.seq, self.total, self.per_signer) = before;
+                }
             }
             for (tx, reply) in replies {
                 let _ = tx.send(reply);
@@ -125,11 +145,19 @@ impl Writer {
         self.head.close();
     }
 
-    /// After a failure, counters come back from what is stored.
-    fn reload(&mut self) {
-        self.seq = read_u64(&self.db, &keys::meta("seq")).unwrap_or(self.seq);
-        self.total = read_u64(&self.db, &keys::meta("total")).unwrap_or(self.total);
-        self.per_signer.clear();
+    fn commit(&mut self, mut pending: Pending) -> Result<(), StoreError> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        pending.insert(keys::meta("seq"), self.seq.to_be_bytes().to_vec());
+        pending.insert(keys::meta("total"), self.total.to_be_bytes().to_vec());
+        for signer in std::mem::take(&mut self.touched) {
+            let n = self.per_signer.get(&signer).copied().unwrap_or(0);
+            pending.insert(keys::signer_count(&signer), n.to_be_bytes().to_vec());
+        }
+        self.db.apply_batch(pending.into_batch())?;
+        self.db.flush()?;
+        Ok(())
     }
 
     fn signer_count(&mut self, signer: &PeerId) -> Result<u64, StoreError> {
@@ -141,9 +169,13 @@ impl Writer {
         Ok(n)
     }
 
-    /// Applies one record as one atomic batch: record, indexes, state, change log, counters.
-    fn apply(&mut self, checked: Checked) -> Result<Outcome, StoreError> {
-        let result = self.try_apply(checked);
+    fn set_signer_count(&mut self, signer: PeerId, n: u64) {
+        self.per_signer.insert(signer, n);
+        self.touched.insert(signer);
+    }
+
+    fn apply(&mut self, p: &mut Pending, checked: Checked) -> Result<Outcome, StoreError> {
+        let result = self.try_apply(p, checked);
         let counter = match &result {
             Ok(Outcome::Stored { .. }) => &self.stats.stored,
             Ok(Outcome::Duplicate { .. }) => &self.stats.duplicates,
@@ -153,23 +185,19 @@ impl Writer {
             Err(_) => &self.stats.refused_other,
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if matches!(result, Err(StoreError::Storage(_))) {
-            self.reload();
-        }
         result
     }
 
-    fn try_apply(&mut self, checked: Checked) -> Result<Outcome, StoreError> {
+    /// Applies one record to the group: every check first, then the writes (record, summary,
+    /// postings, state, change log), so a refusal leaves the group untouched.
+    fn try_apply(&mut self, p: &mut Pending, checked: Checked) -> Result<Outcome, StoreError> {
         let id = checked.id();
         let signer = checked.signer();
-        let mut batch = Batch::default();
-        // Change in live records (total and for this signer) and log entries of this batch.
-        let mut removed = 0u64;
-        let mut changes = Vec::new();
-
+        // What this record replaces: (state kind, id), decided before anything is written.
+        let mut replaces: Option<State> = None;
         match &checked {
             Checked::Attestation { .. } => {
-                if self.db.contains_key(keys::record(&id))? {
+                if p.contains(&self.db, &keys::record(&id))? {
                     return Ok(Outcome::Duplicate { id });
                 }
             }
@@ -178,32 +206,19 @@ impl Writer {
                 retirement: Retirement { provider, capability, seq, .. },
                 ..
             } => {
-                let state_key = keys::state(provider, capability);
-                if let Some(state) = self.db.get(&state_key)?.as_deref().and_then(State::decode) {
+                let state = p.get(&self.db, &keys::state(provider, capability))?;
+                if let Some(state) = state.as_deref().and_then(State::decode) {
                     if *seq <= state.seq {
                         if state.id == id {
                             return Ok(Outcome::Duplicate { id });
                         }
                         return Err(StoreError::Stale { id, have: state.seq, got: *seq });
                     }
-                    match state.kind {
-                        StateKind::Advert => {
-                            let (summary, contract) = self.live_advert(&state.id)?;
-                            remove_advert(&mut batch, &state.id, &summary, &contract);
-                            changes.push((ChangeOp::Delete, RecordType::Advert, state.id));
-                            removed += 1;
-                        }
-                        StateKind::Retired => {
-                            batch.remove(keys::record(&state.id));
-                            changes.push((ChangeOp::Delete, RecordType::Retirement, state.id));
-                            removed += 1;
-                        }
-                        StateKind::Expired => {}
-                    }
+                    replaces = Some(state);
                 }
             }
         }
-
+        let removed = u64::from(replaces.is_some_and(|s| s.kind != StateKind::Expired));
         // Caps count live records after what this record replaces.
         let signer_now = self.signer_count(&signer)?.saturating_sub(removed);
         if signer_now >= self.config.max_records_per_signer {
@@ -214,20 +229,29 @@ impl Writer {
             return Err(StoreError::TotalCap { max: self.config.max_records });
         }
 
-        let mut seq = self.seq;
-        let mut log = |batch: &mut Batch, op, record, id| {
-            seq += 1;
-            batch.insert(keys::log(seq), crate::registry::Change { seq, op, record, id }.encode());
-            seq
-        };
-        for (op, record, old) in changes {
-            log(&mut batch, op, record, old);
+        // Checks passed: write.
+        if let Some(old) = replaces {
+            match old.kind {
+                StateKind::Advert => {
+                    let (summary, contract) = self.live_advert(p, &old.id)?;
+                    remove_advert(p, &self.db, &old.id, &summary, &contract)?;
+                    self.log(p, ChangeOp::Delete, RecordType::Advert, old.id);
+                }
+                StateKind::Retired => {
+                    p.remove(keys::record(&old.id));
+                    self.log(p, ChangeOp::Delete, RecordType::Retirement, old.id);
+                }
+                StateKind::Expired => {}
+            }
         }
-        match checked {
+        let record_value = |ty: RecordType, order: u64, signed: &[u8]| {
+            keys::cat(&[&[ty.byte()], signer.public_key().as_bytes(), &order.to_be_bytes(), signed])
+        };
+        let stored_at = match checked {
             Checked::Advert { id, advert, signed, contract, contract_bytes } => {
-                let order = log(&mut batch, ChangeOp::Put, RecordType::Advert, id);
+                let order = self.log(p, ChangeOp::Put, RecordType::Advert, id);
                 if !contract_bytes.is_empty() {
-                    batch.insert(keys::contract(&advert.capability), contract_bytes);
+                    p.insert(keys::contract(&advert.capability), contract_bytes);
                 }
                 let summary = Summary {
                     order,
@@ -239,111 +263,112 @@ impl Writer {
                     expires: advert.expires,
                     name: contract.name.clone(),
                 };
-                batch
-                    .insert(keys::record(&id), keys::cat(&[&[RecordType::Advert.byte()], &signed]));
-                batch.insert(keys::summary(&id), summary.encode());
-                batch.insert(keys::expiry(advert.expires, &id), &[][..]);
-                for k in advert_index_keys(&summary, &contract) {
-                    batch.insert(k, &id.to_bytes()[..]);
+                p.insert(keys::record(&id), record_value(RecordType::Advert, order, &signed));
+                p.insert(keys::summary(order), keys::cat(&[&id.to_bytes(), &summary.encode()]));
+                p.insert(keys::expiry(advert.expires, &id), Vec::new());
+                for term in advert_terms(&summary, &contract) {
+                    postings::add(p, &self.db, &term, order, self.config.posting_chunk)?;
                 }
                 let state = State { seq: advert.seq, kind: StateKind::Advert, id };
-                batch.insert(keys::state(&advert.provider, &advert.capability), state.encode());
+                p.insert(keys::state(&advert.provider, &advert.capability), state.encode());
+                order
             }
             Checked::Retirement { id, retirement, signed } => {
-                log(&mut batch, ChangeOp::Put, RecordType::Retirement, id);
-                batch.insert(
-                    keys::record(&id),
-                    keys::cat(&[&[RecordType::Retirement.byte()], &signed]),
-                );
+                let order = self.log(p, ChangeOp::Put, RecordType::Retirement, id);
+                p.insert(keys::record(&id), record_value(RecordType::Retirement, order, &signed));
                 let state = State { seq: retirement.seq, kind: StateKind::Retired, id };
-                batch.insert(
-                    keys::state(&retirement.provider, &retirement.capability),
-                    state.encode(),
-                );
+                p.insert(keys::state(&retirement.provider, &retirement.capability), state.encode());
+                order
             }
             Checked::Attestation { id, attestation, signed } => {
-                log(&mut batch, ChangeOp::Put, RecordType::Attestation, id);
-                batch.insert(
-                    keys::record(&id),
-                    keys::cat(&[&[RecordType::Attestation.byte()], &signed]),
-                );
-                batch.insert(keys::expiry(attestation.expires, &id), &[][..]);
+                let order = self.log(p, ChangeOp::Put, RecordType::Attestation, id);
+                p.insert(keys::record(&id), record_value(RecordType::Attestation, order, &signed));
+                p.insert(keys::expiry(attestation.expires, &id), Vec::new());
                 let value = keys::cat(&[
                     attestation.issuer.public_key().as_bytes(),
                     &attestation.expires.to_be_bytes(),
                     attestation.claim.as_bytes(),
                 ]);
-                batch.insert(
-                    keys::cat(&[
-                        keys::ATT_SUBJECT,
-                        &subject_bytes(&attestation.subject),
-                        &id.to_bytes(),
-                    ]),
-                    value,
-                );
+                let subject = subject_bytes(&attestation.subject);
+                p.insert(keys::cat(&[keys::ATT_SUBJECT, &subject, &id.to_bytes()]), value);
+                order
             }
-        }
-        let stored_at = seq;
-        batch.insert(keys::meta("seq"), &stored_at.to_be_bytes()[..]);
-        batch.insert(keys::meta("total"), &(total_now + 1).to_be_bytes()[..]);
-        batch.insert(keys::signer_count(&signer), &(signer_now + 1).to_be_bytes()[..]);
-        self.db.apply_batch(batch)?;
-        self.seq = stored_at;
+        };
         self.total = total_now + 1;
-        self.per_signer.insert(signer, signer_now + 1);
+        self.set_signer_count(signer, signer_now + 1);
         Ok(Outcome::Stored { id, seq: stored_at })
     }
 
+    /// Appends a change-log entry; returns its sequence number.
+    fn log(&mut self, p: &mut Pending, op: ChangeOp, record: RecordType, id: Cid) -> u64 {
+        self.seq += 1;
+        let seq = self.seq;
+        p.insert(keys::log(seq), Change { seq, op, record, id }.encode());
+        seq
+    }
+
     /// The summary and contract of a live advert (both must exist: an invariant).
-    fn live_advert(&self, id: &Cid) -> Result<(Summary, Contract), StoreError> {
-        let summary = self
-            .db
-            .get(keys::summary(id))?
+    fn live_advert(&self, p: &Pending, id: &Cid) -> Result<(Summary, Contract), StoreError> {
+        let record = p
+            .get(&self.db, &keys::record(id))?
+            .ok_or_else(|| StoreError::Corrupt(format!("live advert {id} has no record")))?;
+        let order = keys::u64_at(&record, 33)
+            .ok_or_else(|| StoreError::Corrupt(format!("record {id} has no order")))?;
+        let summary = p
+            .get(&self.db, &keys::summary(order))?
             .as_deref()
-            .and_then(Summary::decode)
+            .and_then(|v| Summary::decode(v.get(Cid::BINARY_LEN..)?))
             .ok_or_else(|| StoreError::Corrupt(format!("live advert {id} has no summary")))?;
-        let contract = load_contract(&self.db, &summary.capability)?;
+        let contract = match p.get(&self.db, &keys::contract(&summary.capability))? {
+            Some(bytes) => cbor::from_slice(&bytes, cbor::Limits::default(), "Contract")
+                .map_err(|e| StoreError::Corrupt(format!("contract: {e}")))?,
+            None => {
+                return Err(StoreError::Corrupt(format!("missing contract {}", summary.capability)));
+            }
+        };
         Ok((summary, contract))
     }
 
     /// Removes every advert and attestation that expired before `now`; returns how many.
-    fn sweep(&mut self, now: u64) -> Result<u64, StoreError> {
+    fn sweep(&mut self, p: &mut Pending, now: u64) -> Result<u64, StoreError> {
         let mut swept = 0;
         let end = keys::cat(&[keys::IDX_EXPIRY, &now.to_be_bytes()]);
         let expired: Vec<sled::IVec> =
             self.db.range(keys::IDX_EXPIRY.to_vec()..end).keys().collect::<Result<_, _>>()?;
         for key in expired {
+            if !p.contains(&self.db, &key)? {
+                continue; // already removed in this group
+            }
             let id = keys::cid_at(&key, keys::IDX_EXPIRY.len() + 8)
                 .ok_or_else(|| StoreError::Corrupt("bad expiry key".into()))?;
-            let Some(record) = self.db.get(keys::record(&id))? else {
-                return Err(StoreError::Corrupt(format!("expiry entry for missing record {id}")));
-            };
-            let mut batch = Batch::default();
+            let record = p.get(&self.db, &keys::record(&id))?.ok_or_else(|| {
+                StoreError::Corrupt(format!("expiry entry for missing record {id}"))
+            })?;
             let (kind, signer) = match RecordType::from_byte(record[0]) {
                 Some(RecordType::Advert) => {
-                    let (summary, contract) = self.live_advert(&id)?;
-                    remove_advert(&mut batch, &id, &summary, &contract);
+                    let (summary, contract) = self.live_advert(p, &id)?;
+                    remove_advert(p, &self.db, &id, &summary, &contract)?;
                     let state_key = keys::state(&summary.provider, &summary.capability);
                     if let Some(mut state) =
-                        self.db.get(&state_key)?.as_deref().and_then(State::decode)
+                        p.get(&self.db, &state_key)?.as_deref().and_then(State::decode)
                     {
                         state.kind = StateKind::Expired;
-                        batch.insert(state_key, state.encode());
+                        p.insert(state_key, state.encode());
                     }
                     (RecordType::Advert, summary.provider)
                 }
                 Some(RecordType::Attestation) => {
                     let signed = capmesh_wire::Signed::<capmesh_wire::Attestation>::from_bytes(
-                        &record[1..],
+                        &record[41..],
                         cbor::Limits::default(),
                     )
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                     let att = signed
                         .decode(cbor::Limits::default())
                         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    batch.remove(keys::record(&id));
-                    batch.remove(key.clone());
-                    batch.remove(keys::cat(&[
+                    p.remove(keys::record(&id));
+                    p.remove(key.to_vec());
+                    p.remove(keys::cat(&[
                         keys::ATT_SUBJECT,
                         &subject_bytes(&att.subject),
                         &id.to_bytes(),
@@ -352,20 +377,10 @@ impl Writer {
                 }
                 _ => return Err(StoreError::Corrupt(format!("unexpected expiry entry for {id}"))),
             };
-            let seq = self.seq + 1;
-            batch.insert(
-                keys::log(seq),
-                Change { seq, op: ChangeOp::Delete, record: kind, id }.encode(),
-            );
-            let signer_now = self.signer_count(&signer)?.saturating_sub(1);
-            let total_now = self.total.saturating_sub(1);
-            batch.insert(keys::meta("seq"), &seq.to_be_bytes()[..]);
-            batch.insert(keys::meta("total"), &total_now.to_be_bytes()[..]);
-            batch.insert(keys::signer_count(&signer), &signer_now.to_be_bytes()[..]);
-            self.db.apply_batch(batch)?;
-            self.seq = seq;
-            self.total = total_now;
-            self.per_signer.insert(signer, signer_now);
+            self.log(p, ChangeOp::Delete, kind, id);
+            let n = self.signer_count(&signer)?.saturating_sub(1);
+            self.set_signer_count(signer, n);
+            self.total = self.total.saturating_sub(1);
             swept += 1;
         }
         self.stats.expired.fetch_add(swept, std::sync::atomic::Ordering::Relaxed);
@@ -383,8 +398,8 @@ pub(crate) fn load_contract(db: &Db, cap: &Cid) -> Result<Contract, StoreError> 
         .map_err(|e| StoreError::Corrupt(format!("contract {cap}: {e}")))
 }
 
-fn fail_all(reply: &mut Reply, e: &sled::Error) {
-    let err = || StoreError::Storage(sled::Error::Io(std::io::Error::other(e.to_string())));
+fn fail_all(reply: &mut Reply, e: &str) {
+    let err = || StoreError::Storage(sled::Error::Io(std::io::Error::other(e.to_owned())));
     match reply {
         Reply::Applied(results) => {
             for r in results.iter_mut() {

@@ -2,4 +2,6 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod cap;
 mod cli;
+mod registry;
