@@ -211,12 +211,17 @@ impl Store {
         self.inner.shutdown();
     }
 
-    fn request(&self, op: Op) -> Result<Reply, StoreError> {
+    /// Queues `op` for the writer; the receiver yields its reply after the group's flush.
+    fn send(&self, op: Op) -> Result<std::sync::mpsc::Receiver<Reply>, StoreError> {
         let tx = self.inner.tx.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let tx = tx.ok_or(StoreError::Closed)?;
         let (reply_tx, reply_rx) = sync_channel(1);
         tx.send(Request { op, reply: reply_tx }).map_err(|_| StoreError::Closed)?;
-        reply_rx.recv().map_err(|_| StoreError::Closed)
+        Ok(reply_rx)
+    }
+
+    fn request(&self, op: Op) -> Result<Reply, StoreError> {
+        self.send(op)?.recv().map_err(|_| StoreError::Closed)
     }
 
     /// Verifies and stores one record; returns once it is flushed. Blocking.
@@ -228,31 +233,38 @@ impl Store {
     /// returns once they are flushed: one result per item, in order. A refused item leaves the
     /// store untouched. Blocking.
     pub fn insert_many(&self, items: Vec<Item>, now_ms: u64) -> Vec<Result<Outcome, StoreError>> {
-        let checked = self.check_all(&items, now_ms);
+        // Verify in slices and hand each to the writer without waiting, so the writer stores
+        // slice k while the verifiers check slice k + 1.
+        const SLICE: usize = 256;
         let mut results: Vec<Option<Result<Outcome, StoreError>>> = Vec::with_capacity(items.len());
-        let mut passed = Vec::new();
-        let mut slots = Vec::new();
-        for (i, c) in checked.into_iter().enumerate() {
-            match c {
-                Ok(c) => {
-                    passed.push(c);
-                    slots.push(i);
-                    results.push(None);
-                }
-                Err(e) => {
-                    self.inner.stats.refused_verify.fetch_add(1, Ordering::Relaxed);
-                    results.push(Some(Err(e)));
+        let mut in_flight = Vec::new();
+        for (n, slice) in items.chunks(SLICE).enumerate() {
+            let mut passed = Vec::new();
+            let mut slots = Vec::new();
+            for (i, c) in self.check_all(slice, now_ms).into_iter().enumerate() {
+                match c {
+                    Ok(c) => {
+                        passed.push(c);
+                        slots.push(n * SLICE + i);
+                        results.push(None);
+                    }
+                    Err(e) => {
+                        self.inner.stats.refused_verify.fetch_add(1, Ordering::Relaxed);
+                        results.push(Some(Err(e)));
+                    }
                 }
             }
+            if !passed.is_empty() {
+                in_flight.push((slots, self.send(Op::Apply(passed))));
+            }
         }
-        if !passed.is_empty() {
-            let applied: Vec<Option<Result<Outcome, StoreError>>> =
-                match self.request(Op::Apply(passed)) {
-                    Ok(Reply::Applied(applied)) => applied.into_iter().map(Some).collect(),
-                    Ok(Reply::Swept(_)) | Err(_) => (0..slots.len()).map(|_| None).collect(),
-                };
-            for (slot, r) in slots.into_iter().zip(applied) {
-                results[slot] = Some(r.unwrap_or(Err(StoreError::Closed)));
+        for (slots, sent) in in_flight {
+            let mut applied = match sent.and_then(|rx| rx.recv().map_err(|_| StoreError::Closed)) {
+                Ok(Reply::Applied(applied)) => applied.into_iter(),
+                Ok(Reply::Swept(_)) | Err(_) => Vec::new().into_iter(),
+            };
+            for slot in slots {
+                results[slot] = Some(applied.next().unwrap_or(Err(StoreError::Closed)));
             }
         }
         results.into_iter().map(|r| r.unwrap_or(Err(StoreError::Closed))).collect()

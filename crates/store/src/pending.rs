@@ -11,6 +11,11 @@ use crate::StoreError;
 #[derive(Default)]
 pub(crate) struct Pending {
     writes: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Posting-list chunks touched in this group, decoded (empty = to delete). Chunk keys live
+    /// here only, never in `writes`, and are encoded once when the group is committed.
+    chunks: BTreeMap<Vec<u8>, Vec<u64>>,
+    /// The last chunk of each term touched in this group (appends go there).
+    tails: std::collections::HashMap<Vec<u8>, Vec<u8>>,
 }
 
 impl Pending {
@@ -36,8 +41,9 @@ impl Pending {
         self.writes.insert(key, None);
     }
 
-    /// The greatest live key `k` with `prefix ≤ k ≤ upto` that starts with `prefix`.
-    pub(crate) fn last_at_or_below(
+    /// The greatest live chunk key `k` with `prefix ≤ k ≤ upto` that starts with `prefix`,
+    /// among committed chunks and this group's.
+    pub(crate) fn last_chunk_at_or_below(
         &self,
         db: &Db,
         prefix: &[u8],
@@ -49,23 +55,51 @@ impl Pending {
             if !k.starts_with(prefix) {
                 break;
             }
-            if matches!(self.writes.get(k.as_ref()), Some(None)) {
-                continue; // deleted in this group
+            if self.chunks.get(k.as_ref()).is_some_and(Vec::is_empty) {
+                continue; // emptied in this group
             }
             from_db = Some(k.to_vec());
             break;
         }
-        let from_pending = self
-            .writes
+        let from_group = self
+            .chunks
             .range(prefix.to_vec()..=upto.to_vec())
             .rev()
-            .find(|(k, v)| k.starts_with(prefix) && v.is_some())
+            .find(|(k, v)| k.starts_with(prefix) && !v.is_empty())
             .map(|(k, _)| k.clone());
-        Ok(from_db.max(from_pending))
+        Ok(from_db.max(from_group))
+    }
+
+    /// A chunk's orders, loaded once per group and then edited in place.
+    pub(crate) fn chunk(&mut self, db: &Db, key: &[u8]) -> Result<&mut Vec<u64>, StoreError> {
+        if !self.chunks.contains_key(key) {
+            let orders = db.get(key)?.map(|v| crate::postings::decode(&v)).unwrap_or_default();
+            self.chunks.insert(key.to_vec(), orders);
+        }
+        Ok(self.chunks.get_mut(key).expect("inserted above"))
+    }
+
+    pub(crate) fn tail(&self, prefix: &[u8]) -> Option<&Vec<u8>> {
+        self.tails.get(prefix)
+    }
+
+    pub(crate) fn set_tail(&mut self, prefix: &[u8], key: Vec<u8>) {
+        self.tails.insert(prefix.to_vec(), key);
+    }
+
+    pub(crate) fn clear_tail(&mut self, prefix: &[u8]) {
+        self.tails.remove(prefix);
     }
 
     pub(crate) fn into_batch(self) -> Batch {
         let mut batch = Batch::default();
+        for (k, orders) in self.chunks {
+            if orders.is_empty() {
+                batch.remove(k);
+            } else {
+                batch.insert(k, crate::postings::encode(&orders));
+            }
+        }
         for (k, v) in self.writes {
             match v {
                 Some(v) => batch.insert(k, v),
@@ -76,6 +110,6 @@ impl Pending {
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.writes.is_empty()
+        self.writes.is_empty() && self.chunks.is_empty()
     }
 }

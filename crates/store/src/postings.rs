@@ -60,7 +60,7 @@ pub(crate) fn decode(value: &[u8]) -> Vec<u64> {
     value.chunks_exact(8).filter_map(|c| c.try_into().ok().map(u64::from_be_bytes)).collect()
 }
 
-fn encode(orders: &[u64]) -> Vec<u8> {
+pub(crate) fn encode(orders: &[u64]) -> Vec<u8> {
     orders.iter().flat_map(|o| o.to_be_bytes()).collect()
 }
 
@@ -77,37 +77,41 @@ pub(crate) fn add(
     order: u64,
     chunk: usize,
 ) -> Result<(), StoreError> {
-    let upto = chunk_key(prefix, u64::MAX);
-    if let Some(tail) = p.last_at_or_below(db, prefix, &upto)? {
-        let mut orders = decode(&p.get(db, &tail)?.unwrap_or_default());
-        if orders.len() < chunk {
+    let tail = match p.tail(prefix) {
+        Some(t) => Some(t.clone()),
+        None => p.last_chunk_at_or_below(db, prefix, &chunk_key(prefix, u64::MAX))?,
+    };
+    if let Some(tail) = tail {
+        let orders = p.chunk(db, &tail)?;
+        if orders.len() < chunk.max(1) {
             orders.push(order);
-            p.insert(tail, encode(&orders));
+            p.set_tail(prefix, tail);
             return Ok(());
         }
     }
-    p.insert(chunk_key(prefix, order), encode(&[order]));
+    let key = chunk_key(prefix, order);
+    p.chunk(db, &key)?.push(order);
+    p.set_tail(prefix, key);
     Ok(())
 }
 
-/// Removes `order` from a term's list (a no-op when absent).
+/// Removes `order` from a term's list (a no-op when absent). An emptied chunk is deleted.
 pub(crate) fn remove(
     p: &mut Pending,
     db: &Db,
     prefix: &[u8],
     order: u64,
 ) -> Result<(), StoreError> {
-    let Some(key) = p.last_at_or_below(db, prefix, &chunk_key(prefix, order))? else {
+    let Some(key) = p.last_chunk_at_or_below(db, prefix, &chunk_key(prefix, order))? else {
         return Ok(());
     };
-    let mut orders = decode(&p.get(db, &key)?.unwrap_or_default());
+    let orders = p.chunk(db, &key)?;
     if let Ok(at) = orders.binary_search(&order) {
         orders.remove(at);
-        if orders.is_empty() {
-            p.remove(key);
-        } else {
-            p.insert(key, encode(&orders));
-        }
+    }
+    if orders.is_empty() && p.tail(prefix) == Some(&key) {
+        // The tail is gone; the next append finds the new tail again.
+        p.clear_tail(prefix);
     }
     Ok(())
 }

@@ -323,7 +323,10 @@ impl Writer {
             Some(bytes) => cbor::from_slice(&bytes, cbor::Limits::default(), "Contract")
                 .map_err(|e| StoreError::Corrupt(format!("contract: {e}")))?,
             None => {
-                return Err(StoreError::Corrupt(format!("missing contract {}", summary.capability)));
+                return Err(StoreError::Corrupt(format!(
+                    "missing contract {}",
+                    summary.capability
+                )));
             }
         };
         Ok((summary, contract))
