@@ -7,6 +7,8 @@ import json, subprocess, sys
 FORBIDDEN = {
     "capmesh-types": {"capmesh-wire", "capmesh", "ciborium", "serde", "tokio", "libp2p", "sled"},
     "capmesh-wire": {"capmesh", "tokio", "libp2p", "sled"},
+    "capmesh-contract": {"capmesh", "capmesh-store", "tokio", "libp2p", "sled"},
+    "capmesh-store": {"capmesh", "libp2p"},
 }
 
 meta = json.loads(subprocess.check_output(

@@ -69,13 +69,8 @@ impl Store {
         let (seq, prev) = match db.scan_prefix([keys::LEDGER]).next_back() {
             Some(entry) => {
                 let (k, v) = entry?;
-                let seq =
-                    keys::u64_at(&k, 1).ok_or_else(|| StoreError::Corrupt("ledger key".into()))?;
-                let prev: [u8; 32] = v
-                    .get(..32)
-                    .and_then(|h| h.try_into().ok())
-                    .ok_or_else(|| StoreError::Corrupt("ledger entry".into()))?;
-                (seq + 1, Digest::from_bytes(prev))
+                let last = parse_entry(&k, &v)?;
+                (last.seq + 1, last.hash)
             }
             None => (0, Digest::from_bytes([0; 32])),
         };
@@ -95,25 +90,19 @@ impl Store {
             .scan_prefix([keys::LEDGER])
             .map(|entry| {
                 let (k, v) = entry?;
-                let seq =
-                    keys::u64_at(&k, 1).ok_or_else(|| StoreError::Corrupt("ledger key".into()))?;
-                let hash: [u8; 32] = v
-                    .get(..32)
-                    .and_then(|h| h.try_into().ok())
-                    .ok_or_else(|| StoreError::Corrupt("ledger entry".into()))?;
-                let kind = v
-                    .get(32)
-                    .and_then(|b| LedgerKind::from_byte(*b))
-                    .ok_or_else(|| StoreError::Corrupt("ledger kind".into()))?;
-                Ok(LedgerEntry {
-                    seq,
-                    hash: Digest::from_bytes(hash),
-                    kind,
-                    signed: v[33..].to_vec(),
-                })
+                parse_entry(&k, &v)
             })
             .collect()
     }
+}
+
+/// `L ‖ seq` → `hash ‖ kind ‖ signed bytes`.
+fn parse_entry(key: &[u8], value: &[u8]) -> Result<LedgerEntry, StoreError> {
+    let bad = || StoreError::Corrupt("ledger entry".into());
+    let seq = keys::u64_at(key, 1).ok_or_else(bad)?;
+    let hash: [u8; 32] = value.get(..32).and_then(|h| h.try_into().ok()).ok_or_else(bad)?;
+    let kind = value.get(32).and_then(|b| LedgerKind::from_byte(*b)).ok_or_else(bad)?;
+    Ok(LedgerEntry { seq, hash: Digest::from_bytes(hash), kind, signed: value[33..].to_vec() })
 }
 
 /// Checks a ledger offline: consecutive sequence numbers, every chain hash, and every

@@ -127,3 +127,38 @@ pub(crate) fn contains(db: &Db, prefix: &[u8], order: u64) -> Result<bool, Store
         _ => Ok(false),
     }
 }
+
+/// The nearest order of a term's list at or after `order` (`forward`), or at or before it.
+pub(crate) fn seek(
+    db: &Db,
+    prefix: &[u8],
+    order: u64,
+    forward: bool,
+) -> Result<Option<u64>, StoreError> {
+    let upto = chunk_key(prefix, order);
+    // The chunk that would hold `order`: the last one starting at or before it.
+    if let Some((k, v)) = db.range(prefix.to_vec()..=upto).next_back().transpose()?
+        && k.starts_with(prefix)
+        && k.len() == prefix.len() + 8
+    {
+        let orders = decode(&v);
+        let found = if forward {
+            orders.iter().copied().find(|o| *o >= order)
+        } else {
+            orders.iter().rev().copied().find(|o| *o <= order)
+        };
+        if found.is_some() || !forward {
+            return Ok(found);
+        }
+    } else if !forward {
+        return Ok(None);
+    }
+    // Forward past the chunk: the first order of the next chunk.
+    let from = chunk_key(prefix, order.saturating_add(1));
+    match db.range(from..).next().transpose()? {
+        Some((k, v)) if k.starts_with(prefix) && k.len() == prefix.len() + 8 => {
+            Ok(decode(&v).first().copied())
+        }
+        _ => Ok(None),
+    }
+}

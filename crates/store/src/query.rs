@@ -114,8 +114,24 @@ impl Store {
                     Box::new(db.range((Included(prefix.clone()), Included(c.to_vec()))).rev())
                 }
             };
+        // Lists every hit must be in. When the scanned list is a single term (always, except
+        // for name prefixes) orders come sorted, so a list's next order lets the scan jump
+        // over every order before it without reading a summary: a leapfrog intersection.
+        let required: Vec<Vec<u8>> = q
+            .filter
+            .tags
+            .iter()
+            .map(|t| term_prefix(Kind::Tag, t.as_bytes()))
+            .chain(words.iter().map(|w| term_prefix(Kind::Word, w.as_bytes())))
+            .collect();
+        let sorted = q.capability.is_some()
+            || q.filter.provider.is_some()
+            || !required.is_empty()
+            || q.filter.name_prefix.is_none();
+        let forward = q.order == Order::Oldest;
+        let mut jump: Option<u64> = None;
         let mut hits = Vec::with_capacity(limit);
-        for entry in chunks {
+        'scan: for entry in chunks {
             let (chunk_key, value) = entry?;
             if !chunk_key.starts_with(&prefix) {
                 break;
@@ -131,6 +147,23 @@ impl Store {
                     && (if q.order == Order::Oldest { order <= last } else { order >= last })
                 {
                     continue;
+                }
+                if sorted && !required.is_empty() {
+                    if jump.is_some_and(|j| if forward { order < j } else { order > j }) {
+                        continue;
+                    }
+                    // The nearest order that could be in every list.
+                    let mut target = order;
+                    for list in &required {
+                        match postings::seek(db, list, target, forward)? {
+                            None => break 'scan, // no order further on is in this list
+                            Some(o) => target = o,
+                        }
+                    }
+                    if target != order {
+                        jump = Some(target);
+                        continue;
+                    }
                 }
                 let value = db
                     .get(keys::summary(order))?
