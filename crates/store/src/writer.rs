@@ -108,7 +108,6 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let before = (self.seq, self.total, self.per_signer.clone());
             let mut pending = Pending::default();
             let mut replies: Vec<(SyncSender<Reply>, Reply)> = group
                 .into_iter()
@@ -135,7 +134,7 @@ impl Writer {
                     for (_, reply) in &mut replies {
                         fail_all(reply, &e.to_string());
                     }
-                    (self.seq, self.total, self.per_signer) = before;
+                    self.reload();
                 }
             }
             for (tx, reply) in replies {
@@ -143,6 +142,14 @@ impl Writer {
             }
         }
         self.head.close();
+    }
+
+    /// After a failed commit, counters come back from what is stored (the last good group).
+    fn reload(&mut self) {
+        self.seq = read_u64(&self.db, &keys::meta("seq")).unwrap_or(self.seq);
+        self.total = read_u64(&self.db, &keys::meta("total")).unwrap_or(self.total);
+        self.per_signer.clear();
+        self.touched.clear();
     }
 
     fn commit(&mut self, mut pending: Pending) -> Result<(), StoreError> {
