@@ -296,13 +296,18 @@ fn changefeed_delivers_every_change_in_order_and_resumes() {
                 .unwrap(),
         );
     }
-    let got: Vec<Change> = rt.block_on(async {
+    // Bounded waits: a feed that stops delivering fails the test instead of hanging it.
+    let within = |f| {
+        rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(30), f).await })
+    };
+    let got: Vec<Change> = within(async {
         let mut got = vec![];
         while got.len() < 20 {
             got.push(sub.rx.recv().await.unwrap());
         }
         got
-    });
+    })
+    .expect("the changefeed delivered 20 changes within 30 s");
     let want: Vec<_> = stored
         .iter()
         .map(|o| match o {
@@ -313,7 +318,12 @@ fn changefeed_delivers_every_change_in_order_and_resumes() {
     assert_eq!(got.iter().map(|c| (c.seq, c.id)).collect::<Vec<_>>(), want);
     // A subscriber that restarts from a sequence gets everything from there on.
     let mut again = store.subscribe(15, 4);
-    let first = rt.block_on(async { again.rx.recv().await.unwrap() });
+    let first = rt
+        .block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(30), again.rx.recv()).await
+        })
+        .expect("a resumed feed delivers within 30 s")
+        .unwrap();
     assert_eq!(first.seq, 15);
 }
 
