@@ -64,7 +64,7 @@ impl Store {
                 .and_then(|b| RecordType::from_byte(*b))
                 .ok_or_else(|| corrupt(format!("record {id} type")))?;
             let order =
-                keys::u64_at(&v, 33).ok_or_else(|| corrupt(format!("record {id} header")))?;
+                crate::record_order(&v).ok_or_else(|| corrupt(format!("record {id} header")))?;
             let bytes =
                 v.get(RECORD_HEADER..).ok_or_else(|| corrupt(format!("record {id} header")))?;
             let bad = |e: capmesh_wire::VerifyError| corrupt(format!("record {id}: {e}"));

@@ -100,18 +100,18 @@ impl Config {
     }
 }
 
-/// Counters of what the replica did, including what it dropped.
+/// Counters of what the replica did, including what it dropped; read as [`StatsSnapshot`].
 #[derive(Debug, Default)]
-pub struct Stats {
-    pub stored: AtomicU64,
-    pub duplicates: AtomicU64,
-    pub refused_verify: AtomicU64,
-    pub refused_stale: AtomicU64,
-    pub refused_other: AtomicU64,
-    pub dropped_signer_cap: AtomicU64,
-    pub dropped_total_cap: AtomicU64,
-    pub expired: AtomicU64,
-    pub flushes: AtomicU64,
+pub(crate) struct Stats {
+    pub(crate) stored: AtomicU64,
+    pub(crate) duplicates: AtomicU64,
+    pub(crate) refused_verify: AtomicU64,
+    pub(crate) refused_stale: AtomicU64,
+    pub(crate) refused_other: AtomicU64,
+    pub(crate) dropped_signer_cap: AtomicU64,
+    pub(crate) dropped_total_cap: AtomicU64,
+    pub(crate) expired: AtomicU64,
+    pub(crate) flushes: AtomicU64,
 }
 
 /// A point-in-time copy of [`Stats`].
@@ -363,6 +363,11 @@ impl Store {
 
 /// Bytes before a stored record's signed bytes: type, signer key, order.
 pub(crate) const RECORD_HEADER: usize = 1 + 32 + 8;
+
+/// The order (change-log sequence) in a stored record's header.
+pub(crate) fn record_order(value: &[u8]) -> Option<u64> {
+    keys::u64_at(value, 1 + 32)
+}
 
 /// Decoder limits used for the replica's own stored bytes.
 pub(crate) fn limits() -> cbor::Limits {

@@ -171,7 +171,8 @@ impl Store {
                 let (id, summary) = keys::cid_at(&value, 0)
                     .zip(value.get(Cid::BINARY_LEN..).and_then(Summary::decode))
                     .ok_or_else(|| StoreError::Corrupt(format!("summary {order}")))?;
-                if self.matches(q, &words, &summary, now_ms)? {
+                let lists_checked = sorted && !required.is_empty();
+                if self.matches(q, &words, lists_checked, &summary, now_ms)? {
                     hits.push(Hit { id, summary });
                     if hits.len() == limit {
                         let next = keys::cat(&[&chunk_key, &order.to_be_bytes()]);
@@ -187,6 +188,7 @@ impl Store {
         &self,
         q: &Query,
         words: &BTreeSet<String>,
+        lists_checked: bool,
         s: &Summary,
         now_ms: u64,
     ) -> Result<bool, StoreError> {
@@ -211,15 +213,18 @@ impl Store {
         if f.issued_after.is_some_and(|t| s.issued < t) {
             return Ok(false);
         }
-        // Tags and words: membership in their posting lists.
-        for tag in &f.tags {
-            if !postings::contains(db, &term_prefix(Kind::Tag, tag.as_bytes()), s.order)? {
-                return Ok(false);
+        // Tags and words: membership in their posting lists, unless the scan's leapfrog
+        // already established it for this order.
+        if !lists_checked {
+            for tag in &f.tags {
+                if !postings::contains(db, &term_prefix(Kind::Tag, tag.as_bytes()), s.order)? {
+                    return Ok(false);
+                }
             }
-        }
-        for word in words {
-            if !postings::contains(db, &term_prefix(Kind::Word, word.as_bytes()), s.order)? {
-                return Ok(false);
+            for word in words {
+                if !postings::contains(db, &term_prefix(Kind::Word, word.as_bytes()), s.order)? {
+                    return Ok(false);
+                }
             }
         }
         if f.claim.is_some() || f.issuer.is_some() {

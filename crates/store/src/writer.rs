@@ -319,7 +319,7 @@ impl Writer {
         let record = p
             .get(&self.db, &keys::record(id))?
             .ok_or_else(|| StoreError::Corrupt(format!("live advert {id} has no record")))?;
-        let order = keys::u64_at(&record, 33)
+        let order = crate::record_order(&record)
             .ok_or_else(|| StoreError::Corrupt(format!("record {id} has no order")))?;
         let summary = p
             .get(&self.db, &keys::summary(order))?
