@@ -56,33 +56,25 @@ impl EnvelopePayload {
     }
 }
 
-/// Field order is irrelevant: the canonical writer sorts keys.
+/// Field order is irrelevant: the canonical writer sorts keys. Every header field is `Copy`;
+/// only the body is borrowed.
 #[derive(Serialize)]
 struct PayloadSer<'a> {
     v: u64,
     kind: Kind,
     #[serde(with = "repr")]
-    from: &'a PublicKey,
+    from: PublicKey,
     #[serde(with = "repr", skip_serializing_if = "Option::is_none")]
-    to: &'a Option<PeerId>,
+    to: Option<PeerId>,
     ts: u64,
     exp: u64,
-    nonce: &'a Nonce,
-    trace: &'a TraceId,
+    nonce: Nonce,
+    trace: TraceId,
     #[serde(with = "repr", skip_serializing_if = "Option::is_none")]
-    re: &'a Option<Cid>,
+    re: Option<Cid>,
     #[serde(with = "repr")]
-    schema: &'a Cid,
+    schema: Cid,
     body: &'a Body,
-}
-
-impl<T: repr::Repr> repr::Repr for &T {
-    fn ser<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        (**self).ser(s)
-    }
-    fn de<'de, D: Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
-        Err(serde::de::Error::custom("borrowed values are serialize-only"))
-    }
 }
 
 /// The payload's header, with the body left as `B` (skipped, a CBOR value, or JSON).
@@ -128,14 +120,14 @@ impl Serialize for EnvelopePayload {
         PayloadSer {
             v: self.v,
             kind: self.kind(),
-            from: &self.from,
-            to: &self.to,
+            from: self.from,
+            to: self.to,
             ts: self.ts,
             exp: self.exp,
-            nonce: &self.nonce,
-            trace: &self.trace,
-            re: &self.re,
-            schema: &self.schema,
+            nonce: self.nonce,
+            trace: self.trace,
+            re: self.re,
+            schema: self.schema,
             body: &self.body,
         }
         .serialize(s)
