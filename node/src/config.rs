@@ -12,6 +12,115 @@ use serde::Deserialize;
 pub struct Config {
     pub identity: Identity,
     pub envelope: EnvelopeConfig,
+    pub network: NetworkConfig,
+    pub api: ApiConfig,
+    pub registry: RegistryConfig,
+    pub publish: PublishConfig,
+}
+
+/// `[network]`: how the node joins the mesh.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Listen multiaddrs. Default TCP and QUIC on port 4701 of every interface.
+    pub listen: Vec<String>,
+    /// Peers dialed at start, each ending in `/p2p/<peer id>`. Default none.
+    pub bootstrap: Vec<String>,
+    /// Addresses others reach this node at (announced in adverts and provider records).
+    /// Default none: AutoNAT finds them.
+    pub external_addrs: Vec<String>,
+    /// Announce the listen addresses as reachable (loopback testnets). Default false.
+    pub announce_listen_addrs: bool,
+    /// Kademlia mode: "auto", "client" or "server". Default "auto" (server when addresses
+    /// are announced, else once AutoNAT confirms one).
+    pub kad_mode: String,
+    /// Serve as a relay for nodes behind NATs. Default false.
+    pub relay_server: bool,
+    /// Relays to hold a reservation on, each ending in `/p2p/<relay id>` (the node is then
+    /// reachable at `<relay>/p2p-circuit/p2p/<own id>`). Default none.
+    pub relays: Vec<String>,
+    /// Take part in registry gossip. Default true.
+    pub gossip: bool,
+    /// Most established connections, and per peer. Defaults 256 and 2.
+    pub max_connections: u32,
+    pub max_connections_per_peer: u32,
+}
+
+/// `[api]`: the local HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address of the local API; always loopback. Default "127.0.0.1:0" (any free port,
+    /// written to `<data dir>/api.addr`).
+    pub listen: String,
+}
+
+/// `[registry]`: the replica and its replication.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistryConfig {
+    /// Lifetime of this node's adverts, in seconds. Default 3600.
+    pub advert_ttl_secs: u64,
+    /// Adverts and provider records are refreshed this often, in seconds. Default 1200.
+    pub republish_secs: u64,
+    /// Catch up with peers through Sync (on connect and periodically). Default true.
+    pub sync: bool,
+    /// Periodic sync interval, in seconds. Default 60.
+    pub sync_every_secs: u64,
+    /// Expired adverts are swept from the replica this often, in seconds. Default 300.
+    pub sweep_secs: u64,
+}
+
+/// `[publish]`: capabilities published at start.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PublishConfig {
+    /// Contract files (JSON; relative to the data directory) published at start. Default none.
+    pub contracts: Vec<PathBuf>,
+    /// Price of each, as an amount in a unit. Default 0 "free".
+    pub price_amount: u64,
+    pub price_unit: String,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec!["/ip4/0.0.0.0/tcp/4701".into(), "/ip4/0.0.0.0/udp/4701/quic-v1".into()],
+            bootstrap: Vec::new(),
+            external_addrs: Vec::new(),
+            announce_listen_addrs: false,
+            kad_mode: "auto".into(),
+            relay_server: false,
+            relays: Vec::new(),
+            gossip: true,
+            max_connections: 256,
+            max_connections_per_peer: 2,
+        }
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:0".into() }
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self {
+            advert_ttl_secs: 3600,
+            republish_secs: 1200,
+            sync: true,
+            sync_every_secs: 60,
+            sweep_secs: 300,
+        }
+    }
+}
+
+impl Default for PublishConfig {
+    fn default() -> Self {
+        Self { contracts: Vec::new(), price_amount: 0, price_unit: "free".into() }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -89,6 +198,26 @@ impl Config {
             "envelope.max_depth = {} is above the largest supported depth {max}",
             self.envelope.max_depth
         );
+        for addr in self.network.listen.iter().chain(&self.network.bootstrap).chain(&self.network.external_addrs).chain(&self.network.relays) {
+            addr.parse::<capmesh_net::Multiaddr>()
+                .with_context(|| format!("network: {addr:?} is not a multiaddr"))?;
+        }
+        anyhow::ensure!(
+            ["auto", "client", "server"].contains(&self.network.kad_mode.as_str()),
+            "network.kad_mode = {:?}: use \"auto\", \"client\" or \"server\"",
+            self.network.kad_mode
+        );
+        let api: std::net::SocketAddr = self
+            .api
+            .listen
+            .parse()
+            .with_context(|| format!("api.listen = {:?} is not an address:port", self.api.listen))?;
+        anyhow::ensure!(api.ip().is_loopback(), "api.listen must be a loopback address (the API has no TLS)");
+        anyhow::ensure!(
+            self.registry.republish_secs > 0 && self.registry.republish_secs * 2 <= self.registry.advert_ttl_secs,
+            "registry.republish_secs must be at most half of registry.advert_ttl_secs, so adverts are refreshed well before they expire"
+        );
+        anyhow::ensure!(self.registry.sync_every_secs > 0 && self.registry.sweep_secs > 0, "registry intervals must be positive");
         Ok(())
     }
 }

@@ -87,6 +87,17 @@ impl DataDir {
         Ok(Initialized { peer_id: key.peer_id(), key_file, config_file })
     }
 
+    /// Initializes the directory unless it already holds a configuration (first run of
+    /// `capmesh run`). Returns what was created, if anything.
+    pub fn ensure_init(&self) -> anyhow::Result<Option<Initialized>> {
+        if self.config_file().exists() {
+            return Ok(None);
+        }
+        fs::create_dir_all(&self.root)
+            .with_context(|| format!("cannot create {}", self.root.display()))?;
+        self.init().map(Some)
+    }
+
     /// Loads the node key, with a hint when the directory was never initialized.
     pub fn load_key(&self) -> anyhow::Result<NodeKey> {
         let config = self.config()?;

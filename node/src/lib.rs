@@ -1,5 +1,5 @@
 //! The capmesh node as a library: data directory, configuration, the offline commands (`cap`,
-//! `registry`, `inspect`) and (as the node grows) its assembly and launch. The `capmesh` binary
+//! `registry`, `inspect`) and the assembly and launch of a running node ([`Node`]). The `capmesh` binary
 //! is a thin CLI over this crate; tests drive it too.
 //!
 //! ```no_run
@@ -9,13 +9,17 @@
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
+mod api;
 pub mod cap;
 pub mod config;
+pub mod launch;
 mod data_dir;
 pub mod inspect;
 pub mod registry;
+pub mod remote;
 
 pub use config::Config;
+pub use launch::Node;
 pub use data_dir::{DataDir, Initialized};
 
 /// Unix time in milliseconds.

@@ -10,7 +10,7 @@ use anyhow::Context;
 use capmesh::{
     DataDir,
     cap::{self, Verdict},
-    inspect, registry,
+    inspect, registry, remote,
 };
 use capmesh_contract::Which;
 use capmesh_store::{Order, Query};
@@ -50,11 +50,73 @@ enum Command {
         #[command(subcommand)]
         command: CapCommand,
     },
-    /// The local registry replica (<data dir>/replica).
+    /// The local registry replica (<data dir>/replica); through the node's API while one runs.
     Registry {
         #[command(subcommand)]
         command: RegistryCommand,
     },
+    /// Run the node (initializes the data directory on first run). Stops on ctrl-c / SIGTERM.
+    Run(RunArgs),
+    /// Show the running node's state.
+    Status {
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the running node's peers.
+    Peers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Find providers: by capability id (replica and Kademlia), or search the replica by tag/text.
+    Find(FindArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Listen multiaddr (repeat; replaces network.listen).
+    #[arg(long = "listen", value_name = "MULTIADDR")]
+    listen: Vec<String>,
+    /// Peer to dial at start, ending in /p2p/<id> (repeat; added to network.bootstrap).
+    #[arg(long = "bootstrap", value_name = "MULTIADDR")]
+    bootstrap: Vec<String>,
+    /// Announce the listen addresses as reachable (loopback testnets).
+    #[arg(long)]
+    announce_listen_addrs: bool,
+    /// Do not take part in registry gossip.
+    #[arg(long)]
+    no_gossip: bool,
+    /// Serve as a relay for others.
+    #[arg(long)]
+    relay_server: bool,
+    /// Address of the local API (loopback).
+    #[arg(long, value_name = "ADDR:PORT")]
+    api_listen: Option<String>,
+    /// Contract file to publish at start (repeat; added to publish.contracts).
+    #[arg(long = "publish", value_name = "FILE")]
+    publish: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct FindArgs {
+    /// Capability id.
+    #[arg(required_unless_present_any = ["tags", "text"], conflicts_with_all = ["tags", "text"])]
+    id: Option<Cid>,
+    /// Search the replica by tag (repeat: every tag must be there).
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// Search the replica by words in names, descriptions and tags.
+    #[arg(long, value_name = "WORDS")]
+    text: Option<String>,
+    /// Most results.
+    #[arg(long, default_value_t = 20)]
+    limit: u32,
+    /// Give up after this many milliseconds (find by id).
+    #[arg(long, value_name = "MS")]
+    timeout_ms: Option<u64>,
+    /// Print JSON (find by id: one event per line, as the API streams them).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,6 +136,18 @@ enum CapCommand {
         #[arg(long)]
         output: bool,
     },
+    /// Publish a contract (JSON; FILE or -) through the running node.
+    Publish {
+        file: PathBuf,
+        /// Price per call, e.g. 100:usd-micro (default free).
+        #[arg(long, value_name = "AMOUNT:UNIT", value_parser = registry::parse_price)]
+        price: Option<Price>,
+        /// Advert lifetime in seconds (default the node's registry.advert_ttl_secs).
+        #[arg(long, value_name = "SECS")]
+        ttl: Option<u64>,
+    },
+    /// Retire a capability this node publishes.
+    Retire { id: Cid },
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,6 +196,19 @@ struct QueryArgs {
 }
 
 impl QueryArgs {
+    /// The same query for the running node's API.
+    fn api_query(&self) -> anyhow::Result<capmesh_api::QueryRequest> {
+        anyhow::ensure!(self.at.is_none(), "--at applies to the offline replica only; stop the node first");
+        let q = self.query()?;
+        Ok(capmesh_api::QueryRequest {
+            capability: q.capability,
+            filter: q.filter,
+            newest: self.newest,
+            limit: Some(u32::from(self.limit)),
+            cursor: self.cursor.clone(),
+        })
+    }
+
     fn query(&self) -> anyhow::Result<Query> {
         let cursor = match &self.cursor {
             Some(hex) => Some(registry::parse_cursor(hex).map_err(anyhow::Error::msg)?),
@@ -209,9 +296,61 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             )?;
             println!("{}", serde_json::to_string_pretty(&report.to_json())?);
         }
-        Command::Cap { command } => return cap_command(command),
+        Command::Cap { command } => return cap_command(command, data_dir),
+        Command::Run(args) => return run_node(data_dir()?, args),
+        Command::Status { json } => {
+            let status = block_on(async { remote::client(&data_dir()?)?.status().await.map_err(remote::explain) })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                println!("peer id     {}", status.peer_id);
+                println!("version     {}", status.version);
+                println!("listening   {}", status.listen_addrs.join(" "));
+                println!("external    {}", status.external_addrs.join(" "));
+                println!("peers       {} connected, {} in routing table (kademlia {})", status.connected_peers, status.routing_table_peers, status.kad_mode);
+                println!("replica     {} records ({} refused, {} dropped)", status.replica.records, status.replica.refused, status.replica.dropped);
+                println!("gossip      {} accepted, {} ignored, {} rejected, {} rate-limited", status.gossip.accepted, status.gossip.ignored, status.gossip.rejected, status.gossip.rate_limited);
+                println!("published   {}", status.published.len());
+                for cap in &status.published {
+                    println!("            {cap}");
+                }
+            }
+        }
+        Command::Peers { json } => {
+            let peers = block_on(async { remote::client(&data_dir()?)?.peers().await.map_err(remote::explain) })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&peers)?);
+            } else {
+                for p in &peers {
+                    let state = if p.connected { "connected" } else { "known" };
+                    println!("{}  {state}  {}", p.peer_id, p.addrs.join(" "));
+                }
+                if peers.is_empty() {
+                    eprintln!("no peers");
+                }
+            }
+        }
+        Command::Find(args) => return find(data_dir()?, args),
         Command::Registry { command: RegistryCommand::Query(args) } => {
             let dir = data_dir()?;
+            // A running node holds the replica: ask it.
+            match capmesh_api::Client::from_data_dir(dir.root()) {
+                Ok(client) => {
+                    let req = args.api_query()?;
+                    match block_on(client.query(&req)) {
+                        Ok(page) => {
+                            print_api_page(&page, args.json)?;
+                            return Ok(ExitCode::SUCCESS);
+                        }
+                        Err(e) if remote::is_not_running(&e) => {
+                            tracing::debug!(error = %e, "no node answers; reading the replica");
+                        }
+                        Err(e) => return Err(remote::explain(e)),
+                    }
+                }
+                Err(e) if remote::is_not_running(&e) => {}
+                Err(e) => return Err(remote::explain(e)),
+            }
             let page = registry::query(
                 &dir,
                 &dir.config()?,
@@ -235,8 +374,118 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Runs a future on a fresh runtime (the CLI is synchronous elsewhere).
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime builds")
+        .block_on(f)
+}
+
+fn run_node(dir: DataDir, args: RunArgs) -> anyhow::Result<ExitCode> {
+    // The data directory may not exist yet: its config is read after launch initializes it.
+    if dir.ensure_init()?.is_some() {
+        eprintln!("initialized {}", dir.root().display());
+    }
+    let mut config = dir.config()?;
+    let n = &mut config.network;
+    if !args.listen.is_empty() {
+        n.listen = args.listen;
+    }
+    n.bootstrap.extend(args.bootstrap);
+    n.announce_listen_addrs |= args.announce_listen_addrs;
+    n.gossip &= !args.no_gossip;
+    n.relay_server |= args.relay_server;
+    if let Some(api) = args.api_listen {
+        config.api.listen = api;
+    }
+    let cwd = std::env::current_dir()?;
+    config.publish.contracts.extend(args.publish.into_iter().map(|p| cwd.join(p)));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let node = capmesh::Node::launch(dir, config, Default::default()).await?;
+        eprintln!("capmesh node {} running; API on http://{}", node.peer_id(), node.api_addr);
+        wait_for_signal().await?;
+        eprintln!("shutting down");
+        node.shutdown().await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Waits for ctrl-c or SIGTERM.
+async fn wait_for_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await?;
+        Ok(())
+    }
+}
+
 #[allow(clippy::print_stdout)]
-fn cap_command(command: CapCommand) -> anyhow::Result<ExitCode> {
+fn find(dir: DataDir, args: FindArgs) -> anyhow::Result<ExitCode> {
+    let client = remote::client(&dir)?;
+    if let Some(id) = args.id {
+        let req = capmesh_api::FindRequest { capability: id, limit: Some(args.limit), timeout_ms: args.timeout_ms };
+        let json = args.json;
+        let hits = block_on(remote::find(&client, &req, |event| {
+            if json {
+                println!("{}", serde_json::to_string(event).unwrap_or_default());
+            } else if let Some(line) = remote::find_line(event) {
+                println!("{line}");
+            } else if let capmesh_api::FindEvent::Done(d) = event {
+                eprintln!(
+                    "{} found in {} ms ({} kademlia requests){}",
+                    d.hits,
+                    d.elapsed_ms,
+                    d.kad_requests,
+                    d.error.as_deref().map(|e| format!("; {e}")).unwrap_or_default()
+                );
+            }
+        }))?;
+        return Ok(if hits > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
+    let req = capmesh_api::QueryRequest {
+        filter: Filter { tags: args.tags, text: args.text, ..Filter::default() },
+        limit: Some(args.limit.clamp(1, 1000)),
+        ..Default::default()
+    };
+    let page = block_on(client.query(&req)).map_err(remote::explain)?;
+    print_api_page(&page, args.json)?;
+    Ok(if page.hits.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+#[allow(clippy::print_stdout)]
+fn print_api_page(page: &capmesh_api::QueryPage, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(&remote::page_json(page)?)?);
+    } else {
+        for hit in &page.hits {
+            println!("{}", remote::query_hit_line(hit));
+        }
+        match &page.next {
+            Some(next) => eprintln!("more: --cursor {next}"),
+            None if page.hits.is_empty() => eprintln!("no adverts match"),
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::print_stdout)]
+fn cap_command(
+    command: CapCommand,
+    data_dir: impl Fn() -> anyhow::Result<DataDir>,
+) -> anyhow::Result<ExitCode> {
     let contract = |file: &Path| -> anyhow::Result<capmesh_contract::Contract> {
         cap::parse_contract(&read(file)?).with_context(|| shown(file))
     };
@@ -263,6 +512,19 @@ fn cap_command(command: CapCommand) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::FAILURE);
                 }
             }
+        }
+        CapCommand::Publish { file, price, ttl } => {
+            let contract = remote::contract_json(&file, &read(&file)?)?;
+            let client = remote::client(&data_dir()?)?;
+            let req = capmesh_api::PublishRequest { contract, price, limits: None, ttl_ms: ttl.map(|s| s * 1000) };
+            let published = block_on(client.publish(&req)).map_err(remote::explain)?;
+            eprintln!("published, advert {} (seq {}, expires {})", published.advert_id, published.seq, published.expires);
+            println!("{}", published.capability);
+        }
+        CapCommand::Retire { id } => {
+            let client = remote::client(&data_dir()?)?;
+            let retired = block_on(client.retire(id)).map_err(remote::explain)?;
+            println!("{}", retired.retirement_id);
         }
     }
     Ok(ExitCode::SUCCESS)

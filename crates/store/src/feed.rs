@@ -14,6 +14,11 @@ pub struct Subscription {
 }
 
 impl Store {
+    /// The latest flushed change-log sequence number (0 when empty).
+    pub fn head(&self) -> u64 {
+        self.inner.head.seq.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
     /// Changes with sequence ≥ `from`, up to the flushed head, in order.
     pub fn changes(&self, from: u64, max: usize) -> Result<Vec<Change>, StoreError> {
         let head = self.inner.head.seq.lock().unwrap_or_else(|e| e.into_inner()).0;

@@ -1,0 +1,254 @@
+//! The typed client of the API, as the CLI and Rust agents use it.
+
+use std::{fmt, io, net::SocketAddr, path::Path, time::Duration};
+
+use capmesh_types::Cid;
+use futures::{Stream, StreamExt, stream::BoxStream};
+use reqwest::{Method, RequestBuilder, Response};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::{
+    ApiError, ClientError, ErrorCode,
+    error::ErrorBody,
+    files::{ADDR_FILE, TOKEN_FILE},
+    ndjson::{LineTooLong, Lines, MAX_LINE_BYTES},
+    types::{
+        FindEvent, FindRequest, PeerInfo, PublishRequest, Published, QueryPage, QueryRequest,
+        Retired, Status,
+    },
+};
+
+/// Default bound on a whole non-streaming call (connect, request, answer).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A client of one node's API. Cheap to clone (connections are pooled and shared).
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    addr: SocketAddr,
+    base: String,
+    token: String,
+    timeout: Duration,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("addr", &self.addr)
+            .field("token", &"<redacted>")
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Client {
+    /// A client of the API at `addr` with `token`. No proxy is ever used.
+    pub fn new(addr: SocketAddr, token: String) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .http1_only()
+            .connect_timeout(DEFAULT_TIMEOUT)
+            .user_agent(concat!("capmesh-api/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(ClientError::Http)?;
+        Ok(Self { http, addr, base: format!("http://{addr}"), token, timeout: DEFAULT_TIMEOUT })
+    }
+
+    /// The client of the node running for `data_dir`, from its `api.addr` and `api.token`.
+    /// [`ClientError::NotRunning`] when there is no `api.addr`. (Whether the node still runs
+    /// shows at the first call: [`ClientError::Unreachable`].)
+    pub fn from_data_dir(data_dir: impl AsRef<Path>) -> Result<Self, ClientError> {
+        let data_dir = data_dir.as_ref();
+        let read = |name: &str| {
+            let path = data_dir.join(name);
+            std::fs::read_to_string(&path).map_err(|source| match source.kind() {
+                io::ErrorKind::NotFound if name == ADDR_FILE => {
+                    ClientError::NotRunning { data_dir: data_dir.to_owned() }
+                }
+                _ => ClientError::Io { path, source },
+            })
+        };
+        let addr_text = read(ADDR_FILE)?;
+        let addr = addr_text.trim().parse::<SocketAddr>().map_err(|_| ClientError::Io {
+            path: data_dir.join(ADDR_FILE),
+            source: io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{:?} is not IP:PORT; remove the file and restart the node",
+                    addr_text.trim()
+                ),
+            ),
+        })?;
+        let token = read(TOKEN_FILE)?.trim().to_owned();
+        Self::new(addr, token)
+    }
+
+    /// Bounds each non-streaming call to `timeout` (default [`DEFAULT_TIMEOUT`]).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The address the client talks to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `GET /v1/status`. Cancel-safe (it changes nothing).
+    pub async fn status(&self) -> Result<Status, ClientError> {
+        self.call(self.request(Method::GET, "/v1/status")).await
+    }
+
+    /// `GET /v1/peers`. Cancel-safe (it changes nothing).
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, ClientError> {
+        self.call(self.request(Method::GET, "/v1/peers")).await
+    }
+
+    /// `POST /v1/capabilities`. Not cancel-safe: once sent, the node may publish even if the
+    /// future is dropped; ask [`status`](Self::status) (`published`) to know.
+    pub async fn publish(&self, req: &PublishRequest) -> Result<Published, ClientError> {
+        self.call(self.request(Method::POST, "/v1/capabilities").json(req)).await
+    }
+
+    /// `DELETE /v1/capabilities/{capability}`. Not cancel-safe: once sent, the node may retire
+    /// even if the future is dropped.
+    pub async fn retire(&self, capability: Cid) -> Result<Retired, ClientError> {
+        self.call(self.request(Method::DELETE, &format!("/v1/capabilities/{capability}"))).await
+    }
+
+    /// `POST /v1/registry/query`. Cancel-safe (it changes nothing).
+    pub async fn query(&self, req: &QueryRequest) -> Result<QueryPage, ClientError> {
+        self.call(self.request(Method::POST, "/v1/registry/query").json(req)).await
+    }
+
+    /// `GET /v1/find/{capability}`: the events as the node sends them, ending after the
+    /// `Done` (or with [`ClientError::Incomplete`] if the node closes the stream before it).
+    /// The stream is not bounded by [`with_timeout`](Self::with_timeout): the node ends the
+    /// search after `timeout_ms`. Dropping the stream stops the search.
+    ///
+    /// Cancel-safe, and so is reading the stream (each item is one complete event).
+    pub async fn find(
+        &self,
+        req: &FindRequest,
+    ) -> Result<
+        impl Stream<Item = Result<FindEvent, ClientError>> + Send + Unpin + 'static,
+        ClientError,
+    > {
+        #[derive(Serialize)]
+        struct Params {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            limit: Option<u32>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            timeout_ms: Option<u64>,
+        }
+        let params = Params { limit: req.limit, timeout_ms: req.timeout_ms };
+        let builder = self
+            .http
+            .get(format!("{}/v1/find/{}", self.base, req.capability))
+            .query(&params)
+            .bearer_auth(&self.token);
+        let response = builder.send().await.map_err(|e| self.transport_error(e))?;
+        let response = self.check(response).await?;
+        Ok(self.find_events(response.bytes_stream().boxed()))
+    }
+
+    fn find_events(
+        &self,
+        body: BoxStream<'static, reqwest::Result<axum::body::Bytes>>,
+    ) -> BoxStream<'static, Result<FindEvent, ClientError>> {
+        struct State {
+            body: BoxStream<'static, reqwest::Result<axum::body::Bytes>>,
+            lines: Lines,
+            ended: bool,
+            client: Client,
+        }
+        let state = State { body, lines: Lines::default(), ended: false, client: self.clone() };
+        futures::stream::unfold(state, |mut s| async move {
+            loop {
+                if s.ended {
+                    return None;
+                }
+                let line = match s.lines.next_line() {
+                    Err(LineTooLong) => {
+                        s.ended = true;
+                        let e = format!("a find event is longer than {MAX_LINE_BYTES} bytes");
+                        return Some((Err(ClientError::Decode(e)), s));
+                    }
+                    Ok(Some(line)) => line,
+                    Ok(None) => match s.body.next().await {
+                        Some(Ok(chunk)) => {
+                            s.lines.push(&chunk);
+                            continue;
+                        }
+                        Some(Err(e)) => {
+                            s.ended = true;
+                            let e = s.client.transport_error(e);
+                            return Some((Err(e), s));
+                        }
+                        None => {
+                            let rest = s.lines.rest();
+                            if rest.trim_ascii().is_empty() {
+                                s.ended = true;
+                                return Some((Err(ClientError::Incomplete), s));
+                            }
+                            rest
+                        }
+                    },
+                };
+                if line.trim_ascii().is_empty() {
+                    continue;
+                }
+                let event = serde_json::from_slice::<FindEvent>(&line);
+                s.ended = !matches!(event, Ok(FindEvent::Hit(_)));
+                let item = event.map_err(|e| ClientError::Decode(e.to_string()));
+                return Some((item, s));
+            }
+        })
+        .boxed()
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .timeout(self.timeout)
+    }
+
+    async fn call<T: DeserializeOwned>(&self, builder: RequestBuilder) -> Result<T, ClientError> {
+        let response = builder.send().await.map_err(|e| self.transport_error(e))?;
+        let response = self.check(response).await?;
+        let body = response.bytes().await.map_err(|e| self.transport_error(e))?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// The response if it is a success; its error body as [`ClientError::Api`] if not.
+    async fn check(&self, response: Response) -> Result<Response, ClientError> {
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = response.bytes().await.map_err(|e| self.transport_error(e))?;
+        let error = match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(ErrorBody { error }) => error,
+            // Not one of ours (a proxy, an older node): keep what it said.
+            Err(_) => {
+                let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();
+                ApiError::new(
+                    ErrorCode::from_http_status(status.as_u16()),
+                    format!("the node answered HTTP {status}: {}", text.trim()),
+                )
+            }
+        };
+        Err(ClientError::Api(error))
+    }
+
+    fn transport_error(&self, e: reqwest::Error) -> ClientError {
+        if e.is_connect() {
+            ClientError::Unreachable { addr: self.addr, source: e }
+        } else if e.is_timeout() {
+            ClientError::TimedOut { after: self.timeout }
+        } else {
+            ClientError::Http(e)
+        }
+    }
+}

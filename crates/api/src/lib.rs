@@ -1,0 +1,44 @@
+//! The local API of a capmesh node: HTTP/1.1 and JSON on 127.0.0.1, behind a bearer token,
+//! specified for other implementations and agent authors in `specs/api.md`. This crate holds
+//! the server, its typed client and the files through which a running node is found; it knows
+//! nothing of libp2p or the replica: the node implements [`Backend`] and the server calls it.
+//!
+//! - [`serve`] answers the routes under `/v1` for a [`Backend`], checking a [`Token`] first;
+//!   [`bind`] makes its loopback listener.
+//! - [`write_files`] / [`remove_files`]: `api.addr` and `api.token` (mode 0600) in the data
+//!   directory, written by the node once it listens and removed when it stops.
+//! - [`Client`]: one method per endpoint; [`Client::from_data_dir`] reads the two files.
+//! - [`types`]: the request and response bodies; [`ApiError`] (with an [`ErrorCode`] that fixes
+//!   the HTTP status) for what the node refuses, [`ClientError`] for everything a caller meets.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use capmesh_api::{Client, Backend, Token, bind, serve, write_files};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # async fn node(backend: Arc<impl Backend>, data_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+//! // In the node:
+//! let listener = bind("127.0.0.1:0".parse()?).await?;
+//! let token = Token::generate()?;
+//! write_files(data_dir, listener.local_addr()?, &token)?;
+//! let shutdown = CancellationToken::new();
+//! tokio::spawn(serve(listener, backend, token, shutdown.clone()));
+//!
+//! // In the CLI, or an agent:
+//! let status = Client::from_data_dir(data_dir)?.status().await?;
+//! println!("{} has {} peers", status.peer_id, status.connected_peers);
+//! # Ok(()) }
+//! ```
+
+mod client;
+mod error;
+mod files;
+mod ndjson;
+mod server;
+pub mod types;
+
+pub use client::{Client, DEFAULT_TIMEOUT};
+pub use error::{ApiError, ClientError, ErrorCode};
+pub use files::{ADDR_FILE, TOKEN_FILE, remove_files, write_files};
+pub use server::{Backend, MAX_BODY_BYTES, Token, bind, serve};
+pub use types::*;

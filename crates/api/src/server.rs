@@ -1,0 +1,410 @@
+//! The HTTP server: axum routes over a [`Backend`], behind a bearer [`Token`].
+//!
+//! Every request is checked against the token (in constant time) before anything else runs:
+//! without it nothing is parsed and the backend is never called. Malformed input and unknown
+//! routes get the typed error body of every other error (`{"error": {"code", "message"}}`),
+//! never axum's plain-text rejections.
+
+use std::{fmt, future::Future, io, net::SocketAddr, sync::Arc};
+
+use axum::{
+    Router,
+    body::{Body, Bytes},
+    extract::{
+        DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State,
+        rejection::{JsonRejection, PathRejection, QueryRejection},
+    },
+    http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header, request::Parts},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{delete, get, post},
+};
+use capmesh_types::Cid;
+use futures::{Stream, StreamExt};
+use serde::de::DeserializeOwned;
+use tokio::{net::TcpListener, sync::mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    ApiError,
+    error::ErrorBody,
+    types::{
+        FindEvent, FindRequest, PeerInfo, PublishRequest, Published, QueryPage, QueryRequest,
+        Retired, Status,
+    },
+};
+
+/// Largest request body accepted (1 MiB); a larger one is a `BadRequest`.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// What the node does for the API. The server calls it only for requests that carried the
+/// right token and parsed. A handler's future is dropped when its client goes away, so these
+/// futures must leave the node consistent when dropped at an `.await`.
+pub trait Backend: Send + Sync + 'static {
+    /// `GET /v1/status`.
+    fn status(&self) -> impl Future<Output = Result<Status, ApiError>> + Send;
+    /// `GET /v1/peers`.
+    fn peers(&self) -> impl Future<Output = Result<Vec<PeerInfo>, ApiError>> + Send;
+    /// `POST /v1/capabilities`.
+    fn publish(
+        &self,
+        req: PublishRequest,
+    ) -> impl Future<Output = Result<Published, ApiError>> + Send;
+    /// `DELETE /v1/capabilities/{capability}`.
+    fn retire(&self, capability: Cid) -> impl Future<Output = Result<Retired, ApiError>> + Send;
+    /// Results as they arrive; the stream ends after one `FindEvent::Done`.
+    ///
+    /// `GET /v1/find/{capability}`. The server forwards each event as it is received and stops
+    /// reading after the `Done`; it drops the receiver when the client goes away or the server
+    /// shuts down, so a closed channel means nobody listens any more.
+    fn find(
+        &self,
+        req: FindRequest,
+    ) -> impl Future<Output = Result<mpsc::Receiver<FindEvent>, ApiError>> + Send;
+    /// `POST /v1/registry/query`.
+    fn query(&self, req: QueryRequest) -> impl Future<Output = Result<QueryPage, ApiError>> + Send;
+}
+
+/// The bearer token of the API: 32 random bytes as 64 lowercase hex digits. A new one is made
+/// each time the node starts. `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    /// A fresh token from the operating system's random source.
+    pub fn generate() -> Result<Self, getrandom::Error> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes)?;
+        Ok(Self(data_encoding::HEXLOWER.encode(&bytes)))
+    }
+
+    /// The token as sent in `Authorization: Bearer <token>` and written to `api.token`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `candidate` is this token, in time independent of where they differ.
+    fn matches(&self, candidate: &[u8]) -> bool {
+        constant_time_eq(self.0.as_bytes(), candidate)
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// Compares in time that depends on the lengths only (and a token's length is no secret).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
+/// Binds the API's listener. Only loopback addresses are accepted: the API is for the node's
+/// own user (the token file is the access control). Pass `127.0.0.1:0` for any free port and
+/// read the port from [`TcpListener::local_addr`].
+///
+/// Cancel-safe: dropping the future leaves nothing bound.
+pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    if !addr.ip().is_loopback() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("the API listens on loopback only, not {addr}; use 127.0.0.1:PORT"),
+        ));
+    }
+    TcpListener::bind(addr).await
+}
+
+/// Serves the API on `listener` until `shutdown` is cancelled, then stops accepting, ends open
+/// find streams (their clients see the stream close without a `done`) and returns once the
+/// requests in flight have been answered.
+///
+/// Cancel-safe in the sense that dropping the future stops the server at once: open
+/// connections are closed without answers and backend futures in flight are dropped. Prefer
+/// cancelling `shutdown` and awaiting this.
+pub async fn serve<B: Backend>(
+    listener: TcpListener,
+    backend: Arc<B>,
+    token: Token,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::debug!(%addr, "API listening");
+    }
+    let app = router(backend, token, shutdown.clone());
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}
+
+struct App<B> {
+    backend: Arc<B>,
+    shutdown: CancellationToken,
+}
+
+impl<B> Clone for App<B> {
+    fn clone(&self) -> Self {
+        Self { backend: self.backend.clone(), shutdown: self.shutdown.clone() }
+    }
+}
+
+fn router<B: Backend>(backend: Arc<B>, token: Token, shutdown: CancellationToken) -> Router {
+    Router::new()
+        .route("/v1/status", get(status::<B>))
+        .route("/v1/peers", get(peers::<B>))
+        .route("/v1/capabilities", post(publish::<B>))
+        .route("/v1/capabilities/{capability}", delete(retire::<B>))
+        .route("/v1/find/{capability}", get(find::<B>))
+        .route("/v1/registry/query", post(query::<B>))
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_route)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Added last, so it runs first: before routing, extractors and the backend.
+        .layer(middleware::from_fn_with_state(Arc::new(token), authorize))
+        .with_state(App { backend, shutdown })
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut response = (status, axum::Json(ErrorBody { error: self })).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+async fn authorize(State(token): State<Arc<Token>>, req: Request, next: Next) -> Response {
+    match check_bearer(req.headers(), &token) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+fn check_bearer(headers: &HeaderMap, token: &Token) -> Result<(), ApiError> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(ApiError::unauthorized(
+            "missing `Authorization: Bearer <token>`; the token is in api.token in the node's \
+             data directory",
+        ));
+    };
+    let value = value.as_bytes();
+    let scheme = b"bearer ";
+    let candidate = match value.get(..scheme.len()) {
+        Some(prefix) if prefix.eq_ignore_ascii_case(scheme) => &value[scheme.len()..],
+        _ => {
+            return Err(ApiError::unauthorized(
+                "the Authorization header must be `Bearer <token>`, with the token from api.token \
+                 in the node's data directory",
+            ));
+        }
+    };
+    if token.matches(candidate.trim_ascii()) {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized(
+            "wrong token: use the one in api.token in the node's data directory (a new one is \
+             made each time the node starts)",
+        ))
+    }
+}
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no endpoint {method} {}; see specs/api.md", uri.path()))
+}
+
+async fn status<B: Backend>(State(app): State<App<B>>) -> Result<Json<Status>, ApiError> {
+    app.backend.status().await.map(Json)
+}
+
+async fn peers<B: Backend>(State(app): State<App<B>>) -> Result<Json<Vec<PeerInfo>>, ApiError> {
+    app.backend.peers().await.map(Json)
+}
+
+async fn publish<B: Backend>(
+    State(app): State<App<B>>,
+    Json(req): Json<PublishRequest>,
+) -> Result<Json<Published>, ApiError> {
+    app.backend.publish(req).await.map(Json)
+}
+
+async fn retire<B: Backend>(
+    State(app): State<App<B>>,
+    CidPath(capability): CidPath,
+) -> Result<Json<Retired>, ApiError> {
+    app.backend.retire(capability).await.map(Json)
+}
+
+async fn query<B: Backend>(
+    State(app): State<App<B>>,
+    Json(req): Json<QueryRequest>,
+) -> Result<Json<QueryPage>, ApiError> {
+    app.backend.query(req).await.map(Json)
+}
+
+/// The query string of `GET /v1/find/{capability}`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FindParams {
+    limit: Option<u32>,
+    timeout_ms: Option<u64>,
+}
+
+async fn find<B: Backend>(
+    State(app): State<App<B>>,
+    CidPath(capability): CidPath,
+    ApiQuery(params): ApiQuery<FindParams>,
+) -> Result<Response, ApiError> {
+    let req = FindRequest { capability, limit: params.limit, timeout_ms: params.timeout_ms };
+    let events = app.backend.find(req).await?;
+    let lines = until_done(events)
+        .map(|event| ndjson_line(&event))
+        .take_until(app.shutdown.cancelled_owned());
+    let headers = [
+        (header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson")),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+    ];
+    Ok((headers, Body::from_stream(lines)).into_response())
+}
+
+/// The events of `rx` up to and including the first `Done`.
+fn until_done(rx: mpsc::Receiver<FindEvent>) -> impl Stream<Item = FindEvent> + Send {
+    futures::stream::unfold(Some(rx), |rx| async move {
+        let mut rx = rx?;
+        let event = rx.recv().await?;
+        let next = if matches!(event, FindEvent::Done(_)) { None } else { Some(rx) };
+        Some((event, next))
+    })
+}
+
+fn ndjson_line(event: &FindEvent) -> Result<Bytes, serde_json::Error> {
+    let mut line = serde_json::to_vec(event)?;
+    line.push(b'\n');
+    Ok(Bytes::from(line))
+}
+
+/// `axum::Json` whose rejections are typed `BadRequest`s.
+struct Json<T>(T);
+
+impl<T: serde::Serialize> IntoResponse for Json<T> {
+    fn into_response(self) -> Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(value)) => Ok(Json(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::bad_request(format!(
+            "the request body is larger than {MAX_BODY_BYTES} bytes (1 MiB)"
+        ));
+    }
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => ApiError::bad_request(
+            "the request body must be JSON, sent with `Content-Type: application/json`",
+        ),
+        other => ApiError::bad_request(other.body_text()),
+    }
+}
+
+/// A capability id in the path; a malformed one is a typed `BadRequest`.
+struct CidPath(Cid);
+
+impl<S: Send + Sync> FromRequestParts<S> for CidPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(text) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e: PathRejection| ApiError::bad_request(e.body_text()))?;
+        text.parse::<Cid>().map(CidPath).map_err(|e| {
+            ApiError::bad_request(format!(
+                "{text:?} is not a capability id ({e}); pass the `b…` id `capmesh cap id` prints"
+            ))
+        })
+    }
+}
+
+/// `axum::extract::Query` whose rejections are typed `BadRequest`s.
+struct ApiQuery<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| ApiQuery(value))
+            .map_err(|e: QueryRejection| ApiError::bad_request(e.body_text()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_64_lowercase_hex_and_redacted() {
+        let (a, b) = (Token::generate().unwrap(), Token::generate().unwrap());
+        assert_ne!(a, b);
+        assert_eq!(a.as_str().len(), 64);
+        assert!(a.as_str().bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')));
+        assert_eq!(format!("{a:?}"), "Token(<redacted>)");
+    }
+
+    #[test]
+    fn bearer_check() {
+        let token = Token::generate().unwrap();
+        let with = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+            check_bearer(&headers, &token)
+        };
+        assert!(with(&format!("Bearer {}", token.as_str())).is_ok());
+        assert!(with(&format!("bearer  {} ", token.as_str())).is_ok());
+        let mut wrong = token.as_str().to_owned();
+        wrong.replace_range(63.., if wrong.ends_with('0') { "1" } else { "0" });
+        for bad in [
+            format!("Bearer {wrong}"),
+            token.as_str().to_owned(),
+            "Bearer".into(),
+            "Basic x".into(),
+        ] {
+            let e = with(&bad).unwrap_err();
+            assert_eq!(e.code, crate::ErrorCode::Unauthorized, "{bad}");
+        }
+        assert!(check_bearer(&HeaderMap::new(), &token).is_err());
+    }
+
+    #[test]
+    fn constant_time_eq_is_eq() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    #[tokio::test]
+    async fn bind_refuses_other_than_loopback() {
+        let e = bind("0.0.0.0:0".parse().unwrap()).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        assert!(listener.local_addr().unwrap().port() != 0);
+    }
+}

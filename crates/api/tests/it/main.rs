@@ -1,0 +1,10 @@
+//! Integration tests of capmesh-api: the server and the client together over 127.0.0.1, with a
+//! fake backend.
+#![allow(clippy::unwrap_used)]
+
+mod fake;
+mod http;
+
+mod client;
+mod errors;
+mod find;

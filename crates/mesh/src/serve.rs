@@ -1,0 +1,139 @@
+//! What this node answers: gossip verdicts and the rpc requests of the registry protocol.
+
+use capmesh_net::{Handler, Verdict};
+use capmesh_store::{Item, Outcome, StoreError};
+use capmesh_types::PeerId;
+use capmesh_wire::{Body, Carrier, Envelope, Opened, VerifyError};
+
+use crate::{Mesh, error_body, now_ms};
+
+impl Handler for Mesh {
+    async fn request(&self, peer: PeerId, request: Vec<u8>) -> Option<Vec<u8>> {
+        let opened = lock_accept(self, &request);
+        let opened = match opened {
+            Ok(o) if o.payload.sender() == peer => o,
+            Ok(o) => {
+                // The connection's peer must be the signer: no relaying of others' requests.
+                self.bump(|s| s.refused_requests += 1);
+                let body = error_body("Misaddressed", "the envelope's signer is not the connected peer", false);
+                return self.answer(&o, body);
+            }
+            Err(e) => {
+                self.bump(|s| s.refused_requests += 1);
+                tracing::debug!(%peer, error = %e, "rpc request refused");
+                // Without a verified sender there is nobody to address an Error envelope to:
+                // reset the stream (protocol.md §8.7).
+                return None;
+            }
+        };
+        let answer = match &opened.payload.body {
+            Body::Discover(d) => {
+                self.bump(|s| s.discover_served += 1);
+                self.serve_discover(d).map(Body::from)
+            }
+            Body::Sync(s) => {
+                self.bump(|st| st.sync_served += 1);
+                self.serve_sync(s).map(Body::from)
+            }
+            Body::AdvertiseCapability(_) | Body::Retire(_) | Body::Attest(_) => {
+                let item = item_of(&opened.payload.body).expect("a gossip kind");
+                return match self.insert(item).await {
+                    Ok(_) => Some(Vec::new()),
+                    Err(e) => self.answer(&opened, error_body(e.code(), e.to_string(), false)),
+                };
+            }
+            other => Err(error_body(
+                "NotFound",
+                format!("this node does not serve {:?} requests", other.kind()),
+                false,
+            )),
+        };
+        match answer {
+            Ok(body) => self.answer(&opened, body),
+            Err(error) => self.answer(&opened, error),
+        }
+    }
+
+    async fn gossip(&self, source: PeerId, data: Vec<u8>) -> Verdict {
+        let now = now_ms();
+        let opened = Envelope::from_bytes(&data, self.inner.config.rules.limits)
+            .and_then(|e| e.open(now, &self.inner.config.rules));
+        let opened = match opened {
+            Ok(o) => o,
+            Err(e) => return verdict_of_verify(&e, &source),
+        };
+        if opened.payload.to.is_some() || opened.payload.kind().carrier() != Carrier::Gossip {
+            tracing::debug!(%source, kind = ?opened.payload.kind(), "not a gossip message");
+            return Verdict::Reject;
+        }
+        let Some(item) = item_of(&opened.payload.body) else { return Verdict::Reject };
+        match self.insert(item).await {
+            Ok(Outcome::Stored { .. }) => Verdict::Accept,
+            // Already here: forwarding it again helps nobody.
+            Ok(Outcome::Duplicate { .. }) => Verdict::Ignore,
+            Err(e) => {
+                tracing::debug!(%source, error = %e, "gossip refused");
+                match e {
+                    StoreError::Verify(v) => verdict_of_verify(&v, &source),
+                    StoreError::Stale { .. } | StoreError::SignerCap { .. } | StoreError::TotalCap { .. } => {
+                        Verdict::Ignore
+                    }
+                    StoreError::Contract(_) => Verdict::Reject,
+                    // Our own trouble (disk, shutdown): not the sender's fault.
+                    _ => Verdict::Ignore,
+                }
+            }
+        }
+    }
+
+    fn connected(&self, peer: PeerId) {
+        if self.inner.config.sync && self.inner.sync_tx.try_send(peer).is_err() {
+            self.bump(|s| s.sync_dropped += 1);
+        }
+    }
+}
+
+fn lock_accept(mesh: &Mesh, bytes: &[u8]) -> Result<Opened, VerifyError> {
+    crate::lock(&mesh.inner.receiver).accept(bytes, now_ms())
+}
+
+/// Time-related refusals are ignored (a slow path, a skewed clock), anything else rejected
+/// (protocol.md §10.3).
+fn verdict_of_verify(e: &VerifyError, source: &PeerId) -> Verdict {
+    tracing::debug!(%source, error = %e, "gossip refused");
+    match e.code() {
+        "Replay" | "Expired" | "FutureDated" | "ReplayCacheFull" => Verdict::Ignore,
+        _ => Verdict::Reject,
+    }
+}
+
+/// The replica item a gossip kind carries.
+pub(crate) fn item_of(body: &Body) -> Option<Item> {
+    Some(match body {
+        Body::AdvertiseCapability(a) => {
+            Item::Advert { advert: a.advert.clone(), contract: a.contract.clone() }
+        }
+        Body::Retire(r) => Item::Retirement(r.retirement.clone()),
+        Body::Attest(a) => Item::Attestation(a.attestation.clone()),
+        _ => return None,
+    })
+}
+
+impl Mesh {
+    /// Verifies and stores one record off the async threads (the store acknowledges after its
+    /// group commit's flush).
+    pub(crate) async fn insert(&self, item: Item) -> Result<Outcome, StoreError> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || store.insert(item, now_ms()))
+            .await
+            .unwrap_or(Err(StoreError::Closed))
+    }
+
+    pub(crate) async fn insert_many(&self, items: Vec<Item>) -> Vec<Result<Outcome, StoreError>> {
+        let store = self.inner.store.clone();
+        let n = items.len();
+        tokio::task::spawn_blocking(move || store.insert_many(items, now_ms()))
+            .await
+            .unwrap_or_else(|_| (0..n).map(|_| Err(StoreError::Closed)).collect())
+    }
+}

@@ -1,0 +1,165 @@
+//! Catch-up by change-log ranges (protocol.md §8.4, log mode): a peer asks from the last `next`
+//! it got from us; we send the records of the `Put` entries that are still stored, with their
+//! contracts, in at most ~768 KiB per answer. Reconcile mode is refused with `NotFound`
+//! (implementations may offer either; log mode is what this node asks for).
+
+use std::collections::BTreeMap;
+
+use capmesh_store::{ChangeOp, Item, RecordType};
+use capmesh_types::PeerId;
+use capmesh_wire::{Advert, AnyRecord, Body, ErrorBody, Signed, Sync, SyncResult};
+use tokio::sync::mpsc;
+
+use crate::{Mesh, MeshError, error_body, lock};
+
+/// Answer budget: leaves room under the 1 MiB frame for the envelope around it.
+const ANSWER_BUDGET: usize = 768 * 1024;
+/// Most change-log entries served per request.
+const MAX_SERVED: u32 = 2048;
+
+impl Mesh {
+    pub(crate) fn serve_sync(&self, sync: &Sync) -> Result<SyncResult, ErrorBody> {
+        let (from, limit) = match sync {
+            Sync::Log { from, limit } => (*from, (*limit).clamp(1, MAX_SERVED)),
+            Sync::Reconcile { .. } => {
+                return Err(error_body("NotFound", "this node serves Sync in log mode only", false));
+            }
+        };
+        let store = &self.inner.store;
+        let internal = |e: capmesh_store::StoreError| error_body("Internal", e.to_string(), true);
+        let head = store.head();
+        let changes = store.changes(from, limit as usize).map_err(internal)?;
+        let limits = self.inner.config.rules.limits;
+        let mut result =
+            SyncResult { records: Vec::new(), contracts: Vec::new(), next: from, head, ranges: Vec::new() };
+        let mut contracts = BTreeMap::new();
+        let mut size = 0usize;
+        for change in changes {
+            if change.op == ChangeOp::Put {
+                if let Some((kind, bytes)) = store.record(&change.id).map_err(internal)? {
+                    if size + bytes.len() > ANSWER_BUDGET && !result.records.is_empty() {
+                        break;
+                    }
+                    size += bytes.len();
+                    let record = match kind {
+                        RecordType::Advert => {
+                            let advert = Signed::<Advert>::from_bytes(&bytes, limits).map_err(|e| internal(e.into()))?;
+                            let cap = advert.decode(limits).map_err(|e| internal(e.into()))?.capability;
+                            if let std::collections::btree_map::Entry::Vacant(slot) = contracts.entry(cap) {
+                                if let Some(c) = store.contract(&cap).map_err(internal)? {
+                                    size += 512;
+                                    slot.insert(c);
+                                }
+                            }
+                            AnyRecord::Advert(advert)
+                        }
+                        RecordType::Retirement => AnyRecord::Retirement(
+                            Signed::from_bytes(&bytes, limits).map_err(|e| internal(e.into()))?,
+                        ),
+                        RecordType::Attestation => AnyRecord::Attestation(
+                            Signed::from_bytes(&bytes, limits).map_err(|e| internal(e.into()))?,
+                        ),
+                    };
+                    result.records.push(record);
+                }
+            }
+            result.next = change.seq + 1;
+        }
+        if result.next == from {
+            // Nothing at or after `from`: the asker is up to date.
+            result.next = head + 1;
+        }
+        result.contracts = contracts.into_values().collect();
+        Ok(result)
+    }
+
+    /// Catches up with `peer` from where the last sync with it ended, until its head.
+    pub async fn sync_with(&self, peer: PeerId) -> Result<u64, MeshError> {
+        let mut stored = 0u64;
+        for _round in 0..10_000 {
+            let from = lock(&self.inner.sync_from).get(&peer).copied().unwrap_or(0);
+            let body = Sync::Log { from, limit: self.inner.config.sync_batch };
+            let Some(answer) = self.rpc(peer, Vec::new(), body).await? else {
+                return Err(MeshError::Unexpected("an acknowledgement to Sync".into(), peer));
+            };
+            let Body::SyncResult(result) = answer.payload.body else {
+                return Err(MeshError::Unexpected(format!("{:?} to Sync", answer.payload.kind()), peer));
+            };
+            let items = items_of(result.records, result.contracts, self.inner.config.rules.limits);
+            let outcomes = self.insert_many(items).await;
+            for outcome in outcomes {
+                match outcome {
+                    Ok(capmesh_store::Outcome::Stored { .. }) => stored += 1,
+                    Ok(_) => {}
+                    // Expired or superseded meanwhile, or forged: the next record still counts.
+                    Err(e) => tracing::debug!(%peer, error = %e, "synced record refused"),
+                }
+            }
+            if result.next <= from {
+                return Err(MeshError::Unexpected("a Sync answer that does not advance".into(), peer));
+            }
+            lock(&self.inner.sync_from).insert(peer, result.next);
+            if result.next > result.head {
+                break;
+            }
+        }
+        self.bump(|s| {
+            s.syncs += 1;
+            s.synced_records += stored;
+        });
+        Ok(stored)
+    }
+}
+
+/// Pairs synced adverts with the contracts sent beside them. An advert whose contract is
+/// missing is still offered: the replica may already hold the contract.
+fn items_of(
+    records: Vec<AnyRecord>,
+    contracts: Vec<capmesh_wire::Contract>,
+    limits: capmesh_wire::cbor::Limits,
+) -> Vec<Item> {
+    let by_id: BTreeMap<_, _> = contracts
+        .into_iter()
+        .filter_map(|c| Some((capmesh_contract::capability_id(&c).ok()?, c)))
+        .collect();
+    records
+        .into_iter()
+        .filter_map(|r| match r {
+            AnyRecord::Advert(advert) => {
+                let cap = advert.decode(limits).ok()?.capability;
+                let contract = by_id.get(&cap)?.clone();
+                Some(Item::Advert { advert, contract })
+            }
+            AnyRecord::Retirement(r) => Some(Item::Retirement(r)),
+            AnyRecord::Attestation(a) => Some(Item::Attestation(a)),
+        })
+        .collect()
+}
+
+/// Catch-up on connect, and a periodic sync with every connected peer.
+pub(crate) async fn run(mesh: Mesh, mut queue: mpsc::Receiver<PeerId>) {
+    let mut tick = tokio::time::interval(mesh.inner.config.sync_every);
+    tick.tick().await;
+    loop {
+        let peers = tokio::select! {
+            _ = mesh.inner.cancel.cancelled() => return,
+            peer = queue.recv() => match peer {
+                Some(p) => vec![p],
+                None => return,
+            },
+            _ = tick.tick() => match mesh.inner.net.peers().await {
+                Ok(peers) => peers.into_iter().filter(|p| p.connected).map(|p| p.peer).collect(),
+                Err(_) => return,
+            },
+        };
+        for peer in peers {
+            match mesh.sync_with(peer).await {
+                Ok(n) => tracing::debug!(%peer, stored = n, "synced"),
+                Err(e) => {
+                    mesh.bump(|s| s.sync_failures += 1);
+                    tracing::debug!(%peer, error = %e, "sync failed");
+                }
+            }
+        }
+    }
+}

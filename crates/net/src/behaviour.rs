@@ -1,0 +1,137 @@
+//! The composed behaviour. Gatekeepers first: connection limits decide before anything else
+//! spends work on a connection (Lighthouse's order).
+
+use std::time::Duration;
+
+use libp2p::{
+    StreamProtocol, autonat, connection_limits, dcutr, gossipsub, identify, identity, kad, ping,
+    relay, request_response, swarm::NetworkBehaviour, swarm::behaviour::toggle::Toggle,
+};
+
+use crate::{Config, codec};
+
+/// The Kademlia protocol name: capmesh's own DHT, separate from IPFS's.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/capmesh/kad/1.0.0");
+/// The registry gossip topic.
+pub const REGISTRY_TOPIC: &str = "capmesh/registry/1";
+/// Identify's protocol version string.
+pub const IDENTIFY_PROTOCOL: &str = "/capmesh/1.0.0";
+
+#[derive(NetworkBehaviour)]
+pub(crate) struct Behaviour {
+    pub(crate) limits: connection_limits::Behaviour,
+    pub(crate) identify: identify::Behaviour,
+    pub(crate) ping: ping::Behaviour,
+    pub(crate) kad: kad::Behaviour<kad::store::MemoryStore>,
+    pub(crate) gossipsub: gossipsub::Behaviour,
+    pub(crate) rpc: request_response::Behaviour<codec::Codec>,
+    pub(crate) autonat: autonat::Behaviour,
+    pub(crate) relay_client: relay::client::Behaviour,
+    pub(crate) relay_server: Toggle<relay::Behaviour>,
+    pub(crate) dcutr: dcutr::Behaviour,
+}
+
+impl Behaviour {
+    pub(crate) fn new(
+        key: &identity::Keypair,
+        relay_client: relay::client::Behaviour,
+        config: &Config,
+    ) -> Result<Self, String> {
+        let peer_id = key.public().to_peer_id();
+        let limits = connection_limits::Behaviour::new(
+            connection_limits::ConnectionLimits::default()
+                .with_max_established(Some(config.max_connections))
+                .with_max_established_per_peer(Some(config.max_connections_per_peer))
+                .with_max_pending_incoming(Some(config.max_pending_incoming))
+                .with_max_pending_outgoing(Some(config.max_pending_outgoing)),
+        );
+        let identify = identify::Behaviour::new(
+            identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
+                .with_agent_version(format!("capmesh/{}", env!("CARGO_PKG_VERSION")))
+                // Addresses learned from identify and Kademlia are offered when dialing by PeerId.
+                .with_cache_size(config.address_book_peers)
+                .with_push_listen_addr_updates(true),
+        );
+
+        let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+        kad_config
+            .set_query_timeout(config.query_timeout)
+            // Provider records carry many addresses (relay circuits are long); 16 KiB, libp2p's
+            // default, fails GET_PROVIDERS answers for popular capabilities.
+            .set_max_packet_size(config.kad_max_packet)
+            .set_provider_record_ttl(Some(config.provider_ttl))
+            // The node re-announces with each advert refresh; no second timer.
+            .set_provider_publication_interval(None)
+            // v1 stores no values in the DHT: inbound PUT_VALUE is never stored.
+            .set_record_filtering(kad::StoreInserts::FilterBoth)
+            .set_periodic_bootstrap_interval(Some(Duration::from_secs(300)));
+        let store = kad::store::MemoryStore::with_config(
+            peer_id,
+            kad::store::MemoryStoreConfig {
+                max_records: 0,
+                max_value_bytes: 0,
+                max_providers_per_key: config.max_providers_per_key,
+                // libp2p's default of 1 024 counts only our own keys, but a provider with more
+                // capabilities than that would silently stop announcing.
+                max_provided_keys: config.max_provided_keys,
+            },
+        );
+        let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
+        // Explicit mode (libp2p's default is client until an external address is confirmed,
+        // and a client neither answers queries nor is put in others' routing tables).
+        kad.set_mode(match config.kad_mode {
+            crate::KadMode::Server => Some(kad::Mode::Server),
+            crate::KadMode::Client => Some(kad::Mode::Client),
+            crate::KadMode::Auto if config.announces_addresses() => Some(kad::Mode::Server),
+            crate::KadMode::Auto => None,
+        });
+
+        let message_id = config.message_id.clone();
+        let gossip_config = gossipsub::ConfigBuilder::default()
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .validate_messages()
+            .message_id_fn(move |m: &gossipsub::Message| {
+                gossipsub::MessageId::new(&message_id(&m.data))
+            })
+            .max_transmit_size(config.max_frame + 64 * 1024)
+            .heartbeat_interval(config.gossip_heartbeat)
+            .build()
+            .map_err(|e| format!("gossipsub config: {e}"))?;
+        let gossipsub = gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossip_config,
+        )
+        .map_err(|e| format!("gossipsub: {e}"))?;
+
+        let rpc = request_response::Behaviour::with_codec(
+            codec::Codec::new(config.max_frame),
+            [(codec::PROTOCOL_NAME, request_response::ProtocolSupport::Full)],
+            request_response::Config::default()
+                .with_request_timeout(config.rpc_timeout)
+                .with_max_concurrent_streams(config.max_inbound_rpc),
+        );
+        let autonat = autonat::Behaviour::new(
+            peer_id,
+            autonat::Config {
+                only_global_ips: !config.announces_addresses(),
+                ..Default::default()
+            },
+        );
+        let relay_server = config
+            .relay_server
+            .then(|| relay::Behaviour::new(peer_id, relay::Config::default()))
+            .into();
+        Ok(Self {
+            limits,
+            identify,
+            ping: ping::Behaviour::new(ping::Config::new()),
+            kad,
+            gossipsub,
+            rpc,
+            autonat,
+            relay_client,
+            relay_server,
+            dcutr: dcutr::Behaviour::new(peer_id),
+        })
+    }
+}

@@ -1,0 +1,280 @@
+//! capmesh networking: one libp2p swarm (TCP + Noise + Yamux, QUIC, identify, ping, Kademlia
+//! `/capmesh/kad/1.0.0`, gossipsub `capmesh/registry/1`, the `/capmesh/rpc/1.0.0`
+//! request-response protocol, AutoNAT, relay client/server, DCUtR) owned by one task, the
+//! [`NetworkService`], and driven through a cloneable [`NetworkHandle`].
+//!
+//! The crate moves bytes and knows no business rules: what a request means, whether a gossip
+//! message is valid, is answered by the [`Handler`] the node plugs in. Every command has a
+//! bounded queue, a oneshot reply and a timeout.
+//!
+//! ```no_run
+//! # async fn example(key: capmesh_types::NodeKey, handler: impl capmesh_net::Handler) -> Result<(), capmesh_net::NetError> {
+//! let config = capmesh_net::Config::default()
+//!     .with_listen(vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")]);
+//! let (service, handle) = capmesh_net::NetworkService::new(&key, config)?;
+//! let cancel = tokio_util::sync::CancellationToken::new();
+//! tokio::spawn(service.run(handler, cancel.clone()));
+//! let addrs = handle.listen_addrs().await?;
+//! # Ok(()) }
+//! ```
+
+mod behaviour;
+pub mod codec;
+pub mod convert;
+mod handle;
+mod rate;
+mod service;
+
+use std::{sync::Arc, time::Duration};
+
+pub use behaviour::{IDENTIFY_PROTOCOL, KAD_PROTOCOL, REGISTRY_TOPIC};
+pub use handle::{NetInfo, NetworkHandle, PeerSummary, ProviderEvent};
+pub use libp2p::{Multiaddr, multiaddr::Protocol};
+pub use service::NetworkService;
+
+use capmesh_types::PeerId;
+
+/// What the node answers on the network. Implemented by the node's registry/call logic.
+pub trait Handler: Send + Sync + 'static {
+    /// One rpc request (the frame's bytes). The reply is the response frame (empty = an
+    /// acknowledgement); `None` resets the stream without an answer.
+    fn request(
+        &self,
+        peer: PeerId,
+        request: Vec<u8>,
+    ) -> impl Future<Output = Option<Vec<u8>>> + Send;
+
+    /// One gossip message, before it is forwarded: the verdict decides whether it is.
+    fn gossip(&self, source: PeerId, data: Vec<u8>) -> impl Future<Output = Verdict> + Send;
+
+    /// The first connection to `peer` was established. Must not block (runs on the swarm task).
+    fn connected(&self, _peer: PeerId) {}
+}
+
+/// Gossip validation result (libp2p's `MessageAcceptance`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Valid and new: store and forward.
+    Accept,
+    /// Not forwarded, no penalty (stale, duplicate, over a cap).
+    Ignore,
+    /// Invalid: not forwarded, the sender is penalised.
+    Reject,
+}
+
+/// Kademlia mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KadMode {
+    /// Server when this node announces addresses (configured external addresses or
+    /// `announce_listen_addrs`); otherwise libp2p's automatic mode (server once AutoNAT confirms
+    /// an external address).
+    #[default]
+    Auto,
+    Client,
+    Server,
+}
+
+/// Network configuration. Every default is documented on its field.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Listen addresses. Default: none (the node assembles its own).
+    pub listen: Vec<Multiaddr>,
+    /// Peers to connect to at start (each with a `/p2p/<id>` suffix).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Addresses others can reach this node at, announced as confirmed. Default none.
+    pub external_addrs: Vec<Multiaddr>,
+    /// Announce every listen address as a confirmed external address (loopback testnets, and
+    /// relay circuits). Default false.
+    pub announce_listen_addrs: bool,
+    /// Default [`KadMode::Auto`].
+    pub kad_mode: KadMode,
+    /// Serve as a relay for others. Default false.
+    pub relay_server: bool,
+    /// Subscribe to the registry topic. Default true.
+    pub gossip: bool,
+    /// Gossip messages accepted per second per peer, after a burst. Default 100 / burst 400.
+    pub gossip_rate: u32,
+    pub gossip_burst: u32,
+    /// Gossipsub heartbeat. Default 1 s (libp2p's default; testkits lower it).
+    pub gossip_heartbeat: Duration,
+    /// Gossip validations in flight; over it, messages are ignored and counted. Default 1024.
+    pub max_pending_validations: usize,
+    /// Message id of a gossip message: the node supplies the envelope id. Default BLAKE3.
+    pub message_id: Arc<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>,
+    /// Largest rpc frame (and gossip message). Default 1 MiB.
+    pub max_frame: usize,
+    /// Outbound rpc timeout. Default 30 s.
+    pub rpc_timeout: Duration,
+    /// Inbound rpc requests handled at once; more are reset. Default 256.
+    pub max_inbound_rpc: usize,
+    /// Kademlia query timeout. Default 30 s.
+    pub query_timeout: Duration,
+    /// Kademlia message size cap. Default 64 KiB (libp2p's 16 KiB is too small for provider
+    /// answers with relay addresses).
+    pub kad_max_packet: usize,
+    /// Capabilities this node can provide at once. Default 65 536.
+    pub max_provided_keys: usize,
+    /// Providers remembered per key. Default 20 (the replication factor).
+    pub max_providers_per_key: usize,
+    /// How long others keep our provider records. Default 2 h.
+    pub provider_ttl: Duration,
+    /// Connection limits. Defaults: 256 established, 2 per peer, 64 pending each way.
+    pub max_connections: u32,
+    pub max_connections_per_peer: u32,
+    pub max_pending_incoming: u32,
+    pub max_pending_outgoing: u32,
+    /// Peers whose addresses are remembered in memory. Default 4096.
+    pub address_book_peers: usize,
+    /// Idle connections are closed after this. Default 60 s.
+    pub idle_timeout: Duration,
+    /// Commands queued to the swarm task. Default 1024.
+    pub command_queue: usize,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("bootstrap", &self.bootstrap)
+            .field("external_addrs", &self.external_addrs)
+            .field("announce_listen_addrs", &self.announce_listen_addrs)
+            .field("kad_mode", &self.kad_mode)
+            .field("relay_server", &self.relay_server)
+            .field("gossip", &self.gossip)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            external_addrs: Vec::new(),
+            announce_listen_addrs: false,
+            kad_mode: KadMode::Auto,
+            relay_server: false,
+            gossip: true,
+            gossip_rate: 100,
+            gossip_burst: 400,
+            gossip_heartbeat: Duration::from_secs(1),
+            max_pending_validations: 1024,
+            message_id: Arc::new(|data| blake3::hash(data).as_bytes().to_vec()),
+            max_frame: codec::DEFAULT_MAX_FRAME,
+            rpc_timeout: Duration::from_secs(30),
+            max_inbound_rpc: 256,
+            query_timeout: Duration::from_secs(30),
+            kad_max_packet: 64 * 1024,
+            max_provided_keys: 65_536,
+            max_providers_per_key: 20,
+            provider_ttl: Duration::from_secs(2 * 3600),
+            max_connections: 256,
+            max_connections_per_peer: 2,
+            max_pending_incoming: 64,
+            max_pending_outgoing: 64,
+            address_book_peers: 4096,
+            idle_timeout: Duration::from_secs(60),
+            command_queue: 1024,
+        }
+    }
+}
+
+impl Config {
+    pub fn with_listen(mut self, listen: Vec<Multiaddr>) -> Self {
+        self.listen = listen;
+        self
+    }
+    pub fn with_bootstrap(mut self, peers: Vec<Multiaddr>) -> Self {
+        self.bootstrap = peers;
+        self
+    }
+    pub fn with_external_addrs(mut self, addrs: Vec<Multiaddr>) -> Self {
+        self.external_addrs = addrs;
+        self
+    }
+    pub fn with_announce_listen_addrs(mut self, on: bool) -> Self {
+        self.announce_listen_addrs = on;
+        self
+    }
+    pub fn with_kad_mode(mut self, mode: KadMode) -> Self {
+        self.kad_mode = mode;
+        self
+    }
+    pub fn with_relay_server(mut self, on: bool) -> Self {
+        self.relay_server = on;
+        self
+    }
+    pub fn with_gossip(mut self, on: bool) -> Self {
+        self.gossip = on;
+        self
+    }
+    pub fn with_gossip_rate(mut self, per_sec: u32, burst: u32) -> Self {
+        self.gossip_rate = per_sec;
+        self.gossip_burst = burst;
+        self
+    }
+    pub fn with_gossip_heartbeat(mut self, every: Duration) -> Self {
+        self.gossip_heartbeat = every;
+        self
+    }
+    pub fn with_message_id(mut self, f: Arc<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>) -> Self {
+        self.message_id = f;
+        self
+    }
+    pub fn with_max_frame(mut self, bytes: usize) -> Self {
+        self.max_frame = bytes;
+        self
+    }
+    pub fn with_rpc_timeout(mut self, t: Duration) -> Self {
+        self.rpc_timeout = t;
+        self
+    }
+    pub fn with_query_timeout(mut self, t: Duration) -> Self {
+        self.query_timeout = t;
+        self
+    }
+    pub fn with_max_provided_keys(mut self, n: usize) -> Self {
+        self.max_provided_keys = n;
+        self
+    }
+    pub fn with_kad_max_packet(mut self, n: usize) -> Self {
+        self.kad_max_packet = n;
+        self
+    }
+    pub fn with_provider_ttl(mut self, t: Duration) -> Self {
+        self.provider_ttl = t;
+        self
+    }
+    pub fn with_max_connections(mut self, total: u32, per_peer: u32) -> Self {
+        self.max_connections = total;
+        self.max_connections_per_peer = per_peer;
+        self
+    }
+
+    pub(crate) fn announces_addresses(&self) -> bool {
+        self.announce_listen_addrs || !self.external_addrs.is_empty()
+    }
+}
+
+/// Why a network operation failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NetError {
+    #[error("the network task has stopped")]
+    Stopped,
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("cannot listen on {addr}: {reason}")]
+    Listen { addr: String, reason: String },
+    #[error("cannot dial {target}: {reason}")]
+    Dial { target: String, reason: String },
+    #[error("request to {peer} failed: {reason}")]
+    Request { peer: PeerId, reason: String },
+    #[error("gossip publish failed: {0}")]
+    Publish(String),
+    #[error("kademlia: {0}")]
+    Kad(String),
+    #[error("{0}")]
+    Config(String),
+}

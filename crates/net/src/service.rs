@@ -1,0 +1,737 @@
+//! The task that owns the swarm. One `select!` loop, each arm one method call; local work
+//! (finished handler tasks, commands) before remote events. Every pending entry — listen, dial,
+//! request, Kademlia query — is cleared on success, failure and timeout.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use capmesh_types::NodeKey;
+use futures::StreamExt;
+use libp2p::{
+    Multiaddr, PeerId, Swarm, autonat, gossipsub, identify, kad,
+    multiaddr::Protocol,
+    noise, request_response,
+    swarm::{ConnectionId, SwarmEvent, dial_opts::DialOpts},
+    tcp, yamux,
+};
+use tokio::{sync::mpsc, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Config, Handler, NetError, Verdict,
+    behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, REGISTRY_TOPIC},
+    convert,
+    handle::{Command, GossipCounters, NetInfo, NetworkHandle, PeerSummary, ProviderEvent, Reply},
+    rate::RateLimiter,
+};
+
+/// Most addresses remembered per peer.
+const ADDRS_PER_PEER: usize = 16;
+/// How often pending entries are checked for their deadline.
+const SWEEP_EVERY: Duration = Duration::from_millis(250);
+
+/// Owns the swarm; consumed by [`NetworkService::run`].
+pub struct NetworkService {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    config: Config,
+    topic: gossipsub::IdentTopic,
+    pending: Pending,
+    book: AddressBook,
+    rate: RateLimiter<PeerId>,
+    counters: GossipCounters,
+    rpc_dropped: u64,
+    validations: usize,
+    inbound_rpc: usize,
+    done_tx: mpsc::Sender<Done>,
+    done_rx: mpsc::Receiver<Done>,
+    tasks: JoinSet<()>,
+}
+
+impl std::fmt::Debug for NetworkService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkService")
+            .field("peer_id", self.swarm.local_peer_id())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    listen: HashMap<libp2p::core::transport::ListenerId, (Reply<Vec<Multiaddr>>, Instant)>,
+    dial: HashMap<ConnectionId, (Reply<capmesh_types::PeerId>, Instant)>,
+    requests: HashMap<request_response::OutboundRequestId, (capmesh_types::PeerId, Reply<Vec<u8>>)>,
+    providing: HashMap<kad::QueryId, (Reply<u32>, Instant)>,
+    providers: HashMap<kad::QueryId, Lookup>,
+    bootstrap: HashMap<kad::QueryId, (Reply<()>, Instant)>,
+}
+
+struct Lookup {
+    events: mpsc::Sender<ProviderEvent>,
+    deadline: Instant,
+    seen: HashSet<PeerId>,
+}
+
+/// What a handler task reports back to the swarm task.
+enum Done {
+    Response { channel: request_response::ResponseChannel<Vec<u8>>, body: Option<Vec<u8>> },
+    Verdict { id: gossipsub::MessageId, source: PeerId, verdict: Verdict },
+}
+
+impl NetworkService {
+    /// Builds the swarm (transports, behaviour), starts listening on `config.listen` and
+    /// dialing `config.bootstrap`.
+    pub fn new(key: &NodeKey, config: Config) -> Result<(Self, NetworkHandle), NetError> {
+        let keypair = convert::keypair(key);
+        let cfg = config.clone();
+        let err = |e: &dyn std::fmt::Display| NetError::Config(e.to_string());
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| err(&e))?
+            .with_quic()
+            .with_dns()
+            .map_err(|e| err(&e))?
+            .with_relay_client(noise::Config::new, yamux::Config::default)
+            .map_err(|e| err(&e))?
+            .with_behaviour(|key, relay_client| {
+                Behaviour::new(key, relay_client, &cfg)
+                    .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
+            })
+            .map_err(|e| err(&e))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_timeout))
+            .build();
+
+        let topic = gossipsub::IdentTopic::new(REGISTRY_TOPIC);
+        if config.gossip {
+            swarm.behaviour_mut().gossipsub.subscribe(&topic).map_err(|e| err(&e))?;
+        }
+        for addr in &config.external_addrs {
+            swarm.add_external_address(addr.clone());
+        }
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NetError::Listen { addr: addr.to_string(), reason: e.to_string() })?;
+        }
+        let mut book = AddressBook::new(config.address_book_peers);
+        for addr in &config.bootstrap {
+            if let Some(peer) = peer_of(addr) {
+                swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                book.add(peer, addr.clone());
+            }
+            if let Err(e) = swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, error = %e, "bootstrap dial failed");
+            }
+        }
+
+        let local = convert::from_libp2p(swarm.local_peer_id()).expect("the local key is ed25519");
+        let (tx, commands) = mpsc::channel(config.command_queue.max(1));
+        let (done_tx, done_rx) =
+            mpsc::channel(config.max_inbound_rpc + config.max_pending_validations + 1);
+        let rate = RateLimiter::new(
+            config.gossip_rate,
+            config.gossip_burst,
+            config.max_connections as usize,
+        );
+        let handle = NetworkHandle { tx, local, timeout: Duration::from_secs(10) };
+        Ok((
+            Self {
+                swarm,
+                commands,
+                topic,
+                pending: Pending::default(),
+                book,
+                rate,
+                counters: GossipCounters::default(),
+                rpc_dropped: 0,
+                validations: 0,
+                inbound_rpc: 0,
+                done_tx,
+                done_rx,
+                tasks: JoinSet::new(),
+                config,
+            },
+            handle,
+        ))
+    }
+
+    /// Runs until `cancel` fires or every handle is dropped. Handler tasks still running are
+    /// aborted on the way out.
+    pub async fn run<H: Handler>(mut self, handler: H, cancel: CancellationToken) {
+        let handler = Arc::new(handler);
+        let mut sweep = tokio::time::interval(SWEEP_EVERY);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                Some(done) = self.done_rx.recv() => self.on_done(done),
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => break,
+                },
+                event = self.swarm.select_next_some() => self.on_swarm_event(event, &handler),
+                _ = sweep.tick() => self.expire(),
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+            }
+        }
+        self.tasks.shutdown().await;
+        tracing::debug!("network task stopped");
+    }
+
+    fn on_done(&mut self, done: Done) {
+        match done {
+            Done::Response { channel, body } => {
+                self.inbound_rpc -= 1;
+                if let Some(body) = body {
+                    if self.swarm.behaviour_mut().rpc.send_response(channel, body).is_err() {
+                        tracing::debug!("rpc response not sent: the stream is gone");
+                    }
+                }
+            }
+            Done::Verdict { id, source, verdict } => {
+                self.validations -= 1;
+                let acceptance = match verdict {
+                    Verdict::Accept => {
+                        self.counters.accepted += 1;
+                        gossipsub::MessageAcceptance::Accept
+                    }
+                    Verdict::Ignore => {
+                        self.counters.ignored += 1;
+                        gossipsub::MessageAcceptance::Ignore
+                    }
+                    Verdict::Reject => {
+                        self.counters.rejected += 1;
+                        gossipsub::MessageAcceptance::Reject
+                    }
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&id, &source, acceptance);
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        let now = Instant::now();
+        let deadline = now + self.config.query_timeout;
+        match cmd {
+            Command::Listen { addr, reply } => match self.swarm.listen_on(addr.clone()) {
+                Ok(id) => {
+                    self.pending.listen.insert(id, (reply, deadline));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(NetError::Listen {
+                        addr: addr.to_string(),
+                        reason: e.to_string(),
+                    }));
+                }
+            },
+            Command::Dial { addr, reply } => self.dial(addr, reply, deadline),
+            Command::AddAddress { peer, addr } => {
+                let peer = convert::to_libp2p(&peer);
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                self.book.add(peer, addr);
+            }
+            Command::AddExternal { addr } => self.swarm.add_external_address(addr),
+            Command::Request { peer, addrs, body, reply } => self.request(peer, addrs, body, reply),
+            Command::Publish { data, reply } => {
+                let result =
+                    match self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), data) {
+                        Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => Ok(()),
+                        // Our own message already seen (published twice): nothing to do.
+                        Err(gossipsub::PublishError::Duplicate) => Ok(()),
+                        Err(e) => Err(NetError::Publish(e.to_string())),
+                    };
+                let _ = reply.send(result);
+            }
+            Command::StartProviding { key, reply } => {
+                match self.swarm.behaviour_mut().kad.start_providing(kad::RecordKey::new(&key)) {
+                    Ok(id) => {
+                        self.pending.providing.insert(id, (reply, deadline));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(NetError::Kad(format!("cannot provide: {e}"))));
+                    }
+                }
+            }
+            Command::StopProviding { key } => {
+                self.swarm.behaviour_mut().kad.stop_providing(&kad::RecordKey::new(&key));
+            }
+            Command::GetProviders { key, events } => {
+                let id = self.swarm.behaviour_mut().kad.get_providers(kad::RecordKey::new(&key));
+                self.pending
+                    .providers
+                    .insert(id, Lookup { events, deadline, seen: HashSet::new() });
+            }
+            Command::Bootstrap { reply } => match self.swarm.behaviour_mut().kad.bootstrap() {
+                Ok(id) => {
+                    self.pending.bootstrap.insert(id, (reply, deadline));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(NetError::Kad(e.to_string())));
+                }
+            },
+            Command::Info { reply } => {
+                let _ = reply.send(Ok(self.info()));
+            }
+            Command::Peers { reply } => {
+                let _ = reply.send(Ok(self.peers()));
+            }
+        }
+    }
+
+    fn dial(&mut self, addr: Multiaddr, reply: Reply<capmesh_types::PeerId>, deadline: Instant) {
+        let opts = match peer_of(&addr) {
+            Some(peer) => {
+                if self.swarm.is_connected(&peer) {
+                    let _ = reply.send(convert::from_libp2p(&peer).ok_or_else(|| NetError::Dial {
+                        target: addr.to_string(),
+                        reason: "not an ed25519 peer".into(),
+                    }));
+                    return;
+                }
+                self.book.add(peer, addr.clone());
+                DialOpts::peer_id(peer).addresses(vec![addr.clone()]).build()
+            }
+            None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
+        };
+        let id = opts.connection_id();
+        match self.swarm.dial(opts) {
+            Ok(()) => {
+                self.pending.dial.insert(id, (reply, deadline));
+            }
+            Err(e) => {
+                let _ = reply
+                    .send(Err(NetError::Dial { target: addr.to_string(), reason: e.to_string() }));
+            }
+        }
+    }
+
+    fn request(
+        &mut self,
+        peer: capmesh_types::PeerId,
+        addrs: Vec<Multiaddr>,
+        body: Vec<u8>,
+        reply: Reply<Vec<u8>>,
+    ) {
+        let target = convert::to_libp2p(&peer);
+        if &target == self.swarm.local_peer_id() {
+            let _ = reply.send(Err(NetError::Request { peer, reason: "that is this node".into() }));
+            return;
+        }
+        for addr in addrs {
+            self.book.add(target, addr);
+        }
+        if !self.swarm.is_connected(&target) {
+            let known = self.book.get(&target);
+            if !known.is_empty() {
+                // Addresses from adverts and provider answers; the behaviours add theirs.
+                let opts = DialOpts::peer_id(target)
+                    .addresses(known)
+                    .extend_addresses_through_behaviour()
+                    .build();
+                if let Err(e) = self.swarm.dial(opts) {
+                    tracing::debug!(%peer, error = %e, "dial before request");
+                }
+            }
+        }
+        let id = self.swarm.behaviour_mut().rpc.send_request(&target, body);
+        self.pending.requests.insert(id, (peer, reply));
+    }
+
+    fn on_swarm_event<H: Handler>(&mut self, event: SwarmEvent<BehaviourEvent>, handler: &Arc<H>) {
+        match event {
+            SwarmEvent::Behaviour(event) => self.on_behaviour_event(event, handler),
+            SwarmEvent::NewListenAddr { listener_id, address } => {
+                tracing::info!(%address, "listening");
+                if self.config.announce_listen_addrs {
+                    self.swarm.add_external_address(address.clone());
+                }
+                if let Some((reply, _)) = self.pending.listen.remove(&listener_id) {
+                    let _ = reply.send(Ok(vec![address]));
+                }
+            }
+            SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+                if let Some((reply, _)) = self.pending.listen.remove(&listener_id) {
+                    let reason = match reason {
+                        Ok(()) => "closed".to_string(),
+                        Err(e) => e.to_string(),
+                    };
+                    let _ = reply.send(Err(NetError::Listen { addr: String::new(), reason }));
+                }
+            }
+            SwarmEvent::ListenerError { listener_id, error } => {
+                if let Some((reply, _)) = self.pending.listen.remove(&listener_id) {
+                    let _ = reply.send(Err(NetError::Listen {
+                        addr: String::new(),
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                if endpoint.is_dialer() {
+                    self.book.add(peer_id, endpoint.get_remote_address().clone());
+                }
+                let capmesh_peer = convert::from_libp2p(&peer_id);
+                if let Some((reply, _)) = self.pending.dial.remove(&connection_id) {
+                    let _ = reply.send(capmesh_peer.ok_or_else(|| NetError::Dial {
+                        target: peer_id.to_string(),
+                        reason: "not an ed25519 peer".into(),
+                    }));
+                }
+                if num_established.get() == 1 {
+                    tracing::debug!(peer = %peer_id, "connected");
+                    if let Some(p) = capmesh_peer {
+                        handler.connected(p);
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
+                tracing::debug!(peer = ?peer_id, error = %error, "outgoing connection failed");
+                if let Some((reply, _)) = self.pending.dial.remove(&connection_id) {
+                    let target = peer_id.map(|p| p.to_string()).unwrap_or_default();
+                    let _ = reply.send(Err(NetError::Dial { target, reason: error.to_string() }));
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                self.rate.remove(&peer_id);
+            }
+            SwarmEvent::NewExternalAddrOfPeer { peer_id, address } => {
+                self.book.add(peer_id, address)
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } => {
+                tracing::info!(%address, "external address confirmed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_behaviour_event<H: Handler>(&mut self, event: BehaviourEvent, handler: &Arc<H>) {
+        match event {
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                // Without this a peer that dialed us never enters our routing table: Kademlia
+                // only learns addresses of peers it dialed itself.
+                if info.protocols.iter().any(|p| *p == KAD_PROTOCOL) {
+                    for addr in info.listen_addrs.into_iter().take(ADDRS_PER_PEER) {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
+                        self.book.add(peer_id, addr);
+                    }
+                }
+            }
+            BehaviourEvent::Kad(event) => self.on_kad_event(event),
+            BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            }) => {
+                self.on_gossip(propagation_source, message_id, message.data, handler);
+            }
+            BehaviourEvent::Rpc(event) => self.on_rpc_event(event, handler),
+            BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
+                tracing::info!(?old, ?new, "NAT status changed");
+            }
+            _ => {}
+        }
+    }
+
+    fn on_gossip<H: Handler>(
+        &mut self,
+        source: PeerId,
+        id: gossipsub::MessageId,
+        data: Vec<u8>,
+        handler: &Arc<H>,
+    ) {
+        let ignore = |this: &mut Self| {
+            this.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                &id,
+                &source,
+                gossipsub::MessageAcceptance::Ignore,
+            );
+        };
+        if !self.rate.allow(&source, Instant::now()) {
+            self.counters.rate_limited += 1;
+            self.counters.ignored += 1;
+            return ignore(self);
+        }
+        if self.validations >= self.config.max_pending_validations {
+            self.counters.overloaded += 1;
+            self.counters.ignored += 1;
+            return ignore(self);
+        }
+        let Some(from) = convert::from_libp2p(&source) else {
+            self.counters.rejected += 1;
+            self.swarm.behaviour_mut().gossipsub.report_message_validation_result(
+                &id,
+                &source,
+                gossipsub::MessageAcceptance::Reject,
+            );
+            return;
+        };
+        self.validations += 1;
+        let handler = handler.clone();
+        let done = self.done_tx.clone();
+        self.tasks.spawn(async move {
+            let verdict = handler.gossip(from, data).await;
+            let _ = done.send(Done::Verdict { id, source, verdict }).await;
+        });
+    }
+
+    fn on_rpc_event<H: Handler>(
+        &mut self,
+        event: request_response::Event<Vec<u8>, Vec<u8>>,
+        handler: &Arc<H>,
+    ) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+                let Some(from) = convert::from_libp2p(&peer) else { return };
+                if self.inbound_rpc >= self.config.max_inbound_rpc {
+                    // Dropping the channel resets the stream: the requester sees a failure.
+                    self.rpc_dropped += 1;
+                    return;
+                }
+                self.inbound_rpc += 1;
+                let handler = handler.clone();
+                let done = self.done_tx.clone();
+                self.tasks.spawn(async move {
+                    let body = handler.request(from, request).await;
+                    let _ = done.send(Done::Response { channel, body }).await;
+                });
+            }
+            Event::Message { message: Message::Response { request_id, response }, .. } => {
+                if let Some((_, reply)) = self.pending.requests.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure { request_id, error, .. } => {
+                if let Some((peer, reply)) = self.pending.requests.remove(&request_id) {
+                    let _ = reply.send(Err(NetError::Request { peer, reason: error.to_string() }));
+                }
+            }
+            Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound rpc failed");
+            }
+            Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn on_kad_event(&mut self, event: kad::Event) {
+        let kad::Event::OutboundQueryProgressed { id, result, stats, step } = event else {
+            return;
+        };
+        let requests = stats.num_requests();
+        match result {
+            kad::QueryResult::GetProviders(result) => {
+                let Some(lookup) = self.pending.providers.get_mut(&id) else { return };
+                let mut error = None;
+                match result {
+                    Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) => {
+                        let fresh: Vec<_> = providers
+                            .into_iter()
+                            .filter(|p| lookup.seen.insert(*p))
+                            .filter_map(|p| Some((convert::from_libp2p(&p)?, self.book.get(&p))))
+                            .collect();
+                        if !fresh.is_empty()
+                            && lookup
+                                .events
+                                .try_send(ProviderEvent::Found { providers: fresh, requests })
+                                .is_err()
+                        {
+                            // The caller stopped listening (or cannot keep up): end the query.
+                            self.finish_lookup(id, None);
+                            return;
+                        }
+                    }
+                    Ok(kad::GetProvidersOk::FinishedWithNoAdditionalRecord { .. }) => {}
+                    Err(e) => error = Some(NetError::Kad(e.to_string())),
+                }
+                if step.last {
+                    self.finish_lookup(id, Some(ProviderEvent::Done { requests, error }));
+                }
+            }
+            kad::QueryResult::StartProviding(result) if step.last => {
+                if let Some((reply, _)) = self.pending.providing.remove(&id) {
+                    let _ = reply.send(match result {
+                        Ok(_) => Ok(stats.num_successes()),
+                        Err(e) => Err(NetError::Kad(e.to_string())),
+                    });
+                }
+            }
+            kad::QueryResult::RepublishProvider(_) => {}
+            kad::QueryResult::Bootstrap(result) if step.last => {
+                if let Some((reply, _)) = self.pending.bootstrap.remove(&id) {
+                    let _ =
+                        reply.send(result.map(|_| ()).map_err(|e| NetError::Kad(e.to_string())));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Removes a provider lookup, stops its query and sends its last event if any.
+    fn finish_lookup(&mut self, id: kad::QueryId, last: Option<ProviderEvent>) {
+        if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+            query.finish();
+        }
+        if let (Some(lookup), Some(last)) = (self.pending.providers.remove(&id), last) {
+            let _ = lookup.events.try_send(last);
+        }
+    }
+
+    /// Times out whatever passed its deadline, and drops lookups nobody listens to.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let timeout = NetError::Timeout(self.config.query_timeout);
+        let p = &mut self.pending;
+        p.listen.retain(|_, (reply, d)| *d > now && !reply.is_closed());
+        p.dial.retain(|_, (reply, d)| *d > now && !reply.is_closed());
+        for map in [&mut p.providing] {
+            let expired: Vec<_> = map
+                .iter()
+                .filter(|(_, (r, d))| *d <= now || r.is_closed())
+                .map(|(k, _)| *k)
+                .collect();
+            for id in expired {
+                if let Some((reply, _)) = map.remove(&id) {
+                    let _ = reply.send(Err(timeout.clone()));
+                }
+            }
+        }
+        let expired: Vec<_> = p
+            .bootstrap
+            .iter()
+            .filter(|(_, (r, d))| *d <= now || r.is_closed())
+            .map(|(k, _)| *k)
+            .collect();
+        for id in expired {
+            if let Some((reply, _)) = p.bootstrap.remove(&id) {
+                let _ = reply.send(Err(timeout.clone()));
+            }
+            if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                q.finish();
+            }
+        }
+        let lookups: Vec<_> = self
+            .pending
+            .providers
+            .iter()
+            .filter(|(_, l)| l.deadline <= now || l.events.is_closed())
+            .map(|(k, _)| *k)
+            .collect();
+        for id in lookups {
+            let requests = self
+                .swarm
+                .behaviour_mut()
+                .kad
+                .query(&id)
+                .map(|q| q.stats().num_requests())
+                .unwrap_or(0);
+            self.finish_lookup(
+                id,
+                Some(ProviderEvent::Done { requests, error: Some(timeout.clone()) }),
+            );
+        }
+        // Requests carry request-response's own timeout; replies nobody awaits are dropped.
+        self.pending.requests.retain(|_, (_, reply)| !reply.is_closed());
+    }
+
+    fn info(&mut self) -> NetInfo {
+        let swarm = &mut self.swarm;
+        let routing_table_peers =
+            swarm.behaviour_mut().kad.kbuckets().map(|b| b.num_entries()).sum::<usize>() as u32;
+        let gossip_peers = swarm.behaviour().gossipsub.all_peers().count() as u32;
+        NetInfo {
+            peer_id: convert::from_libp2p(swarm.local_peer_id()).expect("local key is ed25519"),
+            listen_addrs: swarm.listeners().cloned().collect(),
+            external_addrs: swarm.external_addresses().cloned().collect(),
+            connected_peers: swarm.connected_peers().count() as u32,
+            kad_server: swarm.behaviour().kad.mode() == kad::Mode::Server,
+            routing_table_peers,
+            gossip_peers,
+            gossip: self.counters,
+            rpc_dropped: self.rpc_dropped,
+        }
+    }
+
+    fn peers(&self) -> Vec<PeerSummary> {
+        let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
+        let mut peers: Vec<PeerSummary> = self
+            .book
+            .peers
+            .iter()
+            .filter_map(|(p, addrs)| {
+                Some(PeerSummary {
+                    peer: convert::from_libp2p(p)?,
+                    addrs: addrs.clone(),
+                    connected: connected.contains(p),
+                })
+            })
+            .collect();
+        for p in connected.iter().filter(|p| !self.book.peers.contains_key(p)) {
+            if let Some(peer) = convert::from_libp2p(p) {
+                peers.push(PeerSummary { peer, addrs: Vec::new(), connected: true });
+            }
+        }
+        peers.sort_by(|a, b| {
+            b.connected.cmp(&a.connected).then(a.peer.to_string().cmp(&b.peer.to_string()))
+        });
+        peers
+    }
+}
+
+/// The peer named by a trailing `/p2p/<id>`.
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    match addr.iter().last()? {
+        Protocol::P2p(peer) => Some(peer),
+        _ => None,
+    }
+}
+
+/// Addresses of peers, bounded in peers and per peer.
+struct AddressBook {
+    max_peers: usize,
+    peers: HashMap<PeerId, Vec<Multiaddr>>,
+}
+
+impl AddressBook {
+    fn new(max_peers: usize) -> Self {
+        Self { max_peers: max_peers.max(1), peers: HashMap::new() }
+    }
+
+    fn add(&mut self, peer: PeerId, mut addr: Multiaddr) {
+        if peer_of(&addr) == Some(peer) {
+            addr.pop();
+        }
+        if !self.peers.contains_key(&peer) && self.peers.len() >= self.max_peers {
+            if let Some(victim) = self.peers.keys().next().copied() {
+                self.peers.remove(&victim);
+            }
+        }
+        let addrs = self.peers.entry(peer).or_default();
+        if !addrs.contains(&addr) {
+            if addrs.len() >= ADDRS_PER_PEER {
+                addrs.remove(0);
+            }
+            addrs.push(addr);
+        }
+    }
+
+    fn get(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.peers.get(peer).cloned().unwrap_or_default()
+    }
+}

@@ -1,0 +1,196 @@
+//! Assembly and launch of a running node: replica, network service, registry protocol, local
+//! API and the periodic sweep, under one cancellation tree. `capmesh run` and the testkit both
+//! start nodes through [`Node::launch`].
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use capmesh_mesh::{Mesh, MeshConfig};
+use capmesh_net::{KadMode, Multiaddr, NetworkHandle, NetworkService};
+use capmesh_store::Store;
+use capmesh_types::PeerId;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Config, DataDir, api::NodeApi, registry};
+
+/// Settings that tests and testnets need and operators do not set in config.toml.
+#[derive(Debug, Clone, Default)]
+pub struct Tuning {
+    /// Gossipsub heartbeat (default 1 s).
+    pub gossip_heartbeat: Option<Duration>,
+    /// Find timeout (default 15 s).
+    pub find_timeout: Option<Duration>,
+    /// Outbound rpc timeout (default 30 s).
+    pub rpc_timeout: Option<Duration>,
+}
+
+/// A running node. Dropping it without [`Node::shutdown`] cancels its tasks but does not wait
+/// for them.
+#[derive(Debug)]
+pub struct Node {
+    pub mesh: Mesh,
+    pub net: NetworkHandle,
+    pub store: Store,
+    pub api_addr: SocketAddr,
+    pub api_token: String,
+    dir: DataDir,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Node {
+    /// Initializes `dir` on first use, then starts everything `config` asks for.
+    pub async fn launch(dir: DataDir, config: Config, tuning: Tuning) -> anyhow::Result<Node> {
+        config.validate()?;
+        if let Some(created) = dir.ensure_init()? {
+            tracing::info!(peer_id = %created.peer_id, dir = %dir.root().display(), "initialized data directory");
+        }
+        let key = dir.load_key()?;
+        let store = {
+            let (dir, config) = (dir.clone(), config.clone());
+            tokio::task::spawn_blocking(move || registry::open(&dir, &config)).await??
+        };
+        let net_config = net_config(&config, &tuning)?;
+        let (service, net) = NetworkService::new(&key, net_config)?;
+        let cancel = CancellationToken::new();
+        let mut mesh_config = MeshConfig::default()
+            .with_advert_ttl(
+                Duration::from_secs(config.registry.advert_ttl_secs),
+                Duration::from_secs(config.registry.republish_secs),
+            )
+            .with_sync(config.registry.sync)
+            .with_sync_every(Duration::from_secs(config.registry.sync_every_secs))
+            .with_rules(config.envelope.rules());
+        if let Some(t) = tuning.find_timeout {
+            mesh_config = mesh_config.with_find_timeout(t);
+        }
+        let mesh = Mesh::new(key, store.clone(), net.clone(), mesh_config, cancel.child_token());
+        let mut tasks = JoinSet::new();
+        tasks.spawn(service.run(mesh.clone(), cancel.child_token()));
+        mesh.start()?;
+
+        for relay in &config.network.relays {
+            let relay: Multiaddr = relay.parse()?;
+            net.dial(relay.clone()).await.with_context(|| format!("cannot reach relay {relay}"))?;
+            let circuit = relay.with(capmesh_net::Protocol::P2pCircuit);
+            net.listen(circuit.clone())
+                .await
+                .with_context(|| format!("no reservation on relay {circuit}"))?;
+        }
+        if !config.network.bootstrap.is_empty() {
+            let net = net.clone();
+            tasks.spawn(async move {
+                if let Err(e) = net.bootstrap().await {
+                    tracing::debug!(error = %e, "kademlia bootstrap");
+                }
+            });
+        }
+        tasks.spawn(sweep(store.clone(), config.registry.sweep_secs, cancel.child_token()));
+
+        let api_listen: SocketAddr = config.api.listen.parse()?;
+        let listener = capmesh_api::bind(api_listen)
+            .await
+            .with_context(|| format!("cannot serve the API on {api_listen}"))?;
+        let api_addr = listener.local_addr()?;
+        let token = capmesh_api::Token::generate()
+            .map_err(|e| anyhow::anyhow!("no randomness for the API token: {e}"))?;
+        let backend = Arc::new(NodeApi::new(mesh.clone(), store.clone()));
+        {
+            let (token, cancel) = (token.clone(), cancel.child_token());
+            tasks.spawn(async move {
+                if let Err(e) = capmesh_api::serve(listener, backend, token, cancel).await {
+                    tracing::error!(error = %e, "the API server stopped");
+                }
+            });
+        }
+        capmesh_api::write_files(dir.root(), api_addr, &token)
+            .with_context(|| format!("cannot write the API files into {}", dir.root().display()))?;
+
+        for file in &config.publish.contracts {
+            let path = dir.root().join(file);
+            let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let contract = crate::cap::parse_contract(&bytes).with_context(|| path.display().to_string())?;
+            let price = capmesh_wire::Price { amount: config.publish.price_amount, unit: config.publish.price_unit.clone() };
+            let published = mesh
+                .publish(contract, Some(price), None, None)
+                .await
+                .with_context(|| format!("cannot publish {}", path.display()))?;
+            tracing::info!(capability = %published.capability, file = %path.display(), "published");
+        }
+        tracing::info!(peer_id = %mesh.peer_id(), api = %api_addr, "node running");
+        Ok(Node { mesh, net, store, api_addr, api_token: token.as_str().to_string(), dir, cancel, tasks })
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.mesh.peer_id()
+    }
+
+    pub fn data_dir(&self) -> &DataDir {
+        &self.dir
+    }
+
+    /// Stops every task, waits for them (bounded), removes the API files and closes the
+    /// replica (everything acknowledged is already flushed).
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
+            tracing::warn!("tasks did not stop within 10 s; aborting them");
+            self.tasks.shutdown().await;
+        }
+        if let Err(e) = capmesh_api::remove_files(self.dir.root()) {
+            tracing::warn!(error = %e, "cannot remove the API files");
+        }
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.close()).await?;
+        Ok(())
+    }
+}
+
+fn net_config(config: &Config, tuning: &Tuning) -> anyhow::Result<capmesh_net::Config> {
+    let parse = |list: &[String]| -> anyhow::Result<Vec<Multiaddr>> {
+        list.iter().map(|a| a.parse().with_context(|| format!("{a:?} is not a multiaddr"))).collect()
+    };
+    let n = &config.network;
+    let rules = config.envelope.rules();
+    let mut c = capmesh_net::Config::default()
+        .with_listen(parse(&n.listen)?)
+        .with_bootstrap(parse(&n.bootstrap)?)
+        .with_external_addrs(parse(&n.external_addrs)?)
+        .with_announce_listen_addrs(n.announce_listen_addrs)
+        .with_kad_mode(match n.kad_mode.as_str() {
+            "client" => KadMode::Client,
+            "server" => KadMode::Server,
+            _ => KadMode::Auto,
+        })
+        .with_relay_server(n.relay_server)
+        .with_gossip(n.gossip)
+        .with_max_connections(n.max_connections, n.max_connections_per_peer)
+        .with_max_frame(rules.limits.max_size)
+        .with_message_id(Arc::new(capmesh_mesh::message_id));
+    if let Some(h) = tuning.gossip_heartbeat {
+        c = c.with_gossip_heartbeat(h);
+    }
+    if let Some(t) = tuning.rpc_timeout {
+        c = c.with_rpc_timeout(t);
+    }
+    Ok(c)
+}
+
+async fn sweep(store: Store, every_secs: u64, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(every_secs.max(1)));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {
+                let store = store.clone();
+                match tokio::task::spawn_blocking(move || store.sweep(crate::now_ms())).await {
+                    Ok(Ok(n)) if n > 0 => tracing::debug!(swept = n, "expired adverts swept"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "sweep failed"),
+                    _ => {}
+                }
+            }
+        }
+    }
+}
