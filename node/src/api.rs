@@ -5,8 +5,8 @@ use std::time::{Duration, Instant};
 
 use capmesh_api::{
     ApiError, Backend, FindDone, FindEvent, FindHit, FindRequest, GossipStatus, PeerInfo,
-    PublishRequest, Published, QueryHit, QueryPage, QueryRequest, ReplicaStatus, Retired,
-    Source, Status,
+    PublishRequest, Published, QueryHit, QueryPage, QueryRequest, ReplicaStatus, Retired, Source,
+    Status,
 };
 use capmesh_mesh::{Mesh, MeshError};
 use capmesh_store::{Order, Query, Store};
@@ -44,7 +44,8 @@ fn mesh_error(e: MeshError) -> ApiError {
 
 impl Backend for NodeApi {
     async fn status(&self) -> Result<Status, ApiError> {
-        let info = self.mesh.net().info().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let info =
+            self.mesh.net().info().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
         let stats = self.store.stats();
         let store = self.store.clone();
         let records = tokio::task::spawn_blocking(move || store.len())
@@ -79,7 +80,8 @@ impl Backend for NodeApi {
     }
 
     async fn peers(&self) -> Result<Vec<PeerInfo>, ApiError> {
-        let peers = self.mesh.net().peers().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let peers =
+            self.mesh.net().peers().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
         let now = crate::now_ms();
         Ok(peers
             .into_iter()
@@ -96,8 +98,14 @@ impl Backend for NodeApi {
         let contract: Contract = serde_json::from_value(req.contract)
             .map_err(|e| ApiError::bad_request(format!("not a contract: {e}")))?;
         let ttl = req.ttl_ms.map(Duration::from_millis);
-        let p = self.mesh.publish(contract, req.price, req.limits, ttl).await.map_err(mesh_error)?;
-        Ok(Published { capability: p.capability, advert_id: p.advert_id, seq: p.seq, expires: p.expires })
+        let p =
+            self.mesh.publish(contract, req.price, req.limits, ttl).await.map_err(mesh_error)?;
+        Ok(Published {
+            capability: p.capability,
+            advert_id: p.advert_id,
+            seq: p.seq,
+            expires: p.expires,
+        })
     }
 
     async fn retire(&self, capability: Cid) -> Result<Retired, ApiError> {
@@ -130,7 +138,12 @@ impl Backend for NodeApi {
                         elapsed_ms: f.elapsed.as_millis() as u64,
                     }),
                     capmesh_mesh::FindEvent::Done { hits, kad_requests, elapsed, error } => {
-                        FindEvent::Done(FindDone { hits, kad_requests, elapsed_ms: elapsed.as_millis() as u64, error })
+                        FindEvent::Done(FindDone {
+                            hits,
+                            kad_requests,
+                            elapsed_ms: elapsed.as_millis() as u64,
+                            error,
+                        })
                     }
                 };
                 // Nobody listening any more: dropping `found` stops the search.
@@ -149,7 +162,10 @@ impl Backend for NodeApi {
         };
         let limit = req.limit.unwrap_or(50) as usize;
         if limit == 0 || limit > capmesh_store::MAX_LIMIT {
-            return Err(ApiError::bad_request(format!("limit must be 1 to {}", capmesh_store::MAX_LIMIT)));
+            return Err(ApiError::bad_request(format!(
+                "limit must be 1 to {}",
+                capmesh_store::MAX_LIMIT
+            )));
         }
         let q = Query {
             capability: req.capability,
@@ -172,7 +188,10 @@ impl Backend for NodeApi {
                     capability: h.summary.capability,
                     name: h.summary.name.clone(),
                     provider: h.summary.provider,
-                    price: capmesh_wire::Price { amount: h.summary.amount, unit: h.summary.unit.clone() },
+                    price: capmesh_wire::Price {
+                        amount: h.summary.amount,
+                        unit: h.summary.unit.clone(),
+                    },
                     issued: h.summary.issued,
                     expires: h.summary.expires,
                 })

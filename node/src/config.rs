@@ -198,7 +198,14 @@ impl Config {
             "envelope.max_depth = {} is above the largest supported depth {max}",
             self.envelope.max_depth
         );
-        for addr in self.network.listen.iter().chain(&self.network.bootstrap).chain(&self.network.external_addrs).chain(&self.network.relays) {
+        for addr in self
+            .network
+            .listen
+            .iter()
+            .chain(&self.network.bootstrap)
+            .chain(&self.network.external_addrs)
+            .chain(&self.network.relays)
+        {
             addr.parse::<capmesh_net::Multiaddr>()
                 .with_context(|| format!("network: {addr:?} is not a multiaddr"))?;
         }
@@ -207,17 +214,22 @@ impl Config {
             "network.kad_mode = {:?}: use \"auto\", \"client\" or \"server\"",
             self.network.kad_mode
         );
-        let api: std::net::SocketAddr = self
-            .api
-            .listen
-            .parse()
-            .with_context(|| format!("api.listen = {:?} is not an address:port", self.api.listen))?;
-        anyhow::ensure!(api.ip().is_loopback(), "api.listen must be a loopback address (the API has no TLS)");
+        let api: std::net::SocketAddr = self.api.listen.parse().with_context(|| {
+            format!("api.listen = {:?} is not an address:port", self.api.listen)
+        })?;
         anyhow::ensure!(
-            self.registry.republish_secs > 0 && self.registry.republish_secs * 2 <= self.registry.advert_ttl_secs,
+            api.ip().is_loopback(),
+            "api.listen must be a loopback address (the API has no TLS)"
+        );
+        anyhow::ensure!(
+            self.registry.republish_secs > 0
+                && self.registry.republish_secs * 2 <= self.registry.advert_ttl_secs,
             "registry.republish_secs must be at most half of registry.advert_ttl_secs, so adverts are refreshed well before they expire"
         );
-        anyhow::ensure!(self.registry.sync_every_secs > 0 && self.registry.sweep_secs > 0, "registry intervals must be positive");
+        anyhow::ensure!(
+            self.registry.sync_every_secs > 0 && self.registry.sweep_secs > 0,
+            "registry intervals must be positive"
+        );
         Ok(())
     }
 }

@@ -109,9 +109,14 @@ impl Node {
 
         for file in &config.publish.contracts {
             let path = dir.root().join(file);
-            let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-            let contract = crate::cap::parse_contract(&bytes).with_context(|| path.display().to_string())?;
-            let price = capmesh_wire::Price { amount: config.publish.price_amount, unit: config.publish.price_unit.clone() };
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let contract =
+                crate::cap::parse_contract(&bytes).with_context(|| path.display().to_string())?;
+            let price = capmesh_wire::Price {
+                amount: config.publish.price_amount,
+                unit: config.publish.price_unit.clone(),
+            };
             let published = mesh
                 .publish(contract, Some(price), None, None)
                 .await
@@ -119,7 +124,16 @@ impl Node {
             tracing::info!(capability = %published.capability, file = %path.display(), "published");
         }
         tracing::info!(peer_id = %mesh.peer_id(), api = %api_addr, "node running");
-        Ok(Node { mesh, net, store, api_addr, api_token: token.as_str().to_string(), dir, cancel, tasks })
+        Ok(Node {
+            mesh,
+            net,
+            store,
+            api_addr,
+            api_token: token.as_str().to_string(),
+            dir,
+            cancel,
+            tasks,
+        })
     }
 
     pub fn peer_id(&self) -> PeerId {
@@ -150,7 +164,9 @@ impl Node {
 
 fn net_config(config: &Config, tuning: &Tuning) -> anyhow::Result<capmesh_net::Config> {
     let parse = |list: &[String]| -> anyhow::Result<Vec<Multiaddr>> {
-        list.iter().map(|a| a.parse().with_context(|| format!("{a:?} is not a multiaddr"))).collect()
+        list.iter()
+            .map(|a| a.parse().with_context(|| format!("{a:?} is not a multiaddr")))
+            .collect()
     };
     let n = &config.network;
     let rules = config.envelope.rules();

@@ -12,15 +12,15 @@
 mod api;
 pub mod cap;
 pub mod config;
-pub mod launch;
 mod data_dir;
 pub mod inspect;
+pub mod launch;
 pub mod registry;
 pub mod remote;
 
 pub use config::Config;
-pub use launch::Node;
 pub use data_dir::{DataDir, Initialized};
+pub use launch::Node;
 
 /// Unix time in milliseconds.
 pub fn now_ms() -> u64 {

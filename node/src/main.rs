@@ -198,7 +198,10 @@ struct QueryArgs {
 impl QueryArgs {
     /// The same query for the running node's API.
     fn api_query(&self) -> anyhow::Result<capmesh_api::QueryRequest> {
-        anyhow::ensure!(self.at.is_none(), "--at applies to the offline replica only; stop the node first");
+        anyhow::ensure!(
+            self.at.is_none(),
+            "--at applies to the offline replica only; stop the node first"
+        );
         let q = self.query()?;
         Ok(capmesh_api::QueryRequest {
             capability: q.capability,
@@ -299,7 +302,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Cap { command } => return cap_command(command, data_dir),
         Command::Run(args) => return run_node(data_dir()?, args),
         Command::Status { json } => {
-            let status = block_on(async { remote::client(&data_dir()?)?.status().await.map_err(remote::explain) })?;
+            let status = block_on(async {
+                remote::client(&data_dir()?)?.status().await.map_err(remote::explain)
+            })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -307,9 +312,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("version     {}", status.version);
                 println!("listening   {}", status.listen_addrs.join(" "));
                 println!("external    {}", status.external_addrs.join(" "));
-                println!("peers       {} connected, {} in routing table (kademlia {})", status.connected_peers, status.routing_table_peers, status.kad_mode);
-                println!("replica     {} records ({} refused, {} dropped)", status.replica.records, status.replica.refused, status.replica.dropped);
-                println!("gossip      {} accepted, {} ignored, {} rejected, {} rate-limited", status.gossip.accepted, status.gossip.ignored, status.gossip.rejected, status.gossip.rate_limited);
+                println!(
+                    "peers       {} connected, {} in routing table (kademlia {})",
+                    status.connected_peers, status.routing_table_peers, status.kad_mode
+                );
+                println!(
+                    "replica     {} records ({} refused, {} dropped)",
+                    status.replica.records, status.replica.refused, status.replica.dropped
+                );
+                println!(
+                    "gossip      {} accepted, {} ignored, {} rejected, {} rate-limited",
+                    status.gossip.accepted,
+                    status.gossip.ignored,
+                    status.gossip.rejected,
+                    status.gossip.rate_limited
+                );
                 println!("published   {}", status.published.len());
                 for cap in &status.published {
                     println!("            {cap}");
@@ -317,7 +334,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Peers { json } => {
-            let peers = block_on(async { remote::client(&data_dir()?)?.peers().await.map_err(remote::explain) })?;
+            let peers = block_on(async {
+                remote::client(&data_dir()?)?.peers().await.map_err(remote::explain)
+            })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&peers)?);
             } else {
@@ -435,7 +454,11 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 fn find(dir: DataDir, args: FindArgs) -> anyhow::Result<ExitCode> {
     let client = remote::client(&dir)?;
     if let Some(id) = args.id {
-        let req = capmesh_api::FindRequest { capability: id, limit: Some(args.limit), timeout_ms: args.timeout_ms };
+        let req = capmesh_api::FindRequest {
+            capability: id,
+            limit: Some(args.limit),
+            timeout_ms: args.timeout_ms,
+        };
         let json = args.json;
         let hits = block_on(remote::find(&client, &req, |event| {
             if json {
@@ -516,9 +539,17 @@ fn cap_command(
         CapCommand::Publish { file, price, ttl } => {
             let contract = remote::contract_json(&file, &read(&file)?)?;
             let client = remote::client(&data_dir()?)?;
-            let req = capmesh_api::PublishRequest { contract, price, limits: None, ttl_ms: ttl.map(|s| s * 1000) };
+            let req = capmesh_api::PublishRequest {
+                contract,
+                price,
+                limits: None,
+                ttl_ms: ttl.map(|s| s * 1000),
+            };
             let published = block_on(client.publish(&req)).map_err(remote::explain)?;
-            eprintln!("published, advert {} (seq {}, expires {})", published.advert_id, published.seq, published.expires);
+            eprintln!(
+                "published, advert {} (seq {}, expires {})",
+                published.advert_id, published.seq, published.expires
+            );
             println!("{}", published.capability);
         }
         CapCommand::Retire { id } => {

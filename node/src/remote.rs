@@ -16,7 +16,9 @@ pub fn client(dir: &DataDir) -> anyhow::Result<Client> {
 /// Turns client errors into what the user should do.
 pub fn explain(e: ClientError) -> anyhow::Error {
     match e {
-        e @ (ClientError::NotRunning { .. } | ClientError::Unreachable { .. }) => anyhow::anyhow!("{e}"),
+        e @ (ClientError::NotRunning { .. } | ClientError::Unreachable { .. }) => {
+            anyhow::anyhow!("{e}")
+        }
         e => anyhow::Error::new(e),
     }
 }
@@ -29,7 +31,10 @@ pub fn is_not_running(e: &ClientError) -> bool {
 /// One line per query hit: `<advert id>  <capability>  <name>  <amount> <unit>  <provider>`
 /// (as `capmesh registry query` prints offline).
 pub fn query_hit_line(h: &QueryHit) -> String {
-    format!("{}  {}  {}  {} {}  {}", h.id, h.capability, h.name, h.price.amount, h.price.unit, h.provider)
+    format!(
+        "{}  {}  {}  {} {}  {}",
+        h.id, h.capability, h.name, h.price.amount, h.price.unit, h.provider
+    )
 }
 
 /// The JSON `capmesh registry query --json` prints (same shape offline and online).

@@ -41,9 +41,12 @@ pub struct Found {
 /// What `find` reports: results, then one `Done`.
 #[derive(Debug, Clone)]
 pub enum FindEvent {
-    Found(Found),
+    Found(Box<Found>),
     Done { hits: u32, kad_requests: u32, elapsed: Duration, error: Option<String> },
 }
+
+/// A verified advert (with its id) and its contract, as a provider sent them.
+type Discovered = (Cid, Advert, Contract);
 
 /// Most adverts served per `Discover` answer.
 const MAX_DISCOVER: usize = 200;
@@ -52,7 +55,12 @@ impl Mesh {
     /// Finds providers of `cap`; results arrive on the channel as they are verified, then one
     /// [`FindEvent::Done`]. At most `limit` results; the search stops after `timeout`
     /// (default `find_timeout`). Dropping the receiver stops the search.
-    pub fn find(&self, cap: Cid, limit: u32, timeout: Option<Duration>) -> mpsc::Receiver<FindEvent> {
+    pub fn find(
+        &self,
+        cap: Cid,
+        limit: u32,
+        timeout: Option<Duration>,
+    ) -> mpsc::Receiver<FindEvent> {
         let (tx, rx) = mpsc::channel(64);
         let mesh = self.clone();
         let timeout = timeout.unwrap_or(self.inner.config.find_timeout);
@@ -86,13 +94,13 @@ impl Mesh {
                 contract_version: version.clone(),
                 elapsed: start.elapsed(),
             };
-            if tx.send(FindEvent::Found(found)).await.is_err() {
+            if tx.send(FindEvent::Found(Box::new(found))).await.is_err() {
                 return;
             }
         }
         let mut error = None;
         let mut kad_requests = 0;
-        let mut asks: JoinSet<(u32, Result<Vec<(Cid, Advert, Contract)>, MeshError>)> = JoinSet::new();
+        let mut asks: JoinSet<(u32, Result<Vec<Discovered>, MeshError>)> = JoinSet::new();
         let mut queue: Vec<(PeerId, Vec<Multiaddr>, u32)> = Vec::new();
         let mut lookup = match lookup {
             Ok(rx) => Some(rx),
@@ -152,7 +160,7 @@ impl Mesh {
                                     contract_version: contract.version,
                                     elapsed: start.elapsed(),
                                 };
-                                if tx.send(FindEvent::Found(found)).await.is_err() {
+                                if tx.send(FindEvent::Found(Box::new(found))).await.is_err() {
                                     return;
                                 }
                             }
@@ -162,9 +170,8 @@ impl Mesh {
                 }
             }
         }
-        let _ = tx
-            .send(FindEvent::Done { hits, kad_requests, elapsed: start.elapsed(), error })
-            .await;
+        let _ =
+            tx.send(FindEvent::Done { hits, kad_requests, elapsed: start.elapsed(), error }).await;
     }
 
     /// Live adverts for `cap` in the replica.
@@ -176,7 +183,8 @@ impl Mesh {
             .iter()
             .filter_map(|hit| {
                 let (_, bytes) = self.inner.store.record(&hit.id).ok()??;
-                let advert = Signed::<Advert>::from_bytes(&bytes, limits).ok()?.decode(limits).ok()?;
+                let advert =
+                    Signed::<Advert>::from_bytes(&bytes, limits).ok()?.decode(limits).ok()?;
                 Some((hit.id, advert))
             })
             .collect()
@@ -188,13 +196,16 @@ impl Mesh {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
         cap: Cid,
-    ) -> Result<Vec<(Cid, Advert, Contract)>, MeshError> {
+    ) -> Result<Vec<Discovered>, MeshError> {
         let body = Discover { ids: vec![cap], filter: None, limit: 50, cursor: None };
         let Some(answer) = self.rpc(peer, addrs, body).await? else {
             return Err(MeshError::Unexpected("an acknowledgement to Discover".into(), peer));
         };
         let Body::DiscoverResult(result) = answer.payload.body else {
-            return Err(MeshError::Unexpected(format!("{:?} to Discover", answer.payload.kind()), peer));
+            return Err(MeshError::Unexpected(
+                format!("{:?} to Discover", answer.payload.kind()),
+                peer,
+            ));
         };
         // The contract must be the one the id names, whatever the peer claims.
         let mut contract = None;
@@ -209,11 +220,9 @@ impl Mesh {
         }
         let contract = match contract {
             Some(c) => c,
-            None => self
-                .inner
-                .store
-                .contract(&cap)?
-                .ok_or_else(|| MeshError::Unexpected("no contract for the capability".into(), peer))?,
+            None => self.inner.store.contract(&cap)?.ok_or_else(|| {
+                MeshError::Unexpected("no contract for the capability".into(), peer)
+            })?,
         };
         let now = now_ms();
         let mut found = Vec::new();
@@ -258,7 +267,8 @@ impl Mesh {
                 contract_ids.insert(*id);
                 out.contracts.push(contract);
                 let q = Query { capability: Some(*id), limit, ..Query::default() };
-                advert_ids.extend(store.query(&q, now).map_err(internal)?.hits.into_iter().map(|h| h.id));
+                advert_ids
+                    .extend(store.query(&q, now).map_err(internal)?.hits.into_iter().map(|h| h.id));
             } else if let Some((kind, bytes)) = store.record(id).map_err(internal)? {
                 let bad = |e: capmesh_wire::VerifyError| internal(e.into());
                 match kind {
@@ -281,12 +291,13 @@ impl Mesh {
         }
         for id in advert_ids.into_iter().take(limit) {
             let Some((_, bytes)) = store.record(&id).map_err(internal)? else { continue };
-            let advert = Signed::<Advert>::from_bytes(&bytes, limits).map_err(|e| internal(e.into()))?;
+            let advert =
+                Signed::<Advert>::from_bytes(&bytes, limits).map_err(|e| internal(e.into()))?;
             let cap = advert.decode(limits).map_err(|e| internal(e.into()))?.capability;
-            if contract_ids.insert(cap) {
-                if let Some(c) = store.contract(&cap).map_err(internal)? {
-                    out.contracts.push(c);
-                }
+            if contract_ids.insert(cap)
+                && let Some(c) = store.contract(&cap).map_err(internal)?
+            {
+                out.contracts.push(c);
             }
             out.adverts.push(advert);
         }

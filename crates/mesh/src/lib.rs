@@ -167,7 +167,13 @@ struct Inner {
 
 impl Mesh {
     /// A mesh over this store and network. Call [`Mesh::start`] once the network runs.
-    pub fn new(key: NodeKey, store: Store, net: NetworkHandle, config: MeshConfig, cancel: CancellationToken) -> Self {
+    pub fn new(
+        key: NodeKey,
+        store: Store,
+        net: NetworkHandle,
+        config: MeshConfig,
+        cancel: CancellationToken,
+    ) -> Self {
         let me = key.peer_id();
         let (sync_tx, sync_rx) = mpsc::channel(config.sync_queue.max(1));
         let receiver = Receiver::with_rules(me, config.rules, Receiver::DEFAULT_REPLAY_CAPACITY);
@@ -248,7 +254,12 @@ impl Mesh {
 
     /// Sends `body` to `peer` and opens the answer (recipient, replay, `re`); an `Error` body
     /// becomes [`MeshError::Remote`]. An empty answer (acknowledgement) is `Ok(None)`.
-    async fn rpc(&self, peer: PeerId, addrs: Vec<Multiaddr>, body: impl Into<Body>) -> Result<Option<Opened>, MeshError> {
+    async fn rpc(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        body: impl Into<Body>,
+    ) -> Result<Option<Opened>, MeshError> {
         let request = self.envelope(peer, body)?;
         let id = request.id();
         let bytes = self.inner.net.request(peer, addrs, request.to_bytes()).await?;

@@ -146,7 +146,11 @@ impl Mesh {
     async fn announced_addrs(&self) -> Vec<String> {
         match self.inner.net.info().await {
             Ok(info) => {
-                let addrs = if info.external_addrs.is_empty() { info.listen_addrs } else { info.external_addrs };
+                let addrs = if info.external_addrs.is_empty() {
+                    info.listen_addrs
+                } else {
+                    info.external_addrs
+                };
                 addrs.iter().take(8).map(|a| a.to_string()).collect()
             }
             Err(_) => Vec::new(),
@@ -169,19 +173,23 @@ impl Mesh {
             let page = store.query(&q, now_ms())?;
             for hit in &page.hits {
                 let Some((_, bytes)) = store.record(&hit.id)? else { continue };
-                let Ok(advert) = Signed::<Advert>::from_bytes(&bytes, limits).and_then(|s| s.decode(limits))
+                let Ok(advert) =
+                    Signed::<Advert>::from_bytes(&bytes, limits).and_then(|s| s.decode(limits))
                 else {
                     continue;
                 };
                 let Some(contract) = store.contract(&advert.capability)? else { continue };
                 let ttl = Duration::from_millis(advert.expires.saturating_sub(advert.issued));
-                lock(&self.inner.published).insert(advert.capability, Own {
-                    contract,
-                    price: advert.price,
-                    limits: advert.limits,
-                    ttl,
-                    seq: advert.seq,
-                });
+                lock(&self.inner.published).insert(
+                    advert.capability,
+                    Own {
+                        contract,
+                        price: advert.price,
+                        limits: advert.limits,
+                        ttl,
+                        seq: advert.seq,
+                    },
+                );
             }
             match page.next {
                 Some(next) => cursor = Some(next),

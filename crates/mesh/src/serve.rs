@@ -15,7 +15,11 @@ impl Handler for Mesh {
             Ok(o) => {
                 // The connection's peer must be the signer: no relaying of others' requests.
                 self.bump(|s| s.refused_requests += 1);
-                let body = error_body("Misaddressed", "the envelope's signer is not the connected peer", false);
+                let body = error_body(
+                    "Misaddressed",
+                    "the envelope's signer is not the connected peer",
+                    false,
+                );
                 return self.answer(&o, body);
             }
             Err(e) => {
@@ -75,9 +79,9 @@ impl Handler for Mesh {
                 tracing::debug!(%source, error = %e, "gossip refused");
                 match e {
                     StoreError::Verify(v) => verdict_of_verify(&v, &source),
-                    StoreError::Stale { .. } | StoreError::SignerCap { .. } | StoreError::TotalCap { .. } => {
-                        Verdict::Ignore
-                    }
+                    StoreError::Stale { .. }
+                    | StoreError::SignerCap { .. }
+                    | StoreError::TotalCap { .. } => Verdict::Ignore,
                     StoreError::Contract(_) => Verdict::Reject,
                     // Our own trouble (disk, shutdown): not the sender's fault.
                     _ => Verdict::Ignore,

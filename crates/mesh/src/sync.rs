@@ -22,7 +22,11 @@ impl Mesh {
         let (from, limit) = match sync {
             Sync::Log { from, limit } => (*from, (*limit).clamp(1, MAX_SERVED)),
             Sync::Reconcile { .. } => {
-                return Err(error_body("NotFound", "this node serves Sync in log mode only", false));
+                return Err(error_body(
+                    "NotFound",
+                    "this node serves Sync in log mode only",
+                    false,
+                ));
             }
         };
         let store = &self.inner.store;
@@ -30,38 +34,47 @@ impl Mesh {
         let head = store.head();
         let changes = store.changes(from, limit as usize).map_err(internal)?;
         let limits = self.inner.config.rules.limits;
-        let mut result =
-            SyncResult { records: Vec::new(), contracts: Vec::new(), next: from, head, ranges: Vec::new() };
+        let mut result = SyncResult {
+            records: Vec::new(),
+            contracts: Vec::new(),
+            next: from,
+            head,
+            ranges: Vec::new(),
+        };
         let mut contracts = BTreeMap::new();
         let mut size = 0usize;
         for change in changes {
-            if change.op == ChangeOp::Put {
-                if let Some((kind, bytes)) = store.record(&change.id).map_err(internal)? {
-                    if size + bytes.len() > ANSWER_BUDGET && !result.records.is_empty() {
-                        break;
-                    }
-                    size += bytes.len();
-                    let record = match kind {
-                        RecordType::Advert => {
-                            let advert = Signed::<Advert>::from_bytes(&bytes, limits).map_err(|e| internal(e.into()))?;
-                            let cap = advert.decode(limits).map_err(|e| internal(e.into()))?.capability;
-                            if let std::collections::btree_map::Entry::Vacant(slot) = contracts.entry(cap) {
-                                if let Some(c) = store.contract(&cap).map_err(internal)? {
-                                    size += 512;
-                                    slot.insert(c);
-                                }
-                            }
-                            AnyRecord::Advert(advert)
-                        }
-                        RecordType::Retirement => AnyRecord::Retirement(
-                            Signed::from_bytes(&bytes, limits).map_err(|e| internal(e.into()))?,
-                        ),
-                        RecordType::Attestation => AnyRecord::Attestation(
-                            Signed::from_bytes(&bytes, limits).map_err(|e| internal(e.into()))?,
-                        ),
-                    };
-                    result.records.push(record);
+            let stored = match change.op {
+                ChangeOp::Put => store.record(&change.id).map_err(internal)?,
+                ChangeOp::Delete => None,
+            };
+            if let Some((kind, bytes)) = stored {
+                if size + bytes.len() > ANSWER_BUDGET && !result.records.is_empty() {
+                    break;
                 }
+                size += bytes.len();
+                let bad = |e: capmesh_wire::VerifyError| internal(e.into());
+                let record = match kind {
+                    RecordType::Advert => {
+                        let advert = Signed::<Advert>::from_bytes(&bytes, limits).map_err(bad)?;
+                        let cap = advert.decode(limits).map_err(bad)?.capability;
+                        if !contracts.contains_key(&cap)
+                            && let Some(c) = store.contract(&cap).map_err(internal)?
+                        {
+                            // Contracts count against the budget too (up to 32 KiB each).
+                            size += capmesh_wire::cbor::to_vec(&c).map(|b| b.len()).unwrap_or(0);
+                            contracts.insert(cap, c);
+                        }
+                        AnyRecord::Advert(advert)
+                    }
+                    RecordType::Retirement => {
+                        AnyRecord::Retirement(Signed::from_bytes(&bytes, limits).map_err(bad)?)
+                    }
+                    RecordType::Attestation => {
+                        AnyRecord::Attestation(Signed::from_bytes(&bytes, limits).map_err(bad)?)
+                    }
+                };
+                result.records.push(record);
             }
             result.next = change.seq + 1;
         }
@@ -83,7 +96,10 @@ impl Mesh {
                 return Err(MeshError::Unexpected("an acknowledgement to Sync".into(), peer));
             };
             let Body::SyncResult(result) = answer.payload.body else {
-                return Err(MeshError::Unexpected(format!("{:?} to Sync", answer.payload.kind()), peer));
+                return Err(MeshError::Unexpected(
+                    format!("{:?} to Sync", answer.payload.kind()),
+                    peer,
+                ));
             };
             let items = items_of(result.records, result.contracts, self.inner.config.rules.limits);
             let outcomes = self.insert_many(items).await;
@@ -96,7 +112,10 @@ impl Mesh {
                 }
             }
             if result.next <= from {
-                return Err(MeshError::Unexpected("a Sync answer that does not advance".into(), peer));
+                return Err(MeshError::Unexpected(
+                    "a Sync answer that does not advance".into(),
+                    peer,
+                ));
             }
             lock(&self.inner.sync_from).insert(peer, result.next);
             if result.next > result.head {

@@ -71,8 +71,9 @@ impl Behaviour {
                 max_records: 0,
                 max_value_bytes: 0,
                 max_providers_per_key: config.max_providers_per_key,
-                // libp2p's default of 1 024 counts only our own keys, but a provider with more
-                // capabilities than that would silently stop announcing.
+                // Counts every key in the provider map, ours and those stored for others
+                // (libp2p's default, 1 024, would make our own `start_providing` fail once
+                // others' records fill it). Sized for both.
                 max_provided_keys: config.max_provided_keys,
             },
         );

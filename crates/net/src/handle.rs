@@ -131,8 +131,9 @@ impl NetworkHandle {
         self.call(|reply| Command::Publish { data, reply }).await
     }
 
-    /// Announces this node as a provider of `key` and returns to how many peers the record
-    /// was *sent*. Sent is not stored: only a `get_providers` from another node proves it.
+    /// Announces this node as a provider of `key` and returns how many Kademlia requests
+    /// succeeded (the closest-peer lookup plus the ADD_PROVIDER sends). Sent is not stored:
+    /// only a `get_providers` from another node proves it.
     pub async fn start_providing(&self, key: Vec<u8>) -> Result<u32, NetError> {
         self.call(|reply| Command::StartProviding { key, reply }).await
     }

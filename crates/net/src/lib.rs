@@ -34,6 +34,9 @@ pub use service::NetworkService;
 
 use capmesh_types::PeerId;
 
+/// Computes a gossip message's id from its data.
+pub type MessageIdFn = Arc<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>;
+
 /// What the node answers on the network. Implemented by the node's registry/call logic.
 pub trait Handler: Send + Sync + 'static {
     /// One rpc request (the frame's bytes). The reply is the response frame (empty = an
@@ -45,6 +48,7 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Option<Vec<u8>>> + Send;
 
     /// One gossip message, before it is forwarded: the verdict decides whether it is.
+    /// `source` is the peer that passed it on (the author is inside the signed data).
     fn gossip(&self, source: PeerId, data: Vec<u8>) -> impl Future<Output = Verdict> + Send;
 
     /// The first connection to `peer` was established. Must not block (runs on the swarm task).
@@ -101,7 +105,7 @@ pub struct Config {
     /// Gossip validations in flight; over it, messages are ignored and counted. Default 1024.
     pub max_pending_validations: usize,
     /// Message id of a gossip message: the node supplies the envelope id. Default BLAKE3.
-    pub message_id: Arc<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>,
+    pub message_id: MessageIdFn,
     /// Largest rpc frame (and gossip message). Default 1 MiB.
     pub max_frame: usize,
     /// Outbound rpc timeout. Default 30 s.
@@ -218,7 +222,7 @@ impl Config {
         self.gossip_heartbeat = every;
         self
     }
-    pub fn with_message_id(mut self, f: Arc<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>) -> Self {
+    pub fn with_message_id(mut self, f: MessageIdFn) -> Self {
         self.message_id = f;
         self
     }

@@ -190,10 +190,10 @@ impl NetworkService {
         match done {
             Done::Response { channel, body } => {
                 self.inbound_rpc -= 1;
-                if let Some(body) = body {
-                    if self.swarm.behaviour_mut().rpc.send_response(channel, body).is_err() {
-                        tracing::debug!("rpc response not sent: the stream is gone");
-                    }
+                if let Some(body) = body
+                    && self.swarm.behaviour_mut().rpc.send_response(channel, body).is_err()
+                {
+                    tracing::debug!("rpc response not sent: the stream is gone");
                 }
             }
             Done::Verdict { id, source, verdict } => {
@@ -299,7 +299,8 @@ impl NetworkService {
                     }));
                     return;
                 }
-                self.book.add(peer, addr.clone());
+                // Booked only once connected (ConnectionEstablished): a wrong id must not
+                // leave another node's address under it.
                 DialOpts::peer_id(peer).addresses(vec![addr.clone()]).build()
             }
             None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
@@ -423,14 +424,14 @@ impl NetworkService {
 
     fn on_behaviour_event<H: Handler>(&mut self, event: BehaviourEvent, handler: &Arc<H>) {
         match event {
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
-                // Without this a peer that dialed us never enters our routing table: Kademlia
-                // only learns addresses of peers it dialed itself.
-                if info.protocols.iter().any(|p| *p == KAD_PROTOCOL) {
-                    for addr in info.listen_addrs.into_iter().take(ADDRS_PER_PEER) {
-                        self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
-                        self.book.add(peer_id, addr);
-                    }
+            // Without this a peer that dialed us never enters our routing table: Kademlia
+            // only learns addresses of peers it dialed itself.
+            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })
+                if info.protocols.contains(&KAD_PROTOCOL) =>
+            {
+                for addr in info.listen_addrs.into_iter().take(ADDRS_PER_PEER) {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
+                    self.book.add(peer_id, addr);
                 }
             }
             BehaviourEvent::Kad(event) => self.on_kad_event(event),
@@ -541,9 +542,24 @@ impl NetworkService {
                 let mut error = None;
                 match result {
                     Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) => {
-                        let fresh: Vec<_> = providers
+                        let fresh: Vec<PeerId> =
+                            providers.into_iter().filter(|p| lookup.seen.insert(*p)).collect();
+                        for p in &fresh {
+                            // The addresses of the DHT answer live only as long as the query:
+                            // connect now, so the caller's request finds the peer reachable.
+                            if !self.swarm.is_connected(p) && p != self.swarm.local_peer_id() {
+                                let opts = DialOpts::peer_id(*p)
+                                    .addresses(self.book.get(p))
+                                    .extend_addresses_through_behaviour()
+                                    .build();
+                                if let Err(e) = self.swarm.dial(opts) {
+                                    tracing::debug!(peer = %p, error = %e, "dial of a found provider");
+                                }
+                            }
+                        }
+                        let Some(lookup) = self.pending.providers.get_mut(&id) else { return };
+                        let fresh: Vec<_> = fresh
                             .into_iter()
-                            .filter(|p| lookup.seen.insert(*p))
                             .filter_map(|p| Some((convert::from_libp2p(&p)?, self.book.get(&p))))
                             .collect();
                         if !fresh.is_empty()
@@ -598,30 +614,11 @@ impl NetworkService {
         let now = Instant::now();
         let timeout = NetError::Timeout(self.config.query_timeout);
         let p = &mut self.pending;
-        p.listen.retain(|_, (reply, d)| *d > now && !reply.is_closed());
-        p.dial.retain(|_, (reply, d)| *d > now && !reply.is_closed());
-        for map in [&mut p.providing] {
-            let expired: Vec<_> = map
-                .iter()
-                .filter(|(_, (r, d))| *d <= now || r.is_closed())
-                .map(|(k, _)| *k)
-                .collect();
-            for id in expired {
-                if let Some((reply, _)) = map.remove(&id) {
-                    let _ = reply.send(Err(timeout.clone()));
-                }
-            }
-        }
-        let expired: Vec<_> = p
-            .bootstrap
-            .iter()
-            .filter(|(_, (r, d))| *d <= now || r.is_closed())
-            .map(|(k, _)| *k)
-            .collect();
-        for id in expired {
-            if let Some((reply, _)) = p.bootstrap.remove(&id) {
-                let _ = reply.send(Err(timeout.clone()));
-            }
+        expire_map(&mut p.listen, now, &timeout);
+        expire_map(&mut p.dial, now, &timeout);
+        let mut queries = expire_map(&mut p.providing, now, &timeout);
+        queries.extend(expire_map(&mut p.bootstrap, now, &timeout));
+        for id in queries {
             if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
                 q.finish();
             }
@@ -694,6 +691,23 @@ impl NetworkService {
     }
 }
 
+/// Removes entries past their deadline (answering `Timeout`) or whose caller is gone; returns
+/// their keys.
+fn expire_map<K: Copy + Eq + std::hash::Hash, T>(
+    map: &mut HashMap<K, (Reply<T>, Instant)>,
+    now: Instant,
+    timeout: &NetError,
+) -> Vec<K> {
+    let expired: Vec<K> =
+        map.iter().filter(|(_, (r, d))| *d <= now || r.is_closed()).map(|(k, _)| *k).collect();
+    for k in &expired {
+        if let Some((reply, _)) = map.remove(k) {
+            let _ = reply.send(Err(timeout.clone()));
+        }
+    }
+    expired
+}
+
 /// The peer named by a trailing `/p2p/<id>`.
 fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
     match addr.iter().last()? {
@@ -717,10 +731,11 @@ impl AddressBook {
         if peer_of(&addr) == Some(peer) {
             addr.pop();
         }
-        if !self.peers.contains_key(&peer) && self.peers.len() >= self.max_peers {
-            if let Some(victim) = self.peers.keys().next().copied() {
-                self.peers.remove(&victim);
-            }
+        if !self.peers.contains_key(&peer)
+            && self.peers.len() >= self.max_peers
+            && let Some(victim) = self.peers.keys().next().copied()
+        {
+            self.peers.remove(&victim);
         }
         let addrs = self.peers.entry(peer).or_default();
         if !addrs.contains(&addr) {

@@ -4,4 +4,6 @@
 
 mod cap;
 mod cli;
+mod mesh;
+mod processes;
 mod registry;
