@@ -9,6 +9,12 @@ FORBIDDEN = {
     "capmesh-wire": {"capmesh", "tokio", "libp2p", "sled"},
     "capmesh-contract": {"capmesh", "capmesh-store", "tokio", "libp2p", "sled"},
     "capmesh-store": {"capmesh", "libp2p"},
+    # Only the net crate owns a swarm; it moves bytes and knows no records, replica or API.
+    "capmesh-net": {"capmesh", "capmesh-wire", "capmesh-store", "capmesh-mesh", "capmesh-api", "sled"},
+    # The registry protocol talks to libp2p only through capmesh-net, to sled only through the store.
+    "capmesh-mesh": {"capmesh", "capmesh-api", "libp2p", "sled", "axum"},
+    # The API knows neither the network nor the replica: the node implements its Backend.
+    "capmesh-api": {"capmesh", "capmesh-net", "capmesh-mesh", "capmesh-store", "libp2p", "sled"},
 }
 
 meta = json.loads(subprocess.check_output(

@@ -69,6 +69,7 @@ impl Node {
         let mut tasks = JoinSet::new();
         tasks.spawn(service.run(mesh.clone(), cancel.child_token()));
         mesh.start()?;
+        wait_listening(&net, config.network.listen.len()).await?;
 
         for relay in &config.network.relays {
             let relay: Multiaddr = relay.parse()?;
@@ -159,6 +160,22 @@ impl Node {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.close()).await?;
         Ok(())
+    }
+}
+
+/// Waits until every listen address is bound (so `status` and peers see real ports at once).
+async fn wait_listening(net: &NetworkHandle, want: usize) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let have = net.info().await?.listen_addrs.len();
+        if have >= want {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "listening on {have} of {want} addresses after 10 s (is a port taken? see network.listen)"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

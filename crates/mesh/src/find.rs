@@ -226,6 +226,7 @@ impl Mesh {
         };
         let now = now_ms();
         let mut found = Vec::new();
+        let mut items = Vec::new();
         for signed in result.adverts {
             let verified = match signed.verify(now, &self.inner.config.rules) {
                 Ok(v) if v.record.capability == cap => v,
@@ -235,13 +236,19 @@ impl Mesh {
                     continue;
                 }
             };
-            let item = Item::Advert { advert: signed, contract: contract.clone() };
-            if let Err(e) = self.insert(item).await {
-                // Stale (we hold a newer one) or over a cap: still a valid answer to report.
-                tracing::debug!(%peer, error = %e, "discovered advert not stored");
-            }
+            items.push(Item::Advert { advert: signed, contract: contract.clone() });
             found.push((verified.id, verified.record, contract.clone()));
         }
+        // Verified already: the caller need not wait for the replica's flush. (Stale or over a
+        // cap is still a valid answer to report.)
+        let mesh = self.clone();
+        tokio::spawn(async move {
+            for outcome in mesh.insert_many(items).await {
+                if let Err(e) = outcome {
+                    tracing::debug!(error = %e, "discovered advert not stored");
+                }
+            }
+        });
         Ok(found)
     }
 

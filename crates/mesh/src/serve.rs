@@ -25,9 +25,14 @@ impl Handler for Mesh {
             Err(e) => {
                 self.bump(|s| s.refused_requests += 1);
                 tracing::debug!(%peer, error = %e, "rpc request refused");
-                // Without a verified sender there is nobody to address an Error envelope to:
-                // reset the stream (protocol.md §8.7).
-                return None;
+                // Refused but still addressable (expired, replayed, misaddressed …): answer
+                // with the code. Without a verified sender there is nobody to address an Error
+                // envelope to: reset the stream (protocol.md §7.2, §8.7).
+                let sender = addressable(&request, self.inner.config.rules.limits)?;
+                if sender.payload.sender() != peer {
+                    return None;
+                }
+                return self.answer(&sender, error_body(e.code(), e.to_string(), e.retryable()));
             }
         };
         let answer = match &opened.payload.body {
@@ -95,6 +100,18 @@ impl Handler for Mesh {
             self.bump(|s| s.sync_dropped += 1);
         }
     }
+}
+
+/// The request as far as it can be trusted after a refusal: decoded, and signed by its `from`.
+fn addressable(bytes: &[u8], limits: capmesh_wire::cbor::Limits) -> Option<Opened> {
+    let envelope = Envelope::from_bytes(bytes, limits).ok()?;
+    let payload = envelope.decode(limits).ok()?;
+    let sig: capmesh_types::Signature = *envelope.sig();
+    payload
+        .from
+        .verify(capmesh_wire::domain::ENVELOPE.as_bytes(), envelope.payload(), &sig)
+        .ok()?;
+    Some(Opened { id: envelope.id(), payload })
 }
 
 fn lock_accept(mesh: &Mesh, bytes: &[u8]) -> Result<Opened, VerifyError> {

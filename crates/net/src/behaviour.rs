@@ -62,7 +62,8 @@ impl Behaviour {
             .set_provider_record_ttl(Some(config.provider_ttl))
             // The node re-announces with each advert refresh; no second timer.
             .set_provider_publication_interval(None)
-            // v1 stores no values in the DHT: inbound PUT_VALUE is never stored.
+            // Inbound records reach the service first: provider records are stored there,
+            // values never (v1 stores no values in the DHT).
             .set_record_filtering(kad::StoreInserts::FilterBoth)
             .set_periodic_bootstrap_interval(Some(Duration::from_secs(300)));
         let store = kad::store::MemoryStore::with_config(

@@ -51,6 +51,8 @@ pub struct NetInfo {
     pub gossip_peers: u32,
     pub gossip: GossipCounters,
     pub rpc_dropped: u64,
+    /// Others' provider records refused because the provider store was full.
+    pub providers_dropped: u64,
 }
 
 /// Gossip verdicts and drops since start.

@@ -44,6 +44,8 @@ pub struct NetworkService {
     rate: RateLimiter<PeerId>,
     counters: GossipCounters,
     rpc_dropped: u64,
+    /// Provider records from others refused by the store's caps.
+    providers_dropped: u64,
     validations: usize,
     inbound_rpc: usize,
     done_tx: mpsc::Sender<Done>,
@@ -152,6 +154,7 @@ impl NetworkService {
                 rate,
                 counters: GossipCounters::default(),
                 rpc_dropped: 0,
+                providers_dropped: 0,
                 validations: 0,
                 inbound_rpc: 0,
                 done_tx,
@@ -301,7 +304,11 @@ impl NetworkService {
                 }
                 // Booked only once connected (ConnectionEstablished): a wrong id must not
                 // leave another node's address under it.
-                DialOpts::peer_id(peer).addresses(vec![addr.clone()]).build()
+                // A dial already under way (bootstrap) must not make this one fail.
+                DialOpts::peer_id(peer)
+                    .addresses(vec![addr.clone()])
+                    .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                    .build()
             }
             None => DialOpts::unknown_peer_id().address(addr.clone()).build(),
         };
@@ -532,8 +539,24 @@ impl NetworkService {
     }
 
     fn on_kad_event(&mut self, event: kad::Event) {
-        let kad::Event::OutboundQueryProgressed { id, result, stats, step } = event else {
-            return;
+        let (id, result, stats, step) = match event {
+            kad::Event::OutboundQueryProgressed { id, result, stats, step } => {
+                (id, result, stats, step)
+            }
+            // With `StoreInserts::FilterBoth` nothing inbound is stored by libp2p itself:
+            // provider records (whose provider is the sending peer) are stored here, values
+            // never (v1 keeps no values in the DHT).
+            kad::Event::InboundRequest {
+                request: kad::InboundRequest::AddProvider { record: Some(record) },
+            } => {
+                use kad::store::RecordStore;
+                if let Err(e) = self.swarm.behaviour_mut().kad.store_mut().add_provider(record) {
+                    self.providers_dropped += 1;
+                    tracing::debug!(error = %e, "provider record not stored");
+                }
+                return;
+            }
+            _ => return,
         };
         let requests = stats.num_requests();
         match result {
@@ -662,6 +685,7 @@ impl NetworkService {
             gossip_peers,
             gossip: self.counters,
             rpc_dropped: self.rpc_dropped,
+            providers_dropped: self.providers_dropped,
         }
     }
 

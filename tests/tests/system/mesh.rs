@@ -53,6 +53,22 @@ async fn ten_nodes_in_a_line_find_by_id_through_kademlia_alone() {
     // What Discover brought back was verified and stored: the next find is answered locally.
     let (again, _) = find(searcher, cap).await;
     assert_eq!(again[0].source, Source::Replica);
+    // The provider record lives on other nodes, not only on the provider: with the provider
+    // gone, a lookup still names it.
+    let mut net = net;
+    let provider_id = net.node(0).peer_id();
+    net.stop(0).await.unwrap();
+    let mut lookup = net.node(9).node.net.get_providers(capmesh_mesh::kad_key(&cap)).await.unwrap();
+    let mut named = false;
+    while let Some(event) = lookup.recv().await {
+        match event {
+            capmesh_net::ProviderEvent::Found { providers, .. } => {
+                named |= providers.iter().any(|(p, _)| *p == provider_id);
+            }
+            capmesh_net::ProviderEvent::Done { .. } => break,
+        }
+    }
+    assert!(named, "no other node holds the provider record");
     net.shutdown().await.unwrap();
 }
 

@@ -83,18 +83,21 @@ fn three_processes_form_a_mesh_and_answer_find() {
     let cap = cap.trim();
 
     // C does not gossip and is not connected to A: it finds A through Kademlia.
-    let mut last = String::new();
-    c.wait_until(
-        || {
-            let run = c.user.run_within(
-                Duration::from_secs(30),
-                &["find", cap, "--json", "--timeout-ms", "5000"],
-            );
-            last = format!("{run:?}");
-            last.contains("\"hit\"")
-        },
-        "capmesh find on the third node",
-    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let run = c
+            .user
+            .run_within(Duration::from_secs(30), &["find", cap, "--json", "--timeout-ms", "5000"]);
+        if run.stdout.contains("\"hit\"") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "capmesh find on the third node: {run:?}; status {}",
+            c.status()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let found = c.user.run(&["find", cap, "--json"]).success();
     let first: serde_json::Value = serde_json::from_str(found.lines().next().unwrap()).unwrap();
     assert_eq!(first["hit"]["provider"], a.status()["peer_id"], "{found}");
