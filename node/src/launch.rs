@@ -51,7 +51,9 @@ impl Node {
             let (dir, config) = (dir.clone(), config.clone());
             tokio::task::spawn_blocking(move || registry::open(&dir, &config)).await??
         };
-        let net_config = net_config(&config, &tuning)?;
+        let mut net_config = net_config(&config, &tuning)?;
+        // Peers remembered from earlier runs are dialed too (most recent first, bounded).
+        net_config.bootstrap.extend(remembered_peers(&store, &net_config.bootstrap));
         let (service, net) = NetworkService::new(&key, net_config)?;
         let cancel = CancellationToken::new();
         let mut mesh_config = MeshConfig::default()
@@ -148,6 +150,7 @@ impl Node {
     /// Stops every task, waits for them (bounded), removes the API files and closes the
     /// replica (everything acknowledged is already flushed).
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.mesh.remember_peers().await;
         self.cancel.cancel();
         let drain = async { while self.tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
@@ -161,6 +164,35 @@ impl Node {
         tokio::task::spawn_blocking(move || store.close()).await?;
         Ok(())
     }
+}
+
+/// Most peers from the peer book dialed at start.
+const REMEMBERED_PEERS: usize = 32;
+
+/// `<addr>/p2p/<id>` of the most recently seen peers in the peer book, except those already in
+/// `configured`.
+fn remembered_peers(store: &Store, configured: &[Multiaddr]) -> Vec<Multiaddr> {
+    let mut peers = match store.peers() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the peer book");
+            return Vec::new();
+        }
+    };
+    peers.sort_by_key(|p| std::cmp::Reverse(p.last_seen));
+    let mut out = Vec::new();
+    for entry in peers.into_iter().take(REMEMBERED_PEERS) {
+        let id = capmesh_net::convert::to_libp2p(&entry.peer);
+        let known =
+            configured.iter().any(|a| a.iter().any(|p| p == capmesh_net::Protocol::P2p(id)));
+        if known {
+            continue;
+        }
+        if let Some(addr) = entry.addrs.iter().find_map(|a| a.parse::<Multiaddr>().ok()) {
+            out.push(addr.with(capmesh_net::Protocol::P2p(id)));
+        }
+    }
+    out
 }
 
 /// Waits until every listen address is bound (so `status` and peers see real ports at once).

@@ -130,6 +130,33 @@ impl Mesh {
     }
 }
 
+impl Mesh {
+    /// Writes the connected peers and their addresses into the replica's peer book, so a
+    /// restarted node can reconnect (and catch up) without configured bootstrap peers.
+    pub async fn remember_peers(&self) {
+        let Ok(peers) = self.inner.net.peers().await else { return };
+        let now = crate::now_ms();
+        let store = self.inner.store.clone();
+        let entries: Vec<capmesh_store::PeerEntry> = peers
+            .into_iter()
+            .filter(|p| p.connected && !p.addrs.is_empty())
+            .map(|p| capmesh_store::PeerEntry {
+                peer: p.peer,
+                addrs: p.addrs.iter().map(|a| a.to_string()).collect(),
+                last_seen: now,
+            })
+            .collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for entry in &entries {
+                if let Err(e) = store.put_peer(entry) {
+                    tracing::debug!(error = %e, "peer book write failed");
+                }
+            }
+        })
+        .await;
+    }
+}
+
 /// Pairs synced adverts with the contracts sent beside them. An advert whose contract is
 /// missing is still offered: the replica may already hold the contract.
 fn items_of(
@@ -166,10 +193,13 @@ pub(crate) async fn run(mesh: Mesh, mut queue: mpsc::Receiver<PeerId>) {
                 Some(p) => vec![p],
                 None => return,
             },
-            _ = tick.tick() => match mesh.inner.net.peers().await {
-                Ok(peers) => peers.into_iter().filter(|p| p.connected).map(|p| p.peer).collect(),
-                Err(_) => return,
-            },
+            _ = tick.tick() => {
+                mesh.remember_peers().await;
+                match mesh.inner.net.peers().await {
+                    Ok(peers) => peers.into_iter().filter(|p| p.connected).map(|p| p.peer).collect(),
+                    Err(_) => return,
+                }
+            }
         };
         for peer in peers {
             match mesh.sync_with(peer).await {

@@ -179,3 +179,53 @@ async fn the_provided_keys_cap_is_ours_not_libp2ps() {
     let r = guard("after a stop", small.handle.start_providing(b"capability/10".to_vec())).await;
     assert!(matches!(r, Ok(_) | Err(NetError::Timeout(_))), "{r:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_answers_over_16_kib_need_the_raised_packet_cap() {
+    init_logs();
+    // Twenty providers of one key, each announcing 16 long (relay-circuit) addresses: every
+    // GET_PROVIDERS answer is over 16 KiB, libp2p's default message cap.
+    let hub = Node::start(100, cfg(), &[tcp()]).await;
+    let key = b"capability/popular".to_vec();
+    let relay = capmesh_types::NodeKey::from_seed([200; 32]).peer_id();
+    let relay = capmesh_net::convert::to_libp2p(&relay);
+    let mut providers = Vec::new();
+    for i in 0..20u8 {
+        let p = Node::start(101 + i, cfg(), &[tcp()]).await;
+        p.connect(&hub).await;
+        for port in 1..=16u16 {
+            // Loopback, closed ports: nothing outside this machine is ever dialed.
+            let addr: capmesh_net::Multiaddr =
+                format!("/ip4/127.0.0.1/tcp/{port}/p2p/{relay}/p2p-circuit").parse().unwrap();
+            p.handle.add_external_address(addr).await.unwrap();
+        }
+        providers.push(p);
+    }
+    for p in &providers {
+        guard("bootstrap", p.handle.bootstrap()).await.expect("bootstrap");
+        guard("start_providing", p.handle.start_providing(key.clone())).await.expect("provide");
+    }
+    let big = Node::start(130, cfg(), &[tcp()]).await;
+    let small = Node::start(131, cfg().with_kad_max_packet(16 * 1024), &[tcp()]).await;
+    big.connect(&hub).await;
+    small.connect(&hub).await;
+    for node in [&big, &small] {
+        // Kademlia adds the hub once the connection confirmed its protocol, just after connect.
+        wait_for("the hub in the searcher's routing table", GUARD, async || {
+            let info = node.handle.info().await.map_err(|e| e.to_string())?;
+            if info.routing_table_peers >= 1 { Ok(()) } else { Err(format!("{info:?}")) }
+        })
+        .await;
+    }
+
+    let (found, _, _) = lookup(&big, &key).await;
+    let mut ids: Vec<_> = found.iter().map(|(p, _)| *p).collect();
+    ids.sort_by_key(|p| p.to_string());
+    ids.dedup();
+    assert_eq!(ids.len(), 20, "with a 64 KiB cap every provider is found: {found:?}");
+    let (found_small, _, _) = lookup(&small, &key).await;
+    assert!(
+        found_small.len() < 20,
+        "with libp2p's 16 KiB cap the answers should not fit, yet all were found: {found_small:?}"
+    );
+}
