@@ -48,6 +48,7 @@ pub struct NetInfo {
     pub connected_peers: u32,
     pub kad_server: bool,
     pub routing_table_peers: u32,
+    /// Peers subscribed to the registry topic.
     pub gossip_peers: u32,
     pub gossip: GossipCounters,
     pub rpc_dropped: u64,

@@ -494,7 +494,10 @@ impl NetworkService {
         let handler = handler.clone();
         let done = self.done_tx.clone();
         self.tasks.spawn(async move {
-            let verdict = handler.gossip(from, data).await;
+            // A handler that panics still yields a verdict (and frees its slot).
+            let verdict = tokio::spawn(async move { handler.gossip(from, data).await })
+                .await
+                .unwrap_or(Verdict::Ignore);
             let _ = done.send(Done::Verdict { id, source, verdict }).await;
         });
     }
@@ -517,7 +520,10 @@ impl NetworkService {
                 let handler = handler.clone();
                 let done = self.done_tx.clone();
                 self.tasks.spawn(async move {
-                    let body = handler.request(from, request).await;
+                    // A handler that panics resets the stream (and frees its slot).
+                    let body = tokio::spawn(async move { handler.request(from, request).await })
+                        .await
+                        .unwrap_or(None);
                     let _ = done.send(Done::Response { channel, body }).await;
                 });
             }
@@ -674,7 +680,14 @@ impl NetworkService {
         let swarm = &mut self.swarm;
         let routing_table_peers =
             swarm.behaviour_mut().kad.kbuckets().map(|b| b.num_entries()).sum::<usize>() as u32;
-        let gossip_peers = swarm.behaviour().gossipsub.all_peers().count() as u32;
+        // Peers known to be subscribed to the registry topic (publishing reaches them).
+        let topic = self.topic.hash();
+        let gossip_peers = swarm
+            .behaviour()
+            .gossipsub
+            .all_peers()
+            .filter(|(_, topics)| topics.contains(&&topic))
+            .count() as u32;
         NetInfo {
             peer_id: convert::from_libp2p(swarm.local_peer_id()).expect("local key is ed25519"),
             listen_addrs: swarm.listeners().cloned().collect(),
