@@ -14,6 +14,8 @@ use crate::{Mesh, MeshError, error_body, lock};
 
 /// Answer budget: leaves room under the 1 MiB frame for the envelope around it.
 const ANSWER_BUDGET: usize = 768 * 1024;
+/// Peers whose sync position is remembered.
+const MAX_SYNC_POSITIONS: usize = 4096;
 /// Most change-log entries served per request.
 const MAX_SERVED: u32 = 2048;
 
@@ -117,7 +119,16 @@ impl Mesh {
                     peer,
                 ));
             }
-            lock(&self.inner.sync_from).insert(peer, result.next);
+            {
+                let mut positions = lock(&self.inner.sync_from);
+                if !positions.contains_key(&peer) && positions.len() >= MAX_SYNC_POSITIONS {
+                    // Forgetting a position only costs a sync from 0 with that peer.
+                    if let Some(victim) = positions.keys().next().copied() {
+                        positions.remove(&victim);
+                    }
+                }
+                positions.insert(peer, result.next);
+            }
             if result.next > result.head {
                 break;
             }
