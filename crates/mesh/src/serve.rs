@@ -36,13 +36,16 @@ impl Handler for Mesh {
             }
         };
         let answer = match &opened.payload.body {
+            // Replica reads (up to thousands of records for a Sync) stay off the async workers.
             Body::Discover(d) => {
                 self.bump(|s| s.discover_served += 1);
-                self.serve_discover(d).map(Body::from)
+                let (mesh, d) = (self.clone(), d.clone());
+                blocking(move || mesh.serve_discover(&d).map(Body::from)).await
             }
             Body::Sync(s) => {
                 self.bump(|st| st.sync_served += 1);
-                self.serve_sync(s).map(Body::from)
+                let (mesh, s) = (self.clone(), s.clone());
+                blocking(move || mesh.serve_sync(&s).map(Body::from)).await
             }
             Body::AdvertiseCapability(_) | Body::Retire(_) | Body::Attest(_) => {
                 let item = item_of(&opened.payload.body).expect("a gossip kind");
@@ -100,6 +103,15 @@ impl Handler for Mesh {
             self.bump(|s| s.sync_dropped += 1);
         }
     }
+}
+
+/// Runs replica work on the blocking pool; a panic there is an `Internal` error.
+async fn blocking(
+    f: impl FnOnce() -> Result<Body, capmesh_wire::ErrorBody> + Send + 'static,
+) -> Result<Body, capmesh_wire::ErrorBody> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .unwrap_or_else(|e| Err(error_body("Internal", e.to_string(), true)))
 }
 
 /// The request as far as it can be trusted after a refusal: decoded, and signed by its `from`.
