@@ -5,8 +5,7 @@ use std::time::{Duration, Instant};
 
 use capmesh_api::{
     ApiError, Backend, FindDone, FindEvent, FindHit, FindRequest, GossipStatus, PeerInfo,
-    PublishRequest, Published, QueryHit, QueryPage, QueryRequest, ReplicaStatus, Retired, Source,
-    Status,
+    PublishRequest, Published, QueryPage, QueryRequest, ReplicaStatus, Retired, Source, Status,
 };
 use capmesh_mesh::{Mesh, MeshError};
 use capmesh_store::{Order, Query, Store};
@@ -179,24 +178,6 @@ impl Backend for NodeApi {
             .await
             .map_err(internal)?
             .map_err(internal)?;
-        Ok(QueryPage {
-            hits: page
-                .hits
-                .iter()
-                .map(|h| QueryHit {
-                    id: h.id,
-                    capability: h.summary.capability,
-                    name: h.summary.name.clone(),
-                    provider: h.summary.provider,
-                    price: capmesh_wire::Price {
-                        amount: h.summary.amount,
-                        unit: h.summary.unit.clone(),
-                    },
-                    issued: h.summary.issued,
-                    expires: h.summary.expires,
-                })
-                .collect(),
-            next: page.next.as_deref().map(registry::cursor_hex),
-        })
+        Ok(registry::query_page(&page))
     }
 }

@@ -22,10 +22,5 @@ pub use config::Config;
 pub use data_dir::{DataDir, Initialized};
 pub use launch::Node;
 
-/// Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+/// Unix time in milliseconds (the one clock reading of the node's crates).
+pub use capmesh_mesh::now_ms;

@@ -376,18 +376,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 &args.query()?,
                 args.at.unwrap_or_else(capmesh::now_ms),
             )?;
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&registry::page_json(&page))?);
-            } else {
-                for hit in &page.hits {
-                    println!("{}", registry::hit_line(hit));
-                }
-                match &page.next {
-                    Some(next) => eprintln!("more: --cursor {}", registry::cursor_hex(next)),
-                    None if page.hits.is_empty() => eprintln!("no adverts match"),
-                    None => {}
-                }
-            }
+            print_api_page(&registry::query_page(&page), args.json)?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -490,7 +479,7 @@ fn find(dir: DataDir, args: FindArgs) -> anyhow::Result<ExitCode> {
 #[allow(clippy::print_stdout)]
 fn print_api_page(page: &capmesh_api::QueryPage, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&remote::page_json(page)?)?);
+        println!("{}", serde_json::to_string_pretty(page)?);
     } else {
         for hit in &page.hits {
             println!("{}", remote::query_hit_line(hit));

@@ -9,15 +9,15 @@
 //! let dir = DataDir::new(tmp.path());
 //! let page = registry::query(&dir, &Config::default(), &Query::default(), capmesh::now_ms())?;
 //! assert!(page.hits.is_empty() && page.next.is_none());
-//! assert_eq!(registry::page_json(&page)["next"], serde_json::Value::Null);
+//! assert_eq!(registry::query_page(&page).next, None);
 //! # Ok::<(), anyhow::Error>(())
 //! ```
 
 use std::path::PathBuf;
 
-use capmesh_store::{Hit, Page, Query, Store, StoreError};
+use capmesh_api::{QueryHit, QueryPage};
+use capmesh_store::{Page, Query, Store, StoreError};
 use capmesh_wire::Price;
-use serde_json::{Value, json};
 
 use crate::{Config, DataDir};
 
@@ -62,33 +62,25 @@ pub fn query(dir: &DataDir, config: &Config, q: &Query, now_ms: u64) -> Result<P
     page
 }
 
-/// One hit as one line: `<advert id>  <capability>  <name>  <amount> <unit>  <provider>`.
-pub fn hit_line(hit: &Hit) -> String {
-    let s = &hit.summary;
-    format!("{}  {}  {}  {} {}  {}", hit.id, s.capability, s.name, s.amount, s.unit, s.provider)
-}
-
-/// The page as `capmesh registry query --json` prints it: `{"hits": [{"id", "capability",
-/// "name", "provider", "price": {"amount", "unit"}, "issued", "expires"}], "next": <cursor as
-/// lowercase hex, or null>}`.
-pub fn page_json(page: &Page) -> Value {
-    let hits: Vec<Value> = page
-        .hits
-        .iter()
-        .map(|hit| {
-            let s = &hit.summary;
-            json!({
-                "id": hit.id.to_string(),
-                "capability": s.capability.to_string(),
-                "name": s.name,
-                "provider": s.provider.to_string(),
-                "price": {"amount": s.amount, "unit": s.unit},
-                "issued": s.issued,
-                "expires": s.expires,
+/// The page as the API returns it and `capmesh registry query --json` prints it (one JSON shape
+/// whether the replica is read offline or through a running node).
+pub fn query_page(page: &Page) -> QueryPage {
+    QueryPage {
+        hits: page
+            .hits
+            .iter()
+            .map(|h| QueryHit {
+                id: h.id,
+                capability: h.summary.capability,
+                name: h.summary.name.clone(),
+                provider: h.summary.provider,
+                price: Price { amount: h.summary.amount, unit: h.summary.unit.clone() },
+                issued: h.summary.issued,
+                expires: h.summary.expires,
             })
-        })
-        .collect();
-    json!({"hits": hits, "next": page.next.as_deref().map(cursor_hex)})
+            .collect(),
+        next: page.next.as_deref().map(cursor_hex),
+    }
 }
 
 /// A cursor as the CLI prints it: lowercase hex.

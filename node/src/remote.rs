@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::Context;
-use capmesh_api::{Client, ClientError, FindEvent, FindRequest, QueryHit, QueryPage};
+use capmesh_api::{Client, ClientError, FindEvent, FindRequest, QueryHit};
 use futures::StreamExt;
 
 use crate::DataDir;
@@ -35,11 +35,6 @@ pub fn query_hit_line(h: &QueryHit) -> String {
         "{}  {}  {}  {} {}  {}",
         h.id, h.capability, h.name, h.price.amount, h.price.unit, h.provider
     )
-}
-
-/// The JSON `capmesh registry query --json` prints (same shape offline and online).
-pub fn page_json(page: &QueryPage) -> anyhow::Result<serde_json::Value> {
-    Ok(serde_json::to_value(page)?)
 }
 
 /// Runs a find and calls `each` with every event as it arrives. Returns the number of hits.

@@ -10,8 +10,8 @@ use std::{
 
 use capmesh_net::{Multiaddr, ProviderEvent};
 use capmesh_store::{Item, Query, RecordType};
-use capmesh_types::{Cid, Codec, PeerId};
-use capmesh_wire::{Advert, Body, Contract, Discover, DiscoverResult, ErrorBody, Signed, cbor};
+use capmesh_types::{Cid, PeerId};
+use capmesh_wire::{Advert, Body, Contract, Discover, DiscoverResult, ErrorBody, Signed};
 use tokio::{sync::mpsc, task::JoinSet};
 
 use crate::{Mesh, MeshError, error_body, kad_key, now_ms};
@@ -210,8 +210,8 @@ impl Mesh {
         // The contract must be the one the id names, whatever the peer claims.
         let mut contract = None;
         for c in result.contracts {
-            let bytes = cbor::to_vec(&c).map_err(|e| MeshError::Unexpected(e.to_string(), peer))?;
-            let actual = Cid::of(Codec::DagCbor, &bytes);
+            let actual = capmesh_contract::capability_id(&c)
+                .map_err(|e| MeshError::Unexpected(e.to_string(), peer))?;
             if actual == cap {
                 contract = Some(c);
             } else {
