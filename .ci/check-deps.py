@@ -15,6 +15,12 @@ FORBIDDEN = {
     "capmesh-mesh": {"capmesh", "capmesh-api", "libp2p", "sled", "axum"},
     # The API knows neither the network nor the replica: the node implements its Backend.
     "capmesh-api": {"capmesh", "capmesh-net", "capmesh-mesh", "capmesh-store", "libp2p", "sled"},
+    # Runtimes run a capability; they know neither the network nor the replica nor the market.
+    "capmesh-exec": {"capmesh", "capmesh-net", "capmesh-mesh", "capmesh-store", "capmesh-market", "libp2p", "sled"},
+    # Policy is pure rules over peers, claims and prices: no I/O beyond reading its own file.
+    "capmesh-policy": {"capmesh", "capmesh-net", "capmesh-mesh", "capmesh-store", "capmesh-market", "capmesh-exec", "libp2p", "sled"},
+    # Calls talk to the network through the mesh, to sled through the store, own no swarm.
+    "capmesh-market": {"capmesh", "capmesh-api", "capmesh-net", "libp2p", "sled", "axum"},
 }
 
 meta = json.loads(subprocess.check_output(

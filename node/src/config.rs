@@ -16,6 +16,88 @@ pub struct Config {
     pub api: ApiConfig,
     pub registry: RegistryConfig,
     pub publish: PublishConfig,
+    pub market: MarketSection,
+    /// `[[serve]]`: capabilities served with a runtime (published at start). Default none.
+    pub serve: Vec<ServeEntry>,
+}
+
+/// `[market]`: calls, offers and the call policy.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MarketSection {
+    /// Call policy file (TOML, relative to the data directory; reloaded when it changes and on
+    /// SIGHUP). A missing file allows every caller with the default limits. Default
+    /// `policy.toml`.
+    pub policy_file: PathBuf,
+    /// How often the policy file is checked for changes, in ms. Default 1000.
+    pub policy_poll_ms: u64,
+    /// Calls ending within this window are answered inline, in ms. Default 2000.
+    pub inline_window_ms: u64,
+    /// Lifetime of the offers this node issues, in seconds. Default 300.
+    pub offer_ttl_secs: u64,
+    /// Most calls one offer covers. Default 1000.
+    pub offer_calls: u32,
+    /// Providers asked for offers at once. Default 3.
+    pub intent_fanout: usize,
+    /// Deadline of a call that names none, in ms. Default 30000.
+    pub call_deadline_ms: u64,
+}
+
+impl Default for MarketSection {
+    fn default() -> Self {
+        Self {
+            policy_file: PathBuf::from("policy.toml"),
+            policy_poll_ms: 1000,
+            inline_window_ms: 2000,
+            offer_ttl_secs: 300,
+            offer_calls: 1000,
+            intent_fanout: 3,
+            call_deadline_ms: 30_000,
+        }
+    }
+}
+
+/// One `[[serve]]` table: a capability and the runtime that runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeEntry {
+    /// Contract file (JSON, relative to the data directory). Optional for a builtin runtime,
+    /// which then serves its own contract.
+    #[serde(default)]
+    pub contract: Option<PathBuf>,
+    /// `{ type = "builtin", name = "echo" }`, `{ type = "command", argv = [...] }` or
+    /// `{ type = "http", url = "http://127.0.0.1:8080/run" }` (see capmesh-exec).
+    pub runtime: capmesh_exec::Runtime,
+    /// Price per call. Default 0 "free".
+    #[serde(default)]
+    pub price_amount: u64,
+    #[serde(default = "free")]
+    pub price_unit: String,
+    /// Latency quoted in offers, in ms. Default: the running average of past runs.
+    #[serde(default)]
+    pub latency_ms: Option<u64>,
+    /// Longest a call may run, in ms. Default 30000.
+    #[serde(default = "thirty_seconds")]
+    pub timeout_ms: u64,
+    /// Largest accepted arguments (canonical CBOR bytes). Default 1048576.
+    #[serde(default = "one_mib")]
+    pub max_input_bytes: u64,
+    /// Calls run at once for all callers. Default 8.
+    #[serde(default = "eight")]
+    pub concurrency: u32,
+}
+
+fn free() -> String {
+    "free".into()
+}
+fn thirty_seconds() -> u64 {
+    30_000
+}
+fn one_mib() -> u64 {
+    1 << 20
+}
+fn eight() -> u32 {
+    8
 }
 
 /// `[network]`: how the node joins the mesh.
@@ -230,6 +312,25 @@ impl Config {
             self.registry.sync_every_secs > 0 && self.registry.sweep_secs > 0,
             "registry intervals must be positive"
         );
+        let m = &self.market;
+        anyhow::ensure!(
+            m.policy_poll_ms > 0
+                && m.offer_ttl_secs > 0
+                && m.offer_calls > 0
+                && m.intent_fanout > 0,
+            "market: policy_poll_ms, offer_ttl_secs, offer_calls and intent_fanout must be positive"
+        );
+        for (i, entry) in self.serve.iter().enumerate() {
+            anyhow::ensure!(
+                entry.contract.is_some()
+                    || matches!(entry.runtime, capmesh_exec::Runtime::Builtin { .. }),
+                "serve[{i}]: a command or http runtime needs a contract file"
+            );
+            anyhow::ensure!(
+                entry.timeout_ms > 0 && entry.concurrency > 0,
+                "serve[{i}]: timeout_ms and concurrency must be positive"
+            );
+        }
         Ok(())
     }
 }

@@ -5,6 +5,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
+use capmesh_market::{Market, MarketConfig, ServeSpec};
 use capmesh_mesh::{Mesh, MeshConfig};
 use capmesh_net::{KadMode, Multiaddr, NetworkHandle, NetworkService};
 use capmesh_store::Store;
@@ -23,6 +24,8 @@ pub struct Tuning {
     pub find_timeout: Option<Duration>,
     /// Outbound rpc timeout (default 30 s).
     pub rpc_timeout: Option<Duration>,
+    /// Offer lifetime (default `market.offer_ttl_secs`).
+    pub offer_ttl: Option<Duration>,
 }
 
 /// A running node. Dropping it without [`Node::shutdown`] cancels its tasks but does not wait
@@ -30,6 +33,9 @@ pub struct Tuning {
 #[derive(Debug)]
 pub struct Node {
     pub mesh: Mesh,
+    pub market: Market,
+    /// The call service the mesh refers to weakly (see `Mesh::set_calls`).
+    _calls: Arc<dyn capmesh_mesh::Calls>,
     pub net: NetworkHandle,
     pub store: Store,
     pub api_addr: SocketAddr,
@@ -67,10 +73,35 @@ impl Node {
         if let Some(t) = tuning.find_timeout {
             mesh_config = mesh_config.with_find_timeout(t);
         }
-        let mesh = Mesh::new(key, store.clone(), net.clone(), mesh_config, cancel.child_token());
+        let mesh =
+            Mesh::new(key.clone(), store.clone(), net.clone(), mesh_config, cancel.child_token());
+        let policy_path = dir.root().join(&config.market.policy_file);
+        let policy = capmesh_policy::PolicyHandle::open(&policy_path)
+            .with_context(|| format!("invalid call policy {}", policy_path.display()))?;
+        let market = Market::new(
+            key,
+            mesh.clone(),
+            policy.clone(),
+            market_config(&config, &tuning),
+            cancel.child_token(),
+        );
         let mut tasks = JoinSet::new();
         tasks.spawn(service.run(mesh.clone(), cancel.child_token()));
         mesh.start()?;
+        let calls = {
+            let market = market.clone();
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                let _entered = runtime.enter();
+                market.start()
+            })
+            .await??
+        };
+        let poll = Duration::from_millis(config.market.policy_poll_ms);
+        let watcher = policy.watch(poll, cancel.child_token());
+        tasks.spawn(async move {
+            let _ = watcher.await;
+        });
         wait_listening(&net, config.network.listen.len()).await?;
 
         for relay in &config.network.relays {
@@ -98,7 +129,7 @@ impl Node {
         let api_addr = listener.local_addr()?;
         let token = capmesh_api::Token::generate()
             .map_err(|e| anyhow::anyhow!("no randomness for the API token: {e}"))?;
-        let backend = Arc::new(NodeApi::new(mesh.clone(), store.clone()));
+        let backend = Arc::new(NodeApi::new(mesh.clone(), store.clone(), market.clone()));
         {
             let (token, cancel) = (token.clone(), cancel.child_token());
             tasks.spawn(async move {
@@ -126,9 +157,17 @@ impl Node {
                 .with_context(|| format!("cannot publish {}", path.display()))?;
             tracing::info!(capability = %published.capability, file = %path.display(), "published");
         }
+        for (i, entry) in config.serve.iter().enumerate() {
+            let spec = serve_spec(&dir, entry).with_context(|| format!("serve[{i}]"))?;
+            let published =
+                market.serve(spec).await.with_context(|| format!("cannot serve serve[{i}]"))?;
+            tracing::info!(capability = %published.capability, "serving");
+        }
         tracing::info!(peer_id = %mesh.peer_id(), api = %api_addr, "node running");
         Ok(Node {
             mesh,
+            market,
+            _calls: calls,
             net,
             store,
             api_addr,
@@ -156,6 +195,9 @@ impl Node {
         if tokio::time::timeout(Duration::from_secs(10), drain).await.is_err() {
             tracing::warn!("tasks did not stop within 10 s; aborting them");
             self.tasks.shutdown().await;
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.market.stopped()).await.is_err() {
+            tracing::warn!("the ledger did not finish its last batch within 10 s");
         }
         if let Err(e) = capmesh_api::remove_files(self.dir.root()) {
             tracing::warn!(error = %e, "cannot remove the API files");
@@ -241,6 +283,42 @@ fn net_config(config: &Config, tuning: &Tuning) -> anyhow::Result<capmesh_net::C
         c = c.with_rpc_timeout(t);
     }
     Ok(c)
+}
+
+fn market_config(config: &Config, tuning: &Tuning) -> MarketConfig {
+    let m = &config.market;
+    let ttl = tuning.offer_ttl.unwrap_or(Duration::from_secs(m.offer_ttl_secs));
+    MarketConfig::default()
+        .with_inline_window(Duration::from_millis(m.inline_window_ms))
+        .with_offer_ttl(ttl, m.offer_calls)
+        .with_intent_fanout(m.intent_fanout)
+        .with_default_deadline(Duration::from_millis(m.call_deadline_ms))
+}
+
+/// The runtime and terms of one `[[serve]]` entry.
+pub fn serve_spec(dir: &DataDir, entry: &crate::config::ServeEntry) -> anyhow::Result<ServeSpec> {
+    let contract = match (&entry.contract, &entry.runtime) {
+        (Some(file), _) => {
+            let path = dir.root().join(file);
+            let bytes =
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            crate::cap::parse_contract(&bytes).with_context(|| path.display().to_string())?
+        }
+        (None, capmesh_exec::Runtime::Builtin { name }) => name.contract(),
+        (None, _) => anyhow::bail!("a command or http runtime needs a contract file"),
+    };
+    let executor = capmesh_exec::Executor::new(contract, entry.runtime.clone())?;
+    Ok(ServeSpec {
+        executor: Arc::new(executor),
+        price: capmesh_wire::Price { amount: entry.price_amount, unit: entry.price_unit.clone() },
+        limits: capmesh_wire::CallLimits {
+            timeout_ms: entry.timeout_ms,
+            max_input_bytes: entry.max_input_bytes,
+            concurrency: entry.concurrency,
+        },
+        latency_ms: entry.latency_ms,
+        ttl: None,
+    })
 }
 
 async fn sweep(store: Store, every_secs: u64, cancel: CancellationToken) {

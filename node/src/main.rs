@@ -1,5 +1,8 @@
 //! `capmesh`: the node's command line. Parses arguments, sets up logging, calls the library.
 
+mod call;
+mod receipts;
+
 use std::{
     io::Read,
     path::{Path, PathBuf},
@@ -70,6 +73,17 @@ enum Command {
     },
     /// Find providers: by capability id (replica and Kademlia), or search the replica by tag/text.
     Find(FindArgs),
+    /// Call a capability through the running node: it checks the arguments, picks a provider by
+    /// its offer, runs the call, verifies and keeps the receipt.
+    Call(call::CallArgs),
+    /// Sign an attestation about a peer or a CID through the running node, which stores and
+    /// gossips it; prints its id.
+    Attest(call::AttestArgs),
+    /// The receipt ledger: list, show, verify, export; through the node's API while one runs.
+    Receipts {
+        #[command(subcommand)]
+        command: receipts::ReceiptsCommand,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -350,6 +364,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Find(args) => return find(data_dir()?, args),
+        Command::Call(args) => return call::call(&data_dir()?, args),
+        Command::Attest(args) => return call::attest(&data_dir()?, args),
+        Command::Receipts { command } => return receipts::run(command, data_dir),
         Command::Registry { command: RegistryCommand::Query(args) } => {
             let dir = data_dir()?;
             // A running node holds the replica: ask it.

@@ -3,6 +3,7 @@
 use std::{fmt, io, net::SocketAddr, path::Path, time::Duration};
 
 use capmesh_types::Cid;
+use capmesh_wire::CallId;
 use futures::{Stream, StreamExt, stream::BoxStream};
 use reqwest::{Method, RequestBuilder, Response};
 use serde::{Serialize, de::DeserializeOwned};
@@ -13,8 +14,9 @@ use crate::{
     files::{ADDR_FILE, TOKEN_FILE},
     ndjson::{LineTooLong, Lines, MAX_LINE_BYTES},
     types::{
-        FindEvent, FindRequest, PeerInfo, PublishRequest, Published, QueryPage, QueryRequest,
-        Retired, Status,
+        AttestRequest, Attested, CallRequest, CallResult, Cancelled, FindEvent, FindRequest,
+        LedgerPage, LedgerRequest, PeerInfo, PublishRequest, Published, QueryPage, QueryRequest,
+        ReceiptEntries, Retired, Status,
     },
 };
 
@@ -96,29 +98,83 @@ impl Client {
 
     /// `GET /v1/status`. Cancel-safe (it changes nothing).
     pub async fn status(&self) -> Result<Status, ClientError> {
-        self.call(self.request(Method::GET, "/v1/status")).await
+        self.call_json(self.request(Method::GET, "/v1/status")).await
     }
 
     /// `GET /v1/peers`. Cancel-safe (it changes nothing).
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, ClientError> {
-        self.call(self.request(Method::GET, "/v1/peers")).await
+        self.call_json(self.request(Method::GET, "/v1/peers")).await
     }
 
     /// `POST /v1/capabilities`. Not cancel-safe: once sent, the node may publish even if the
     /// future is dropped; ask [`status`](Self::status) (`published`) to know.
     pub async fn publish(&self, req: &PublishRequest) -> Result<Published, ClientError> {
-        self.call(self.request(Method::POST, "/v1/capabilities").json(req)).await
+        self.call_json(self.request(Method::POST, "/v1/capabilities").json(req)).await
     }
 
     /// `DELETE /v1/capabilities/{capability}`. Not cancel-safe: once sent, the node may retire
     /// even if the future is dropped.
     pub async fn retire(&self, capability: Cid) -> Result<Retired, ClientError> {
-        self.call(self.request(Method::DELETE, &format!("/v1/capabilities/{capability}"))).await
+        self.call_json(self.request(Method::DELETE, &format!("/v1/capabilities/{capability}")))
+            .await
     }
 
     /// `POST /v1/registry/query`. Cancel-safe (it changes nothing).
     pub async fn query(&self, req: &QueryRequest) -> Result<QueryPage, ClientError> {
-        self.call(self.request(Method::POST, "/v1/registry/query").json(req)).await
+        self.call_json(self.request(Method::POST, "/v1/registry/query").json(req)).await
+    }
+
+    /// `GET /v1/receipts?from=&limit=`: a page of the receipt ledger. Cancel-safe (it changes
+    /// nothing).
+    pub async fn receipts(&self, req: &LedgerRequest) -> Result<LedgerPage, ClientError> {
+        self.call_json(self.request(Method::GET, "/v1/receipts").query(req)).await
+    }
+
+    /// `GET /v1/receipts/{receipt_id}`: a receipt's ledger entry and its countersignature's.
+    /// An unknown receipt is [`ClientError::Api`] with [`ErrorCode::NotFound`]. Cancel-safe (it
+    /// changes nothing).
+    pub async fn receipt(&self, id: Cid) -> Result<ReceiptEntries, ClientError> {
+        self.call_json(self.request(Method::GET, &format!("/v1/receipts/{id}"))).await
+    }
+
+    /// `POST /v1/call`: makes a call and waits for its end. A failed call is
+    /// [`ClientError::Api`] whose [`ApiError::call`] says why, provider by provider.
+    ///
+    /// Not bounded by [`with_timeout`](Self::with_timeout) alone: with a `deadline_ms`, the
+    /// bound is the deadline plus that timeout (the node may fail over and cancel until the
+    /// deadline, then needs time to answer); without one, the node's default deadline ends the
+    /// call and the client waits for it.
+    ///
+    /// Not cancel-safe in effect: dropping the future closes the connection, which makes the node
+    /// cancel the call, but a call that already ran stays paid for. To stop a call and still
+    /// hear how it ended, send your own `call_id` and [`cancel`](Self::cancel) it.
+    pub async fn call(&self, req: &CallRequest) -> Result<CallResult, ClientError> {
+        // Without a deadline, no bound of ours: the node's default deadline ends the call.
+        let bound =
+            req.deadline_ms.map(|ms| Duration::from_millis(ms).saturating_add(self.timeout));
+        let mut builder = self.untimed(Method::POST, "/v1/call").json(req);
+        if let Some(bound) = bound {
+            builder = builder.timeout(bound);
+        }
+        let response = builder.send().await.map_err(|e| self.transport_error_after(e, bound))?;
+        let response = self.check(response).await?;
+        let body = response.bytes().await.map_err(|e| self.transport_error_after(e, bound))?;
+        serde_json::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// `POST /v1/calls/{call_id}/cancel`: cancels a call in flight on the node (the provider is
+    /// told with `TaskCancel`; the pending [`call`](Self::call) then fails with
+    /// [`ErrorCode::Cancelled`]). A call that is not in flight (it ended, or has not started) is
+    /// [`ClientError::Api`] with [`ErrorCode::NotFound`]. Cancel-safe (repeating it is harmless).
+    pub async fn cancel(&self, call_id: &CallId) -> Result<Cancelled, ClientError> {
+        let id = data_encoding::BASE64URL_NOPAD.encode(&call_id.0);
+        self.call_json(self.request(Method::POST, &format!("/v1/calls/{id}/cancel"))).await
+    }
+
+    /// `POST /v1/attest`: signs an attestation, stores it and gossips it. Not cancel-safe:
+    /// once sent, the node may issue it even if the future is dropped.
+    pub async fn attest(&self, req: &AttestRequest) -> Result<Attested, ClientError> {
+        self.call_json(self.request(Method::POST, "/v1/attest").json(req)).await
     }
 
     /// `GET /v1/find/{capability}`: the events as the node sends them, ending after the
@@ -214,7 +270,15 @@ impl Client {
             .timeout(self.timeout)
     }
 
-    async fn call<T: DeserializeOwned>(&self, builder: RequestBuilder) -> Result<T, ClientError> {
+    /// A request without the client's timeout.
+    fn untimed(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http.request(method, format!("{}{path}", self.base)).bearer_auth(&self.token)
+    }
+
+    async fn call_json<T: DeserializeOwned>(
+        &self,
+        builder: RequestBuilder,
+    ) -> Result<T, ClientError> {
         let response = builder.send().await.map_err(|e| self.transport_error(e))?;
         let response = self.check(response).await?;
         let body = response.bytes().await.map_err(|e| self.transport_error(e))?;
@@ -243,10 +307,15 @@ impl Client {
     }
 
     fn transport_error(&self, e: reqwest::Error) -> ClientError {
+        self.transport_error_after(e, Some(self.timeout))
+    }
+
+    /// A transport error of a request bounded by `bound`.
+    fn transport_error_after(&self, e: reqwest::Error, bound: Option<Duration>) -> ClientError {
         if e.is_connect() {
             ClientError::Unreachable { addr: self.addr, source: e }
         } else if e.is_timeout() {
-            ClientError::TimedOut { after: self.timeout }
+            ClientError::TimedOut { after: bound.unwrap_or(self.timeout) }
         } else {
             ClientError::Http(e)
         }

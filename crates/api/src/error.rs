@@ -5,6 +5,8 @@ use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
+use crate::types::CallFailure;
+
 /// The class of an API error; each has one HTTP status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -23,6 +25,17 @@ pub enum ErrorCode {
     Timeout,
     /// 500: a bug or a local failure (disk); see the node's log.
     Internal,
+    /// 403: a policy refused the call (this node's or the providers'), or no provider's price
+    /// was acceptable.
+    Denied,
+    /// 429: too many calls: a provider's rate or concurrency limit, or this node's; retry after
+    /// `Retry-After`.
+    RateLimited,
+    /// 499: the call was cancelled (`POST /v1/calls/{call_id}/cancel`, or the node stopping).
+    Cancelled,
+    /// 502: providers were asked, but none returned a usable result (they failed, could not be
+    /// reached, or sent invalid output or receipts).
+    CallFailed,
 }
 
 impl ErrorCode {
@@ -36,19 +49,46 @@ impl ErrorCode {
             ErrorCode::Unavailable => 503,
             ErrorCode::Timeout => 504,
             ErrorCode::Internal => 500,
+            ErrorCode::Denied => 403,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::Cancelled => 499,
+            ErrorCode::CallFailed => 502,
         }
     }
 
     /// The code of an HTTP status, for error bodies that are not ours (a proxy, an older node).
     pub const fn from_http_status(status: u16) -> Self {
         match status {
-            401 | 403 => ErrorCode::Unauthorized,
+            401 => ErrorCode::Unauthorized,
+            403 => ErrorCode::Denied,
             404 | 405 => ErrorCode::NotFound,
             409 => ErrorCode::Conflict,
+            429 => ErrorCode::RateLimited,
+            499 => ErrorCode::Cancelled,
+            502 => ErrorCode::CallFailed,
             503 => ErrorCode::Unavailable,
             504 | 408 => ErrorCode::Timeout,
-            400..=499 => ErrorCode::BadRequest,
+            400..=498 => ErrorCode::BadRequest,
             _ => ErrorCode::Internal,
+        }
+    }
+
+    /// The code of a failed call (`POST /v1/call`) whose protocol code (protocol.md §11, as in
+    /// [`CallFailure::code`]) is `call_code`: `InvalidArgs` → `BadRequest`, `NotFound` →
+    /// `NotFound`, `PolicyDenied` and `PriceTooHigh` → `Denied`, `RateLimited` and `Busy` →
+    /// `RateLimited`, `Timeout` → `Timeout`, `Cancelled` → `Cancelled`, and any other code
+    /// (`Failed`, `Unreachable`, `OutputInvalid`, `BadReceipt`, `Exhausted`, …) → `CallFailed`.
+    /// A node maps failures of its own (its ledger, shutting down) to `Internal` or
+    /// `Unavailable` instead.
+    pub fn of_call(call_code: &str) -> Self {
+        match call_code {
+            "InvalidArgs" => ErrorCode::BadRequest,
+            "NotFound" => ErrorCode::NotFound,
+            "PolicyDenied" | "PriceTooHigh" => ErrorCode::Denied,
+            "RateLimited" | "Busy" => ErrorCode::RateLimited,
+            "Timeout" => ErrorCode::Timeout,
+            "Cancelled" => ErrorCode::Cancelled,
+            _ => ErrorCode::CallFailed,
         }
     }
 
@@ -62,6 +102,10 @@ impl ErrorCode {
             ErrorCode::Unavailable => "Unavailable",
             ErrorCode::Timeout => "Timeout",
             ErrorCode::Internal => "Internal",
+            ErrorCode::Denied => "Denied",
+            ErrorCode::RateLimited => "RateLimited",
+            ErrorCode::Cancelled => "Cancelled",
+            ErrorCode::CallFailed => "CallFailed",
         }
     }
 }
@@ -74,16 +118,24 @@ impl fmt::Display for ErrorCode {
 
 /// An error the node answers with: the body is `{"error": {"code": …, "message": …}}` and the
 /// HTTP status is [`ErrorCode::http_status`]. The message is for people and says what to do.
+/// Errors of `POST /v1/call` also carry `call`: why the call failed, provider by provider.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("{message}")]
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
+    /// Only on errors of `POST /v1/call` (absent from the JSON otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call: Option<Box<CallFailure>>,
 }
 
 impl ApiError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self { code, message: message.into(), call: None }
+    }
+    /// The error of a failed call.
+    pub fn call(code: ErrorCode, message: impl Into<String>, failure: CallFailure) -> Self {
+        Self { code, message: message.into(), call: Some(Box::new(failure)) }
     }
     pub fn unauthorized(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::Unauthorized, message)
@@ -165,7 +217,7 @@ pub enum ClientError {
 mod tests {
     use super::*;
 
-    const ALL: [ErrorCode; 7] = [
+    const ALL: [ErrorCode; 11] = [
         ErrorCode::Unauthorized,
         ErrorCode::BadRequest,
         ErrorCode::NotFound,
@@ -173,6 +225,10 @@ mod tests {
         ErrorCode::Unavailable,
         ErrorCode::Timeout,
         ErrorCode::Internal,
+        ErrorCode::Denied,
+        ErrorCode::RateLimited,
+        ErrorCode::Cancelled,
+        ErrorCode::CallFailed,
     ];
 
     #[test]
@@ -192,5 +248,63 @@ mod tests {
             serde_json::json!({"error": {"code": "Conflict", "message": "seq went backwards"}})
         );
         assert_eq!(body.error.to_string(), "seq went backwards");
+    }
+
+    #[test]
+    fn call_codes_map_onto_api_codes() {
+        for (call, api) in [
+            ("InvalidArgs", ErrorCode::BadRequest),
+            ("NotFound", ErrorCode::NotFound),
+            ("PolicyDenied", ErrorCode::Denied),
+            ("PriceTooHigh", ErrorCode::Denied),
+            ("RateLimited", ErrorCode::RateLimited),
+            ("Busy", ErrorCode::RateLimited),
+            ("Timeout", ErrorCode::Timeout),
+            ("Cancelled", ErrorCode::Cancelled),
+            ("Failed", ErrorCode::CallFailed),
+            ("Exhausted", ErrorCode::CallFailed),
+            ("Unreachable", ErrorCode::CallFailed),
+        ] {
+            assert_eq!(ErrorCode::of_call(call), api, "{call}");
+        }
+    }
+
+    #[test]
+    fn call_failures_ride_in_the_error_body() {
+        use crate::types::Attempt;
+        let peer = capmesh_types::NodeKey::from_seed([1; 32]).peer_id();
+        let failure = CallFailure {
+            call_id: capmesh_wire::repr::FixedBytes([1; 16]),
+            code: "RateLimited".into(),
+            attempts: vec![Attempt {
+                provider: peer,
+                code: "RateLimited".into(),
+                message: "slow down".into(),
+                stage: "task".into(),
+                retry_after_ms: Some(1500),
+            }],
+            retry_after_ms: Some(1500),
+        };
+        let body = ErrorBody {
+            error: ApiError::call(ErrorCode::RateLimited, "every provider refused", failure),
+        };
+        let json = serde_json::to_value(&body).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"error": {
+                "code": "RateLimited",
+                "message": "every provider refused",
+                "call": {
+                    "call_id": "AQEBAQEBAQEBAQEBAQEBAQ",
+                    "code": "RateLimited",
+                    "attempts": [{"provider": peer.to_string(), "code": "RateLimited",
+                                  "message": "slow down", "stage": "task",
+                                  "retry_after_ms": 1500}],
+                    "retry_after_ms": 1500
+                }
+            }})
+        );
+        let back: ErrorBody = serde_json::from_value(json).unwrap();
+        assert_eq!(back.error, body.error);
     }
 }

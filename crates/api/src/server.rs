@@ -5,7 +5,7 @@
 //! routes get the typed error body of every other error (`{"error": {"code", "message"}}`),
 //! never axum's plain-text rejections.
 
-use std::{fmt, future::Future, io, net::SocketAddr, sync::Arc};
+use std::{fmt, future::Future, io, marker::PhantomData, net::SocketAddr, sync::Arc};
 
 use axum::{
     Router,
@@ -20,6 +20,7 @@ use axum::{
     routing::{delete, get, post},
 };
 use capmesh_types::Cid;
+use capmesh_wire::CallId;
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use tokio::{net::TcpListener, sync::mpsc};
@@ -29,8 +30,9 @@ use crate::{
     ApiError,
     error::ErrorBody,
     types::{
-        FindEvent, FindRequest, PeerInfo, PublishRequest, Published, QueryPage, QueryRequest,
-        Retired, Status,
+        AttestRequest, Attested, CallRequest, CallResult, Cancelled, FindEvent, FindRequest,
+        LEDGER_PAGE_DEFAULT, LEDGER_PAGE_MAX, LedgerPage, LedgerRequest, PeerInfo, PublishRequest,
+        Published, QueryPage, QueryRequest, ReceiptEntries, Retired, Status,
     },
 };
 
@@ -63,6 +65,42 @@ pub trait Backend: Send + Sync + 'static {
     ) -> impl Future<Output = Result<mpsc::Receiver<FindEvent>, ApiError>> + Send;
     /// `POST /v1/registry/query`.
     fn query(&self, req: QueryRequest) -> impl Future<Output = Result<QueryPage, ApiError>> + Send;
+    /// At most `limit` ledger entries from sequence `from` on (`limit` is 1 to
+    /// [`LEDGER_PAGE_MAX`]; the server applies the default and refuses other values).
+    ///
+    /// `GET /v1/receipts?from=&limit=`.
+    fn receipts(
+        &self,
+        from: u64,
+        limit: u32,
+    ) -> impl Future<Output = Result<LedgerPage, ApiError>> + Send;
+    /// The ledger entries of receipt `id` and of its countersignature; `NotFound` if the ledger
+    /// holds no such receipt.
+    ///
+    /// `GET /v1/receipts/{receipt_id}`.
+    fn receipt(&self, id: Cid) -> impl Future<Output = Result<ReceiptEntries, ApiError>> + Send;
+    /// Makes the call `req` under `call_id` (the request's, or one the server chose: `req.call_id`
+    /// is ignored) and answers when it has ended. A failure is an [`ApiError::call`] whose code
+    /// is [`ErrorCode::of_call`](crate::ErrorCode::of_call) of the call's code, except for the
+    /// node's own failures.
+    ///
+    /// `POST /v1/call`. The future is dropped if the client goes away before the answer: the
+    /// backend should then cancel the call.
+    fn call(
+        &self,
+        call_id: CallId,
+        req: CallRequest,
+    ) -> impl Future<Output = Result<CallResult, ApiError>> + Send;
+    /// Cancels the call `call_id` if it is in flight on this node; returns whether it was (the
+    /// server answers `404 NotFound` if not).
+    ///
+    /// `POST /v1/calls/{call_id}/cancel`.
+    fn cancel(&self, call_id: CallId) -> impl Future<Output = Result<bool, ApiError>> + Send;
+    /// Signs an attestation, stores it and gossips it.
+    ///
+    /// `POST /v1/attest`.
+    fn attest(&self, req: AttestRequest)
+    -> impl Future<Output = Result<Attested, ApiError>> + Send;
 }
 
 /// The bearer token of the API: 32 random bytes as 64 lowercase hex digits. A new one is made
@@ -158,6 +196,11 @@ fn router<B: Backend>(backend: Arc<B>, token: Token, shutdown: CancellationToken
         .route("/v1/capabilities/{capability}", delete(retire::<B>))
         .route("/v1/find/{capability}", get(find::<B>))
         .route("/v1/registry/query", post(query::<B>))
+        .route("/v1/receipts", get(receipts::<B>))
+        .route("/v1/receipts/{receipt}", get(receipt::<B>))
+        .route("/v1/call", post(call::<B>))
+        .route("/v1/calls/{call_id}/cancel", post(cancel::<B>))
+        .route("/v1/attest", post(attest::<B>))
         .fallback(no_route)
         .method_not_allowed_fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -170,11 +213,17 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let retry_after = self.call.as_ref().and_then(|c| c.retry_after_ms);
         let mut response = (status, axum::Json(ErrorBody { error: self })).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(ms) = retry_after {
+            // Whole seconds, rounded up: never earlier than the provider asked.
+            let secs = ms.div_ceil(1000).max(1);
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
@@ -236,7 +285,7 @@ async fn publish<B: Backend>(
 
 async fn retire<B: Backend>(
     State(app): State<App<B>>,
-    CidPath(capability): CidPath,
+    CidPath(capability, _): CidPath<Capability>,
 ) -> Result<Json<Retired>, ApiError> {
     app.backend.retire(capability).await.map(Json)
 }
@@ -256,9 +305,61 @@ struct FindParams {
     timeout_ms: Option<u64>,
 }
 
+async fn receipts<B: Backend>(
+    State(app): State<App<B>>,
+    ApiQuery(req): ApiQuery<LedgerRequest>,
+) -> Result<Json<LedgerPage>, ApiError> {
+    let limit = req.limit.unwrap_or(LEDGER_PAGE_DEFAULT);
+    if limit == 0 || limit > LEDGER_PAGE_MAX {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1 to {LEDGER_PAGE_MAX}, not {limit}; page on with `from`"
+        )));
+    }
+    app.backend.receipts(req.from.unwrap_or(0), limit).await.map(Json)
+}
+
+async fn receipt<B: Backend>(
+    State(app): State<App<B>>,
+    CidPath(id, _): CidPath<ReceiptId>,
+) -> Result<Json<ReceiptEntries>, ApiError> {
+    app.backend.receipt(id).await.map(Json)
+}
+
+async fn call<B: Backend>(
+    State(app): State<App<B>>,
+    Json(req): Json<CallRequest>,
+) -> Result<Json<CallResult>, ApiError> {
+    let call_id = match req.call_id {
+        Some(id) => id,
+        None => CallId::random()
+            .map_err(|e| ApiError::internal(format!("no randomness for a call id: {e}")))?,
+    };
+    app.backend.call(call_id, req).await.map(Json)
+}
+
+async fn cancel<B: Backend>(
+    State(app): State<App<B>>,
+    CallIdPath(call_id): CallIdPath,
+) -> Result<Json<Cancelled>, ApiError> {
+    if app.backend.cancel(call_id).await? {
+        Ok(Json(Cancelled { cancelled: true }))
+    } else {
+        Err(ApiError::not_found(format!(
+            "no call {call_id:?} in flight on this node: it ended, or never started here"
+        )))
+    }
+}
+
+async fn attest<B: Backend>(
+    State(app): State<App<B>>,
+    Json(req): Json<AttestRequest>,
+) -> Result<Json<Attested>, ApiError> {
+    app.backend.attest(req).await.map(Json)
+}
+
 async fn find<B: Backend>(
     State(app): State<App<B>>,
-    CidPath(capability): CidPath,
+    CidPath(capability, _): CidPath<Capability>,
     ApiQuery(params): ApiQuery<FindParams>,
 ) -> Result<Response, ApiError> {
     let req = FindRequest { capability, limit: params.limit, timeout_ms: params.timeout_ms };
@@ -323,21 +424,61 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
     }
 }
 
-/// A capability id in the path; a malformed one is a typed `BadRequest`.
-struct CidPath(Cid);
+/// An id in the path, of the kind `K` names; a malformed one is a typed `BadRequest`.
+struct CidPath<K>(Cid, PhantomData<K>);
 
-impl<S: Send + Sync> FromRequestParts<S> for CidPath {
+/// What an id in a path is, for the message that refuses a malformed one.
+trait IdKind {
+    /// `"capability id"`.
+    const WHAT: &'static str;
+    /// Where the user finds a good one.
+    const HINT: &'static str;
+}
+
+struct Capability;
+impl IdKind for Capability {
+    const WHAT: &'static str = "capability id";
+    const HINT: &'static str = "pass the `b…` id `capmesh cap id` prints";
+}
+
+struct ReceiptId;
+impl IdKind for ReceiptId {
+    const WHAT: &'static str = "receipt id";
+    const HINT: &'static str = "pass the `b…` id `capmesh receipts list` prints";
+}
+
+impl<S: Send + Sync, K: IdKind> FromRequestParts<S> for CidPath<K> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
         let Path(text) = Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|e: PathRejection| ApiError::bad_request(e.body_text()))?;
-        text.parse::<Cid>().map(CidPath).map_err(|e| {
-            ApiError::bad_request(format!(
-                "{text:?} is not a capability id ({e}); pass the `b…` id `capmesh cap id` prints"
-            ))
+        text.parse::<Cid>().map(|id| CidPath(id, PhantomData)).map_err(|e| {
+            ApiError::bad_request(format!("{text:?} is not a {} ({e}); {}", K::WHAT, K::HINT))
         })
+    }
+}
+
+/// A call id in the path (16 bytes, unpadded base64url); a malformed one is a typed
+/// `BadRequest`.
+struct CallIdPath(CallId);
+
+impl<S: Send + Sync> FromRequestParts<S> for CallIdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(text) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e: PathRejection| ApiError::bad_request(e.body_text()))?;
+        serde_json::from_value::<CallId>(serde_json::Value::String(text.clone()))
+            .map(CallIdPath)
+            .map_err(|_| {
+                ApiError::bad_request(format!(
+                    "{text:?} is not a call id: 16 bytes as unpadded base64url (22 characters), \
+                     the `call_id` of the call"
+                ))
+            })
     }
 }
 

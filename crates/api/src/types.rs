@@ -5,21 +5,24 @@
 //! Every response field is always present, `null` when it has no value; optional request fields
 //! may be left out (or be `null`).
 
-use capmesh_types::{Cid, PeerId};
-use capmesh_wire::{CallLimits, Filter, Price};
+use capmesh_types::{Cid, Digest, PeerId};
+use capmesh_wire::{
+    Attestation, CallId, CallLimits, Countersignature, Filter, Price, Receipt, Signed, Subject,
+    cbor::Limits, repr::Bytes,
+};
 use serde::{Deserialize, Serialize};
 
 /// Serde for the ids of `capmesh-types` in their text form, through the wire crate's
 /// [`Repr`](capmesh_wire::repr::Repr) (the same implementation the wire types use).
-mod repr {
+pub(crate) mod repr {
     use capmesh_wire::repr::Repr;
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub(super) fn serialize<T: Repr, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<T: Repr, S: Serializer>(value: &T, s: S) -> Result<S::Ok, S::Error> {
         value.ser(s)
     }
 
-    pub(super) fn deserialize<'de, T: Repr, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
+    pub(crate) fn deserialize<'de, T: Repr, D: Deserializer<'de>>(d: D) -> Result<T, D::Error> {
         T::de(d)
     }
 
@@ -279,6 +282,298 @@ pub struct QueryHit {
     pub price: Price,
     pub issued: u64,
     pub expires: u64,
+}
+
+/// Default page size of `GET /v1/receipts`.
+pub const LEDGER_PAGE_DEFAULT: u32 = 100;
+/// Largest page size of `GET /v1/receipts`.
+pub const LEDGER_PAGE_MAX: u32 = 1000;
+
+/// A page of the receipt ledger: `GET /v1/receipts?from=&limit=` (the query string).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerRequest {
+    /// First sequence number; absent: 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<u64>,
+    /// Most entries, 1 to [`LEDGER_PAGE_MAX`]; absent: [`LEDGER_PAGE_DEFAULT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// What a ledger entry holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LedgerKind {
+    /// A provider's signed `Receipt`.
+    Receipt,
+    /// A caller's signed `Countersignature` of a receipt.
+    Countersignature,
+}
+
+/// One entry of a node's receipt ledger, as the API serves it and `capmesh receipts export`
+/// writes it (one per line).
+///
+/// `seq`, `hash`, `kind` and `signed` are the entry: what verification reads. `id` and `record`
+/// are derived from `signed` for people and carry no trust of their own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerEntryJson {
+    /// Position in the ledger, from 0, without gaps.
+    pub seq: u64,
+    /// Chain hash: BLAKE3(previous entry's hash ‖ kind byte ‖ signed), the first entry chaining
+    /// from 32 zero bytes (unpadded base64url).
+    #[serde(with = "repr")]
+    pub hash: Digest,
+    pub kind: LedgerKind,
+    /// The record's id (CID of its payload); `null` if `signed` is not a signed object.
+    #[serde(with = "repr::option", default)]
+    pub id: Option<Cid>,
+    /// The canonical CBOR `{payload, sig}` of the record (unpadded base64url).
+    pub signed: Bytes,
+    /// The record's JSON projection `{"payload": …, "sig": …}` (`specs/schemas/records/Signed.json`
+    /// over `Receipt.json` or `Countersignature.json`); `null` if the bytes do not decode as
+    /// that record.
+    #[serde(default)]
+    pub record: Option<serde_json::Value>,
+}
+
+impl LedgerEntryJson {
+    /// The entry at `seq` with chain hash `hash` holding `signed`, with its id and JSON
+    /// projection derived from the bytes (nothing is verified).
+    pub fn new(seq: u64, hash: Digest, kind: LedgerKind, signed: Vec<u8>) -> Self {
+        let (id, record) = match kind {
+            LedgerKind::Receipt => project::<Receipt>(&signed),
+            LedgerKind::Countersignature => project::<Countersignature>(&signed),
+        };
+        Self { seq, hash, kind, id, signed: Bytes(signed), record }
+    }
+}
+
+/// The id and JSON projection of signed bytes, as far as they decode.
+fn project<T: capmesh_wire::Payload>(bytes: &[u8]) -> (Option<Cid>, Option<serde_json::Value>) {
+    match Signed::<T>::from_bytes(bytes, Limits::default()) {
+        // The projection decodes the payload; a payload that does not decode has none.
+        Ok(signed) => (Some(signed.id()), serde_json::to_value(&signed).ok()),
+        Err(_) => (None, None),
+    }
+}
+
+/// A page of the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerPage {
+    /// Entries in sequence order, from `from` on.
+    pub entries: Vec<LedgerEntryJson>,
+    /// `from` of the next page; `null` when this page reaches the end of the ledger.
+    #[serde(default)]
+    pub next: Option<u64>,
+    /// Number of entries in the whole ledger (the next sequence number).
+    pub len: u64,
+}
+
+/// A receipt and its countersignature: `GET /v1/receipts/{receipt_id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptEntries {
+    pub receipt: LedgerEntryJson,
+    /// The caller's countersignature, if the ledger holds one.
+    #[serde(default)]
+    pub countersignature: Option<LedgerEntryJson>,
+}
+
+/// Most bytes of a streaming call's chunks returned in [`CallResult::stream`] (1 MiB); the
+/// rest are counted in `chunks` and covered by `stream_root`, but not returned.
+pub const MAX_STREAM_BYTES: usize = 1 << 20;
+
+/// Make a call: `POST /v1/call`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallRequest {
+    #[serde(with = "repr")]
+    pub capability: Cid,
+    /// The arguments, checked against the contract's input schema before anything leaves the
+    /// node.
+    pub args: serde_json::Value,
+    /// The call's id (16 bytes, unpadded base64url): an idempotency key, and what
+    /// `POST /v1/calls/{call_id}/cancel` names. Absent: the node picks one at random.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<CallId>,
+    /// How offers are ranked; absent: the node's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optimize: Option<Optimize>,
+    /// The most the call may cost; offers above it or in another unit are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_price: Option<Price>,
+    /// How long the call may take, failovers included; absent: the node's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
+}
+
+impl CallRequest {
+    /// A call of `capability` with `args` and the node's defaults for everything else.
+    pub fn new(capability: Cid, args: serde_json::Value) -> Self {
+        Self { capability, args, call_id: None, optimize: None, max_price: None, deadline_ms: None }
+    }
+}
+
+/// Weights of offer selection (DESIGN §5 `select.optimize`): each a finite number ≥ 0, not all
+/// 0; only their ratios matter. A weight left out is 0.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Optimize {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reputation: Option<f64>,
+}
+
+/// A call that succeeded: the answer of `POST /v1/call`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CallResult {
+    /// The id the call ended under: the request's, unless a failover to a provider of a
+    /// non-idempotent capability needed a fresh one.
+    pub call_id: CallId,
+    #[serde(with = "repr")]
+    pub capability: Cid,
+    /// The provider that ran it.
+    #[serde(with = "repr")]
+    pub provider: PeerId,
+    /// The output (valid against the contract's output schema); `null` for a streaming
+    /// capability, whose output is its chunks.
+    #[serde(default)]
+    pub output: Option<serde_json::Value>,
+    /// Chunks received (streaming capabilities; 0 otherwise).
+    pub chunks: u64,
+    /// The chain root over the chunks, as the receipt names it (unpadded base64url); `null`
+    /// unless streaming.
+    #[serde(with = "repr::option", default)]
+    pub stream_root: Option<Digest>,
+    /// The chunks' bytes, in order (unpadded base64url each), at most [`MAX_STREAM_BYTES`] in
+    /// all.
+    pub stream: Vec<Bytes>,
+    /// Whether chunks were left out of `stream` to keep it within [`MAX_STREAM_BYTES`].
+    pub stream_truncated: bool,
+    /// The receipt's id (the CID of its payload), as `GET /v1/receipts/{receipt_id}` knows it.
+    #[serde(with = "repr")]
+    pub receipt_id: Cid,
+    /// The provider's signed receipt, verified by the node: its JSON projection
+    /// `{"payload": Receipt, "sig": …}`.
+    pub receipt: Signed<Receipt>,
+    /// Where the receipt is in the node's ledger.
+    pub ledger_seq: u64,
+    /// What the call cost.
+    pub price: Price,
+    /// Made under a standing offer, without asking for terms first.
+    pub warm: bool,
+    /// Requests the node sent for the call (a warm call sends one).
+    pub requests: u32,
+    /// Time from the request to the result.
+    pub elapsed_ms: u64,
+    /// Tries that failed before the one that succeeded.
+    pub attempts: Vec<Attempt>,
+}
+
+/// Why a call failed: the `call` member of an error of `POST /v1/call`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallFailure {
+    /// The call's id (the one the request named or the node chose).
+    pub call_id: CallId,
+    /// The call's protocol code (protocol.md §11.2: `InvalidArgs`, `PolicyDenied`,
+    /// `RateLimited`, …), or `Exhausted` when the providers failed for different reasons.
+    pub code: String,
+    /// Each try that did not succeed, in order.
+    pub attempts: Vec<Attempt>,
+    /// The shortest wait any provider asked for, in ms (also sent as `Retry-After`, in
+    /// seconds rounded up); `null` if none did.
+    #[serde(default)]
+    pub retry_after_ms: Option<u64>,
+}
+
+/// One try at one provider that did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    #[serde(with = "repr")]
+    pub provider: PeerId,
+    /// The provider's protocol code (protocol.md §11), or one the caller gave the try:
+    /// `Unreachable`, `Declined`, `BadReceipt`, `OutputInvalid`, `InvalidObject`, …
+    pub code: String,
+    pub message: String,
+    /// Where it failed: `"policy"` (this node's policy refused the provider), `"intent"`
+    /// (asking for an offer) or `"task"` (running the call).
+    pub stage: String,
+    /// The wait the provider asked for, in ms; `null` if none.
+    #[serde(default)]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl std::fmt::Display for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at {}: {} ({})", self.stage, self.provider, self.message, self.code)?;
+        if let Some(ms) = self.retry_after_ms {
+            write!(f, ", retry after {ms} ms")?;
+        }
+        Ok(())
+    }
+}
+
+/// Whether a call was cancelled: the answer of `POST /v1/calls/{call_id}/cancel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancelled {
+    /// Always `true` (a call not in flight is `404 NotFound`).
+    pub cancelled: bool,
+}
+
+/// Issue an attestation: `POST /v1/attest`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttestRequest {
+    /// What the claim is about: a peer id (`12D3KooW…`) or a CID (`b…`), as text.
+    #[serde(with = "subject_text")]
+    pub subject: Subject,
+    /// The claim, `^[a-z0-9][a-z0-9_.:/-]{0,127}$` (e.g. `member`, `org:acme/audited`).
+    pub claim: String,
+    /// When the attestation expires (unix ms); absent: 30 days from now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_ms: Option<u64>,
+}
+
+/// The attestation `POST /v1/attest` signed, stored and gossiped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attested {
+    /// Its id (the CID of its payload).
+    #[serde(with = "repr")]
+    pub id: Cid,
+    /// Its JSON projection `{"payload": Attestation, "sig": …}`.
+    pub attestation: Signed<Attestation>,
+}
+
+/// A [`Subject`] as the text of a peer id or of a CID.
+mod subject_text {
+    use capmesh_types::{Cid, PeerId};
+    use capmesh_wire::Subject;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub(super) fn serialize<S: Serializer>(subject: &Subject, s: S) -> Result<S::Ok, S::Error> {
+        match subject {
+            Subject::Peer(peer) => s.collect_str(peer),
+            Subject::Cid(cid) => s.collect_str(cid),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Subject, D::Error> {
+        let text = String::deserialize(d)?;
+        parse(&text).ok_or_else(|| {
+            D::Error::custom(format!(
+                "subject {text:?} is neither a peer id (12D3KooW…) nor a CID (b…)"
+            ))
+        })
+    }
+
+    fn parse(text: &str) -> Option<Subject> {
+        if let Ok(peer) = text.parse::<PeerId>() {
+            return Some(Subject::Peer(peer));
+        }
+        text.parse::<Cid>().ok().map(Subject::Cid)
+    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 use std::{
     collections::HashSet,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -35,6 +36,8 @@ pub struct Found {
     pub advert: Advert,
     pub contract_name: String,
     pub contract_version: String,
+    /// The contract, checked to hash to the capability id.
+    pub contract: Arc<Contract>,
     pub elapsed: Duration,
 }
 
@@ -75,11 +78,11 @@ impl Mesh {
         let mut seen: HashSet<PeerId> = HashSet::new();
         // Kademlia first so that it runs while the replica is read.
         let lookup = self.inner.net.get_providers(kad_key(&cap)).await;
-        let (name, version) = match self.inner.store.contract(&cap) {
-            Ok(Some(c)) => (c.name, c.version),
-            _ => (String::new(), String::new()),
-        };
-        for (advert_id, advert) in self.replica_adverts(&cap) {
+        // A replica holds a capability's contract with its adverts, or none of them.
+        let stored = self.inner.store.contract(&cap).ok().flatten().map(Arc::new);
+        let replica = if stored.is_some() { self.replica_adverts(&cap) } else { Vec::new() };
+        for (advert_id, advert) in replica {
+            let contract = stored.clone().expect("checked above");
             if hits >= limit {
                 break;
             }
@@ -90,8 +93,9 @@ impl Mesh {
                 kad_requests: 0,
                 advert_id,
                 advert,
-                contract_name: name.clone(),
-                contract_version: version.clone(),
+                contract_name: contract.name.clone(),
+                contract_version: contract.version.clone(),
+                contract,
                 elapsed: start.elapsed(),
             };
             if tx.send(FindEvent::Found(Box::new(found))).await.is_err() {
@@ -156,8 +160,9 @@ impl Mesh {
                                     kad_requests: requests,
                                     advert_id,
                                     advert,
-                                    contract_name: contract.name,
-                                    contract_version: contract.version,
+                                    contract_name: contract.name.clone(),
+                                    contract_version: contract.version.clone(),
+                                    contract: Arc::new(contract),
                                     elapsed: start.elapsed(),
                                 };
                                 if tx.send(FindEvent::Found(Box::new(found))).await.is_err() {

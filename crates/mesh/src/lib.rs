@@ -16,6 +16,7 @@
 //! # }
 //! ```
 
+mod calls;
 mod find;
 mod publish;
 mod serve;
@@ -23,17 +24,19 @@ mod sync;
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
 
-use capmesh_net::{Multiaddr, NetworkHandle};
+use capmesh_net::NetworkHandle;
 use capmesh_store::Store;
 use capmesh_types::{Cid, NodeKey, PeerId};
 use capmesh_wire::{Body, Envelope, ErrorBody, Opened, Receiver, Rules};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+pub use calls::{BoxFuture, Calls, Exchange, Served, Thread};
+pub use capmesh_net::Multiaddr;
 pub use find::{FindEvent, Found, Source};
 pub use publish::{Published, Retired, default_limits};
 
@@ -118,7 +121,13 @@ pub enum MeshError {
     #[error("the answer was refused ({code}): {0}", code = .0.code())]
     Verify(#[from] capmesh_wire::VerifyError),
     #[error("{peer} answered {code}: {message}")]
-    Remote { peer: PeerId, code: String, message: String },
+    Remote {
+        peer: PeerId,
+        code: String,
+        message: String,
+        retryable: bool,
+        retry_after_ms: Option<u64>,
+    },
     #[error("{peer} sent an unexpected answer: {0}", peer = .1)]
     Unexpected(String, PeerId),
     #[error("capability {0} is not published by this node")]
@@ -127,6 +136,18 @@ pub enum MeshError {
     Sign(#[from] capmesh_wire::SignError),
     #[error("the node is shutting down")]
     Stopped,
+}
+
+impl MeshError {
+    fn remote(peer: PeerId, e: &ErrorBody) -> Self {
+        MeshError::Remote {
+            peer,
+            code: e.code.clone(),
+            message: e.message.clone(),
+            retryable: e.retryable,
+            retry_after_ms: e.retry_after_ms,
+        }
+    }
 }
 
 /// Counters of what the mesh did.
@@ -154,13 +175,16 @@ struct Inner {
     store: Store,
     net: NetworkHandle,
     config: MeshConfig,
-    /// Rpc envelopes (requests and answers to ours): recipient and replay checks.
-    receiver: Mutex<Receiver>,
+    /// Rpc envelopes (requests and answers to ours): recipient and replay checks. Verified
+    /// under the read lock (in parallel), remembered under the write lock.
+    receiver: RwLock<Receiver>,
     published: Mutex<HashMap<Cid, publish::Own>>,
     /// Per peer: the change-log position to ask from next.
     sync_from: Mutex<HashMap<PeerId, u64>>,
     sync_tx: mpsc::Sender<PeerId>,
     sync_rx: Mutex<Option<mpsc::Receiver<PeerId>>>,
+    /// Held weakly: the call service holds the mesh (see [`Mesh::set_calls`]).
+    calls: std::sync::OnceLock<std::sync::Weak<dyn Calls>>,
     stats: Mutex<MeshStats>,
     cancel: CancellationToken,
 }
@@ -183,11 +207,12 @@ impl Mesh {
                 me,
                 store,
                 net,
-                receiver: Mutex::new(receiver),
+                receiver: RwLock::new(receiver),
                 published: Mutex::new(HashMap::new()),
                 sync_from: Mutex::new(HashMap::new()),
                 sync_tx,
                 sync_rx: Mutex::new(Some(sync_rx)),
+                calls: std::sync::OnceLock::new(),
                 stats: Mutex::new(MeshStats::default()),
                 cancel,
                 config,
@@ -227,23 +252,23 @@ impl Mesh {
         f(&mut lock(&self.inner.stats));
     }
 
-    /// Signs an envelope to `to` carrying `body`.
-    fn envelope(&self, to: PeerId, body: impl Into<Body>) -> Result<Envelope, MeshError> {
-        Ok(Envelope::builder(body)
-            .to(to)
-            .ttl_ms(self.inner.config.envelope_ttl_ms)
-            .sign(&self.inner.key, now_ms())?)
-    }
-
     /// The answer to `request`: addressed to its sender, `re` its id, same trace.
-    fn answer(&self, request: &Opened, body: impl Into<Body>) -> Option<Vec<u8>> {
-        let envelope = Envelope::builder(body)
+    pub fn answer_to(
+        &self,
+        request: &Opened,
+        body: impl Into<Body>,
+    ) -> Result<Envelope, MeshError> {
+        Ok(Envelope::builder(body)
             .to(request.payload.sender())
             .re(request.id)
             .trace(request.payload.trace)
             .ttl_ms(self.inner.config.envelope_ttl_ms)
-            .sign(&self.inner.key, now_ms());
-        match envelope {
+            .sign(&self.inner.key, now_ms())?)
+    }
+
+    /// [`Mesh::answer_to`] as bytes; `None` (the stream is reset) if it cannot be signed.
+    fn answer(&self, request: &Opened, body: impl Into<Body>) -> Option<Vec<u8>> {
+        match self.answer_to(request, body) {
             Ok(e) => Some(e.to_bytes()),
             Err(e) => {
                 tracing::error!(error = %e, "cannot sign an answer");
@@ -252,28 +277,15 @@ impl Mesh {
         }
     }
 
-    /// Sends `body` to `peer` and opens the answer (recipient, replay, `re`); an `Error` body
-    /// becomes [`MeshError::Remote`]. An empty answer (acknowledgement) is `Ok(None)`.
+    /// Sends `body` to `peer` and opens the answer (see [`Mesh::request`]). An empty answer
+    /// (acknowledgement) is `Ok(None)`.
     async fn rpc(
         &self,
         peer: PeerId,
         addrs: Vec<Multiaddr>,
         body: impl Into<Body>,
     ) -> Result<Option<Opened>, MeshError> {
-        let request = self.envelope(peer, body)?;
-        let id = request.id();
-        let bytes = self.inner.net.request(peer, addrs, request.to_bytes()).await?;
-        if bytes.is_empty() {
-            return Ok(None);
-        }
-        let opened = lock(&self.inner.receiver).accept(&bytes, now_ms())?;
-        if opened.payload.sender() != peer || opened.payload.re != Some(id) {
-            return Err(MeshError::Unexpected("an answer to another request".into(), peer));
-        }
-        if let Body::Error(ErrorBody { code, message, .. }) = &opened.payload.body {
-            return Err(MeshError::Remote { peer, code: code.clone(), message: message.clone() });
-        }
-        Ok(Some(opened))
+        Ok(self.request(peer, addrs, body, Thread::default()).await?.answer)
     }
 }
 
@@ -293,6 +305,17 @@ pub fn message_id(data: &[u8]) -> Vec<u8> {
 
 fn blake3_fallback(data: &[u8]) -> Vec<u8> {
     capmesh_types::Digest::of(data).as_bytes().to_vec()
+}
+
+impl Mesh {
+    /// Opens received rpc bytes: signature and checks in parallel, the replay record serialized.
+    fn accept(&self, bytes: &[u8]) -> Result<Opened, capmesh_wire::VerifyError> {
+        let now = now_ms();
+        let opened =
+            self.inner.receiver.read().unwrap_or_else(|e| e.into_inner()).check(bytes, now)?;
+        self.inner.receiver.write().unwrap_or_else(|e| e.into_inner()).remember(&opened, now)?;
+        Ok(opened)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

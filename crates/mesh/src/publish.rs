@@ -128,7 +128,7 @@ impl Mesh {
         caps
     }
 
-    async fn gossip(&self, body: impl Into<Body>) -> Result<(), MeshError> {
+    pub(crate) async fn gossip(&self, body: impl Into<Body>) -> Result<(), MeshError> {
         let envelope = Envelope::builder(body)
             .ttl_ms(self.inner.config.envelope_ttl_ms)
             .sign(&self.inner.key, now_ms())?;

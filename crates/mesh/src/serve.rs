@@ -9,7 +9,7 @@ use crate::{Mesh, error_body, now_ms};
 
 impl Handler for Mesh {
     async fn request(&self, peer: PeerId, request: Vec<u8>) -> Option<Vec<u8>> {
-        let opened = lock_accept(self, &request);
+        let opened = self.accept(&request);
         let opened = match opened {
             Ok(o) if o.payload.sender() == peer => o,
             Ok(o) => {
@@ -54,11 +54,26 @@ impl Handler for Mesh {
                     Err(e) => self.answer(&opened, error_body(e.code(), e.to_string(), false)),
                 };
             }
-            other => Err(error_body(
-                "NotFound",
-                format!("this node does not serve {:?} requests", other.kind()),
+            other if crate::calls::answer_only(other.kind()) => Err(error_body(
+                "InvalidObject",
+                format!("{:?} is an answer, not a request", other.kind()),
                 false,
             )),
+            other => match self.calls() {
+                Some(calls) if crate::calls::call_kind(other.kind()) => {
+                    match calls.serve(peer, opened.clone()).await {
+                        Ok(crate::Served::Ack) => return Some(Vec::new()),
+                        Ok(crate::Served::Signed(envelope)) => return Some(envelope.to_bytes()),
+                        Ok(crate::Served::Answer(body)) => Ok(body),
+                        Err(e) => Err(e),
+                    }
+                }
+                _ => Err(error_body(
+                    "NotFound",
+                    format!("this node does not serve {:?} requests", other.kind()),
+                    false,
+                )),
+            },
         };
         match answer {
             Ok(body) => self.answer(&opened, body),
@@ -124,10 +139,6 @@ fn addressable(bytes: &[u8], limits: capmesh_wire::cbor::Limits) -> Option<Opene
         .verify(capmesh_wire::domain::ENVELOPE.as_bytes(), envelope.payload(), &sig)
         .ok()?;
     Some(Opened { id: envelope.id(), payload })
-}
-
-fn lock_accept(mesh: &Mesh, bytes: &[u8]) -> Result<Opened, VerifyError> {
-    crate::lock(&mesh.inner.receiver).accept(bytes, now_ms())
 }
 
 /// Time-related refusals are ignored (a slow path, a skewed clock), anything else rejected

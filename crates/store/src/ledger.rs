@@ -1,7 +1,8 @@
 //! The receipt ledger: receipts and countersignatures, each entry chained to the one before by
-//! BLAKE3, appended and flushed before the append returns.
+//! BLAKE3, appended and flushed (group commit) before the append returns, and indexed by receipt
+//! id.
 
-use capmesh_types::Digest;
+use capmesh_types::{Cid, Digest};
 use capmesh_wire::{Countersignature, Receipt, Signed};
 
 use crate::{Store, StoreError, keys, limits};
@@ -57,42 +58,143 @@ pub fn chain(prev: &Digest, kind: LedgerKind, signed: &[u8]) -> Digest {
     Digest::from_bytes(*h.finalize().as_bytes())
 }
 
+/// Where the next entry goes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Tail {
+    next: u64,
+    prev: Digest,
+}
+
 impl Store {
-    /// Appends a verified record to the ledger and flushes; returns the new entry.
+    /// Appends a verified record to the ledger and returns once it is flushed. Concurrent
+    /// appends share flushes (group commit): whoever flushes covers every entry appended before
+    /// it, so 64 callers in flight cost a few flushes, not 64. Blocking.
     pub fn ledger_append(
         &self,
         kind: LedgerKind,
         signed: &[u8],
     ) -> Result<LedgerEntry, StoreError> {
-        let _guard = self.inner.ledger.lock().unwrap_or_else(|e| e.into_inner());
-        let db = &self.inner.db;
-        let (seq, prev) = match db.scan_prefix([keys::LEDGER]).next_back() {
+        let entry = self.ledger_append_unflushed(kind, signed)?;
+        self.ledger_flush_through(entry.seq)?;
+        Ok(entry)
+    }
+
+    /// Appends without waiting for the flush: the entry is durable after the next
+    /// [`Store::ledger_append`] or flush. For copies the other party also holds (the
+    /// provider's own receipt, which travels to the caller in `TaskDone`). Blocking.
+    pub fn ledger_append_unflushed(
+        &self,
+        kind: LedgerKind,
+        signed: &[u8],
+    ) -> Result<LedgerEntry, StoreError> {
+        let mut tail = self.inner.ledger.lock().unwrap_or_else(|e| e.into_inner());
+        let Tail { next: seq, prev } = match *tail {
+            Some(t) => t,
+            None => self.ledger_tail()?,
+        };
+        let hash = chain(&prev, kind, signed);
+        let mut batch = sled::Batch::default();
+        batch.insert(
+            keys::cat(&[&[keys::LEDGER], &seq.to_be_bytes()]),
+            keys::cat(&[hash.as_bytes(), &[kind.byte()], signed]),
+        );
+        if let Some(receipt) = receipt_id_of(kind, signed) {
+            batch.insert(index_key(kind, &receipt), seq.to_be_bytes().to_vec());
+        }
+        self.inner.db.apply_batch(batch)?;
+        *tail = Some(Tail { next: seq + 1, prev: hash });
+        Ok(LedgerEntry { seq, hash, kind, signed: signed.to_vec() })
+    }
+
+    /// Flushes every entry appended so far (for batches of unflushed appends). Blocking.
+    pub fn ledger_flush(&self) -> Result<(), StoreError> {
+        let next = self.inner.ledger.lock().unwrap_or_else(|e| e.into_inner()).map(|t| t.next);
+        match next {
+            Some(next) if next > 0 => self.ledger_flush_through(next - 1),
+            _ => Ok(()),
+        }
+    }
+
+    /// Returns once every ledger entry up to `seq` is flushed.
+    fn ledger_flush_through(&self, seq: u64) -> Result<(), StoreError> {
+        let mut flushed = self.inner.ledger_flushed.lock().unwrap_or_else(|e| e.into_inner());
+        if *flushed > seq {
+            return Ok(()); // a flush that started after our append covered it
+        }
+        let target =
+            self.inner.ledger.lock().unwrap_or_else(|e| e.into_inner()).map_or(seq + 1, |t| t.next);
+        self.inner.db.flush()?;
+        *flushed = target;
+        Ok(())
+    }
+
+    fn ledger_tail(&self) -> Result<Tail, StoreError> {
+        Ok(match self.inner.db.scan_prefix([keys::LEDGER]).next_back() {
             Some(entry) => {
                 let (k, v) = entry?;
                 let last = parse_entry(&k, &v)?;
-                (last.seq + 1, last.hash)
+                Tail { next: last.seq + 1, prev: last.hash }
             }
-            None => (0, Digest::from_bytes([0; 32])),
-        };
-        let hash = chain(&prev, kind, signed);
-        db.insert(
-            keys::cat(&[&[keys::LEDGER], &seq.to_be_bytes()]),
-            keys::cat(&[hash.as_bytes(), &[kind.byte()], signed]),
-        )?;
-        db.flush()?;
-        Ok(LedgerEntry { seq, hash, kind, signed: signed.to_vec() })
+            None => Tail { next: 0, prev: Digest::from_bytes([0; 32]) },
+        })
     }
 
     /// Every ledger entry, in order.
     pub fn ledger(&self) -> Result<Vec<LedgerEntry>, StoreError> {
+        self.ledger_range(0, usize::MAX)
+    }
+
+    /// At most `limit` entries from sequence `from` on, in order.
+    pub fn ledger_range(&self, from: u64, limit: usize) -> Result<Vec<LedgerEntry>, StoreError> {
         self.inner
             .db
-            .scan_prefix([keys::LEDGER])
+            .range(
+                keys::cat(&[&[keys::LEDGER], &from.to_be_bytes()])
+                    ..keys::cat(&[&[keys::LEDGER + 1]]),
+            )
+            .take(limit)
             .map(|entry| {
                 let (k, v) = entry?;
                 parse_entry(&k, &v)
             })
             .collect()
+    }
+
+    /// Number of ledger entries.
+    pub fn ledger_len(&self) -> Result<u64, StoreError> {
+        Ok(self.ledger_tail()?.next)
+    }
+
+    /// The ledger entry of a receipt (by receipt id) and of its countersignature, if present.
+    pub fn ledger_find(
+        &self,
+        receipt: &Cid,
+    ) -> Result<(Option<LedgerEntry>, Option<LedgerEntry>), StoreError> {
+        let get = |kind| -> Result<Option<LedgerEntry>, StoreError> {
+            let Some(seq) = self.inner.db.get(index_key(kind, receipt))? else { return Ok(None) };
+            let seq =
+                keys::u64_at(&seq, 0).ok_or_else(|| StoreError::Corrupt("ledger index".into()))?;
+            Ok(self.ledger_range(seq, 1)?.pop())
+        };
+        Ok((get(LedgerKind::Receipt)?, get(LedgerKind::Countersignature)?))
+    }
+}
+
+/// `l ‖ kind ‖ receipt id`.
+fn index_key(kind: LedgerKind, receipt: &Cid) -> Vec<u8> {
+    keys::cat(&[&[keys::LEDGER_INDEX, kind.byte()], &receipt.to_bytes()])
+}
+
+/// The receipt an entry speaks about: its own id for a receipt, the countersigned one for a
+/// countersignature. Entries are verified before they are appended; bytes that do not decode
+/// are kept but not indexed.
+fn receipt_id_of(kind: LedgerKind, signed: &[u8]) -> Option<Cid> {
+    match kind {
+        LedgerKind::Receipt => Signed::<Receipt>::from_bytes(signed, limits()).ok().map(|s| s.id()),
+        LedgerKind::Countersignature => Signed::<Countersignature>::from_bytes(signed, limits())
+            .ok()
+            .and_then(|s| s.decode(limits()).ok())
+            .map(|c| c.receipt),
     }
 }
 

@@ -143,7 +143,10 @@ struct Inner {
     head: Arc<Head>,
     tx: Mutex<Option<SyncSender<Request>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
-    ledger: Mutex<()>,
+    /// The ledger's tail (loaded on first use): appends are serialized by it.
+    ledger: Mutex<Option<ledger::Tail>>,
+    /// Ledger entries below this sequence are flushed (group commit, see `ledger`).
+    ledger_flushed: Mutex<u64>,
     /// Contract ids that passed `capmesh_contract::check` (bounded; see `ContractGate`).
     checked_contracts: Mutex<std::collections::HashSet<Cid>>,
 }
@@ -196,7 +199,8 @@ impl Store {
                 head,
                 tx: Mutex::new(Some(tx)),
                 writer: Mutex::new(Some(handle)),
-                ledger: Mutex::new(()),
+                ledger: Mutex::new(None),
+                ledger_flushed: Mutex::new(0),
                 checked_contracts: Mutex::new(Default::default()),
             }),
         })

@@ -16,7 +16,7 @@
 use std::{future::Future, path::PathBuf, time::Duration};
 
 use anyhow::Context;
-use capmesh::{Config, DataDir, Node, launch::Tuning};
+use capmesh::{Config, DataDir, Node, config::ServeEntry, launch::Tuning};
 use capmesh_net::Multiaddr;
 use capmesh_types::{Cid, NodeKey, PeerId};
 
@@ -53,8 +53,45 @@ impl NodeOpts {
                 gossip_heartbeat: Some(Duration::from_millis(100)),
                 find_timeout: Some(Duration::from_secs(20)),
                 rpc_timeout: Some(Duration::from_secs(10)),
+                offer_ttl: None,
             },
         }
+    }
+
+    /// Serves a builtin capability (its own contract) at `price` "credit" per call, quoting
+    /// `latency_ms` in offers.
+    pub fn serve_builtin(
+        self,
+        builtin: capmesh_exec::Builtin,
+        price: u64,
+        latency_ms: u64,
+    ) -> Self {
+        self.serve(ServeEntry {
+            contract: None,
+            runtime: capmesh_exec::Runtime::Builtin { name: builtin },
+            price_amount: price,
+            price_unit: "credit".into(),
+            latency_ms: Some(latency_ms),
+            timeout_ms: 30_000,
+            max_input_bytes: 1 << 20,
+            concurrency: 8,
+        })
+    }
+
+    pub fn serve(mut self, entry: ServeEntry) -> Self {
+        self.config.serve.push(entry);
+        self
+    }
+
+    /// Calls ending within `window` are answered inline.
+    pub fn inline_window(mut self, window: Duration) -> Self {
+        self.config.market.inline_window_ms = window.as_millis() as u64;
+        self
+    }
+
+    pub fn rpc_timeout(mut self, t: Duration) -> Self {
+        self.tuning.rpc_timeout = Some(t);
+        self
     }
 
     pub fn gossip(mut self, on: bool) -> Self {

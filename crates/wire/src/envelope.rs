@@ -340,6 +340,15 @@ impl Receiver {
     /// Parses, verifies and checks received envelope bytes at `now_ms`. The envelope id is
     /// remembered only when every other check passed, so refused input cannot fill the cache.
     pub fn accept(&mut self, bytes: &[u8], now_ms: u64) -> Result<Opened, VerifyError> {
+        let opened = self.check(bytes, now_ms)?;
+        self.remember(&opened, now_ms)?;
+        Ok(opened)
+    }
+
+    /// Every check of [`Receiver::accept`] that needs no write: parse, replay lookup, signature,
+    /// time, recipient. Lets callers verify outside a lock and then [`Receiver::remember`]
+    /// under it (the replay insert is what makes the check final).
+    pub fn check(&self, bytes: &[u8], now_ms: u64) -> Result<Opened, VerifyError> {
         let envelope = Envelope::from_bytes(bytes, self.rules.limits)?;
         // A replay costs one hash, not a decode and a signature check.
         let id = envelope.id();
@@ -356,9 +365,14 @@ impl Receiver {
         if !addressed {
             return Err(VerifyError::Misaddressed { to: p.to, me: self.me });
         }
-        // Held until `exp + skew`: a clock that is behind by up to the skew still refuses it.
-        self.replay.insert(opened.id, p.exp.saturating_add(self.rules.skew_ms), now_ms)?;
         Ok(opened)
+    }
+
+    /// Records a checked envelope's id; `Replay` if it was recorded since the check.
+    pub fn remember(&mut self, opened: &Opened, now_ms: u64) -> Result<(), VerifyError> {
+        // Held until `exp + skew`: a clock that is behind by up to the skew still refuses it.
+        let until = opened.payload.exp.saturating_add(self.rules.skew_ms);
+        self.replay.insert(opened.id, until, now_ms)
     }
 }
 

@@ -2,8 +2,11 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod call_cli;
+mod calls;
 mod cap;
 mod cli;
 mod mesh;
 mod processes;
+mod receipts;
 mod registry;

@@ -12,7 +12,7 @@ async fn backend_errors_arrive_typed() {
     let server = Server::start().await;
     let error = guard("retire", server.client().retire(conflicting())).await.unwrap_err();
     match error {
-        ClientError::Api(ApiError { code: ErrorCode::Conflict, message }) => {
+        ClientError::Api(ApiError { code: ErrorCode::Conflict, message, call: None }) => {
             assert_eq!(message, "not published by this node");
         }
         other => panic!("expected a Conflict, got {other:?}"),

@@ -1,6 +1,7 @@
 //! A fake [`Backend`] that records its calls, and a server running it.
 
 use std::{
+    collections::HashMap,
     net::SocketAddr,
     path::Path,
     sync::{Arc, Mutex},
@@ -8,12 +9,16 @@ use std::{
 };
 
 use capmesh_api::{
-    ApiError, Backend, Client, FindDone, FindEvent, FindHit, FindRequest, GossipStatus, PeerInfo,
-    PublishRequest, Published, QueryHit, QueryPage, QueryRequest, ReplicaStatus, Retired, Source,
-    Status, Token, bind, serve, write_files,
+    ApiError, Attempt, AttestRequest, Attested, Backend, CallFailure, CallRequest, CallResult,
+    Client, ErrorCode, FindDone, FindEvent, FindHit, FindRequest, GossipStatus, LedgerEntryJson,
+    LedgerKind, LedgerPage, PeerInfo, PublishRequest, Published, QueryHit, QueryPage, QueryRequest,
+    ReceiptEntries, ReplicaStatus, Retired, Source, Status, Token, bind, serve, write_files,
 };
-use capmesh_types::{Cid, Codec, NodeKey, PeerId};
-use capmesh_wire::Price;
+use capmesh_types::{Cid, Codec, Digest, NodeKey, PeerId};
+use capmesh_wire::{
+    Attestation, CallId, CallStatus, Countersignature, Price, Receipt, Signed, Validation,
+    repr::{Bytes, FixedBytes},
+};
 use tokio::{
     sync::{mpsc, oneshot},
     task::JoinHandle,
@@ -47,6 +52,11 @@ pub(crate) enum Call {
     Retire(Cid),
     Find(FindRequest),
     Query(QueryRequest),
+    Receipts { from: u64, limit: u32 },
+    Receipt(Cid),
+    Invoke(CallId, CallRequest),
+    Cancel(CallId),
+    Attest(AttestRequest),
 }
 
 /// Between the first and the second hit of a find, the fake waits for this gate (if set).
@@ -58,6 +68,8 @@ pub(crate) struct Fake {
     pub(crate) find_gate: Mutex<Option<Gate>>,
     /// When set, find sends its first hit and then holds the channel open until the gate opens.
     pub(crate) find_hold: Mutex<Option<Gate>>,
+    /// Calls of [`waits`] in flight, ended by `cancel`.
+    pub(crate) in_flight: Mutex<HashMap<CallId, oneshot::Sender<()>>>,
 }
 
 impl Fake {
@@ -129,6 +141,104 @@ pub(crate) fn done() -> FindDone {
     FindDone { hits: 2, kad_requests: 2, elapsed_ms: 3, error: None }
 }
 
+/// The receipt the fake's ledger holds: provider `peer(1)`, caller `peer(2)`.
+pub(crate) fn receipt() -> Signed<Receipt> {
+    let receipt = Receipt {
+        call: FixedBytes([7; 16]),
+        capability: cid(1),
+        caller: peer(2),
+        provider: peer(1),
+        offer: cid(3),
+        input: Digest::of(b"args"),
+        output: Some(Digest::of(b"output")),
+        price: Price { amount: 5, unit: "usd-micro".into() },
+        started: 1_000,
+        ended: 1_200,
+        status: CallStatus::Ok,
+        validation: Validation::Passed,
+    };
+    Signed::sign(&NodeKey::from_seed([1; 32]), &receipt).unwrap()
+}
+
+/// The caller's countersignature of [`receipt`].
+pub(crate) fn countersignature() -> Signed<Countersignature> {
+    let c = Countersignature { receipt: receipt().id(), caller: peer(2), signed: 1_300 };
+    Signed::sign(&NodeKey::from_seed([2; 32]), &c).unwrap()
+}
+
+/// The fake's ledger: the receipt, then its countersignature (chain hashes are made up: the
+/// API does not check them).
+pub(crate) fn ledger() -> [LedgerEntryJson; 2] {
+    [
+        LedgerEntryJson::new(0, Digest::of(b"0"), LedgerKind::Receipt, receipt().to_bytes()),
+        LedgerEntryJson::new(
+            1,
+            Digest::of(b"1"),
+            LedgerKind::Countersignature,
+            countersignature().to_bytes(),
+        ),
+    ]
+}
+
+/// The capability the fake's calls succeed with.
+pub(crate) fn answers() -> Cid {
+    cid(20)
+}
+
+/// A capability whose calls every provider refuses as rate limited.
+pub(crate) fn rate_limited() -> Cid {
+    cid(21)
+}
+
+/// A capability whose calls run until cancelled.
+pub(crate) fn waits() -> Cid {
+    cid(22)
+}
+
+/// What the fake answers a call of [`answers`] made under `call_id`.
+pub(crate) fn call_result(call_id: CallId, req: &CallRequest) -> CallResult {
+    CallResult {
+        call_id,
+        capability: req.capability,
+        provider: peer(1),
+        output: Some(serde_json::json!({"echo": req.args})),
+        chunks: 2,
+        stream_root: Some(Digest::of(b"root")),
+        stream: vec![Bytes(b"ab".to_vec()), Bytes(b"c".to_vec())],
+        stream_truncated: false,
+        receipt_id: receipt().id(),
+        receipt: receipt(),
+        ledger_seq: 0,
+        price: Price { amount: 5, unit: "usd-micro".into() },
+        warm: true,
+        requests: 1,
+        elapsed_ms: 12,
+        attempts: vec![attempt(3, "Busy", None)],
+    }
+}
+
+pub(crate) fn attempt(n: u8, code: &str, retry_after_ms: Option<u64>) -> Attempt {
+    Attempt {
+        provider: peer(n),
+        code: code.into(),
+        message: format!("{code} at peer {n}"),
+        stage: "task".into(),
+        retry_after_ms,
+    }
+}
+
+/// The attestation the fake signs for `req` (issuer `peer(1)`, issued at 1 000).
+pub(crate) fn attestation(req: &AttestRequest) -> Signed<Attestation> {
+    let a = Attestation {
+        issuer: peer(1),
+        subject: req.subject.clone(),
+        claim: req.claim.clone(),
+        issued: 1_000,
+        expires: req.expires_ms.unwrap_or(2_000),
+    };
+    Signed::sign(&NodeKey::from_seed([1; 32]), &a).unwrap()
+}
+
 /// A capability the fake refuses to retire, with `Conflict`.
 pub(crate) fn conflicting() -> Cid {
     cid(99)
@@ -196,6 +306,74 @@ impl Backend for Fake {
             }],
             next: Some("00ff".into()),
         })
+    }
+
+    async fn receipts(&self, from: u64, limit: u32) -> Result<LedgerPage, ApiError> {
+        self.record(Call::Receipts { from, limit });
+        let all = ledger();
+        let entries: Vec<_> =
+            all.iter().skip(from as usize).take(limit as usize).cloned().collect();
+        let end = from + entries.len() as u64;
+        let len = all.len() as u64;
+        Ok(LedgerPage { entries, next: (end < len).then_some(end), len })
+    }
+
+    async fn receipt(&self, id: Cid) -> Result<ReceiptEntries, ApiError> {
+        self.record(Call::Receipt(id));
+        if id != receipt().id() {
+            return Err(ApiError::not_found(format!("no receipt {id} in the ledger")));
+        }
+        let [receipt, countersignature] = ledger();
+        Ok(ReceiptEntries { receipt, countersignature: Some(countersignature) })
+    }
+
+    async fn call(&self, call_id: CallId, req: CallRequest) -> Result<CallResult, ApiError> {
+        self.record(Call::Invoke(call_id, req.clone()));
+        let failure = |code: &str, attempts: Vec<Attempt>| CallFailure {
+            call_id,
+            code: code.into(),
+            retry_after_ms: attempts.iter().filter_map(|a| a.retry_after_ms).min(),
+            attempts,
+        };
+        if req.capability == answers() {
+            Ok(call_result(call_id, &req))
+        } else if req.capability == rate_limited() {
+            let attempts = vec![attempt(3, "RateLimited", Some(2500)), attempt(4, "Busy", None)];
+            Err(ApiError::call(
+                ErrorCode::RateLimited,
+                "every provider refused or failed",
+                failure("Exhausted", attempts),
+            ))
+        } else if req.capability == waits() {
+            let (tx, rx) = oneshot::channel();
+            self.in_flight.lock().unwrap().insert(call_id, tx);
+            let _ = rx.await;
+            Err(ApiError::call(
+                ErrorCode::Cancelled,
+                "the call was cancelled",
+                failure("Cancelled", vec![]),
+            ))
+        } else {
+            Err(ApiError::call(
+                ErrorCode::NotFound,
+                format!("no provider of {} found", req.capability),
+                failure("NotFound", vec![]),
+            ))
+        }
+    }
+
+    async fn cancel(&self, call_id: CallId) -> Result<bool, ApiError> {
+        self.record(Call::Cancel(call_id));
+        Ok(match self.in_flight.lock().unwrap().remove(&call_id) {
+            Some(tx) => tx.send(()).is_ok(),
+            None => false,
+        })
+    }
+
+    async fn attest(&self, req: AttestRequest) -> Result<Attested, ApiError> {
+        self.record(Call::Attest(req.clone()));
+        let attestation = attestation(&req);
+        Ok(Attested { id: attestation.id(), attestation })
     }
 }
 

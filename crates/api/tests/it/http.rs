@@ -41,6 +41,13 @@ async fn without_the_right_token_nothing_reaches_the_backend() {
             http.delete(server.url(&format!("/v1/capabilities/{cap}"))),
             http.get(server.url(&format!("/v1/find/{cap}"))),
             http.post(server.url("/v1/registry/query")).json(&serde_json::json!({})),
+            http.get(server.url("/v1/receipts")),
+            http.get(server.url(&format!("/v1/receipts/{cap}"))),
+            http.post(server.url("/v1/call"))
+                .json(&serde_json::json!({"capability": cap.to_string(), "args": {}})),
+            http.post(server.url("/v1/calls/AQEBAQEBAQEBAQEBAQEBAQ/cancel")),
+            http.post(server.url("/v1/attest"))
+                .json(&serde_json::json!({"subject": cap.to_string(), "claim": "member"})),
             // Malformed and unknown requests too: the token is checked before anything else.
             http.post(server.url("/v1/registry/query")).body("{"),
             http.get(server.url("/v1/nowhere")),

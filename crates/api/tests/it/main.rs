@@ -5,6 +5,8 @@
 mod fake;
 mod http;
 
+mod calls;
 mod client;
 mod errors;
 mod find;
+mod receipts;

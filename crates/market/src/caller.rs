@@ -1,0 +1,999 @@
+//! The caller side (protocol.md §9 steps 2–5, 8–10): validate, find, ask for offers, rank,
+//! start, verify, ledger, countersign; fail over and cancel.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use capmesh_contract::Contract;
+use capmesh_mesh::{Exchange, FindEvent, MeshError, Multiaddr, Thread};
+use capmesh_store::LedgerKind;
+use capmesh_types::{Cid, Digest, PeerId};
+use capmesh_wire::{
+    Body, CallId, CallStatus, Countersignature, ErrorBody, Intent, Negotiate, Offer, Opened, Price,
+    Receipt, ReceiptCountersign, Signed, TaskCancel, TaskDone, TaskStart, TraceId,
+};
+use serde_json::Value;
+use tokio::{sync::mpsc, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    Attempt, CallError, Market, MarketConfig, Record, Weights,
+    batch::{Done, Refused},
+    error_body, lock, now_ms,
+    offers::{Held, Standing},
+    receipt::{self, CHAIN_START, Expected, chain_next, json_digest},
+    select::rank,
+};
+
+/// What an agent asks for.
+#[derive(Debug, Clone)]
+pub struct CallRequest {
+    pub capability: Cid,
+    pub args: Value,
+    pub weights: Weights,
+    /// The most the agent pays per call (also checked against the caller policy's maximum).
+    pub max_price: Option<Price>,
+    /// Default: the market's `default_deadline`.
+    pub deadline: Option<Duration>,
+    /// Idempotency key; random when absent.
+    pub call_id: Option<CallId>,
+    /// Where a streaming capability's chunks go, in order, as they arrive.
+    pub chunks: Option<mpsc::Sender<Vec<u8>>>,
+}
+
+impl CallRequest {
+    pub fn new(capability: Cid, args: Value) -> Self {
+        Self {
+            capability,
+            args,
+            weights: Weights::default(),
+            max_price: None,
+            deadline: None,
+            call_id: None,
+            chunks: None,
+        }
+    }
+    pub fn with_weights(mut self, w: Weights) -> Self {
+        self.weights = w;
+        self
+    }
+    pub fn with_max_price(mut self, p: Price) -> Self {
+        self.max_price = Some(p);
+        self
+    }
+    pub fn with_deadline(mut self, d: Duration) -> Self {
+        self.deadline = Some(d);
+        self
+    }
+    pub fn with_call_id(mut self, id: CallId) -> Self {
+        self.call_id = Some(id);
+        self
+    }
+    pub fn with_chunks(mut self, tx: mpsc::Sender<Vec<u8>>) -> Self {
+        self.chunks = Some(tx);
+        self
+    }
+}
+
+/// A call that succeeded, with its verified, ledgered receipt.
+#[derive(Debug, Clone)]
+pub struct CallOutcome {
+    pub call: CallId,
+    pub capability: Cid,
+    pub provider: PeerId,
+    /// The output (absent for a streaming capability: the chunks are the output).
+    pub output: Option<Value>,
+    /// Chunks received (streaming) and their chain root, which the receipt names.
+    pub chunks: u64,
+    pub stream_root: Option<Digest>,
+    pub receipt: Signed<Receipt>,
+    pub receipt_id: Cid,
+    /// Position of the receipt in this node's ledger.
+    pub ledger_seq: u64,
+    pub price: Price,
+    /// Tries that failed before this one.
+    pub attempts: Vec<Attempt>,
+    /// Rpc requests this call sent before it returned (`Intent`s, `TaskStart`s,
+    /// `TaskCancel`s); a warm call sends exactly one.
+    pub requests: u32,
+    /// Made under a standing offer, without asking for terms.
+    pub warm: bool,
+    pub elapsed: Duration,
+}
+
+/// A contract held by id: checked to hash to the id, schemas compiled.
+#[derive(Debug)]
+pub(crate) struct Known {
+    contract: Arc<Contract>,
+    compiled: capmesh_contract::Compiled,
+}
+
+/// Contracts kept compiled; past it the cache starts over.
+const MAX_CONTRACTS: usize = 1024;
+
+/// A follow-up the provider sent as its own request.
+#[derive(Debug)]
+enum Followup {
+    Progress(Vec<u8>),
+    Done(Box<TaskDone>, Cid),
+}
+
+#[derive(Debug)]
+struct InFlight {
+    cancel: CancellationToken,
+    /// The provider of the current attempt and its follow-up channel.
+    provider: Option<PeerId>,
+    followups: Option<mpsc::Sender<Followup>>,
+    chain: Digest,
+    next_seq: u64,
+}
+
+/// Caller bookkeeping.
+#[derive(Debug)]
+pub(crate) struct State {
+    held: Held,
+    in_flight: HashMap<CallId, InFlight>,
+    reputation: HashMap<PeerId, Record>,
+    max_in_flight: usize,
+}
+
+/// While a deferred call runs, how often the caller checks that the provider is reachable.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// Providers whose record is kept; past it the record restarts (a stranger's prior).
+const MAX_REPUTATION: usize = 65_536;
+
+impl State {
+    pub(crate) fn new(config: &MarketConfig) -> Self {
+        Self {
+            held: Held::new(config.max_standing),
+            in_flight: HashMap::new(),
+            reputation: HashMap::new(),
+            max_in_flight: config.max_in_flight.max(1),
+        }
+    }
+
+    fn rate(&mut self, provider: PeerId, ok: bool) {
+        if self.reputation.len() >= MAX_REPUTATION && !self.reputation.contains_key(&provider) {
+            self.reputation.clear();
+        }
+        let r = self.reputation.entry(provider).or_default();
+        if ok {
+            r.ok = r.ok.saturating_add(1);
+        } else {
+            r.bad = r.bad.saturating_add(1);
+        }
+    }
+}
+
+/// Removes the call from the in-flight table however the call ends.
+struct InFlightGuard<'a> {
+    market: &'a Market,
+    call: CallId,
+}
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        lock(&self.market.inner.caller).in_flight.remove(&self.call);
+    }
+}
+
+/// How one try ended.
+enum Tried {
+    Done(Box<CallOutcome>),
+    /// Try the next offer.
+    Next(Attempt),
+    /// Stop: trying elsewhere cannot help.
+    Stop(CallError),
+}
+
+/// The per-call context shared by its tries.
+struct Ctx<'a> {
+    req: &'a CallRequest,
+    /// The contract held by id: from the replica, else from the find (args are validated
+    /// against it before any request leaves).
+    contract: Option<Arc<Known>>,
+    call: CallId,
+    trace: TraceId,
+    deadline: Instant,
+    deadline_ms: u64,
+    cancel: CancellationToken,
+    requests: u32,
+    input: Digest,
+}
+
+impl Market {
+    /// Makes one call (DESIGN §5). Returns once the receipt is verified and flushed to the
+    /// ledger; the countersignature is sent afterwards. Cancel-safe: dropping the future
+    /// abandons the call without `TaskCancel` — use [`Market::cancel`] to stop the provider.
+    pub async fn call(&self, req: CallRequest) -> Result<CallOutcome, CallError> {
+        let clock = Instant::now();
+        let span = req.deadline.unwrap_or(self.inner.config.default_deadline);
+        let call = match req.call_id {
+            Some(id) => id,
+            None => fresh()?,
+        };
+        let cancel = self.inner.cancel.child_token();
+        {
+            let mut state = lock(&self.inner.caller);
+            if state.in_flight.contains_key(&call) {
+                return Err(CallError::DuplicateCall);
+            }
+            if state.in_flight.len() >= state.max_in_flight {
+                return Err(CallError::Busy(state.max_in_flight));
+            }
+            state.in_flight.insert(
+                call,
+                InFlight {
+                    cancel: cancel.clone(),
+                    provider: None,
+                    followups: None,
+                    chain: CHAIN_START,
+                    next_seq: 0,
+                },
+            );
+        }
+        let _guard = InFlightGuard { market: self, call };
+        // Step 2: the arguments are checked before anything leaves the node — against the
+        // contract held by id, when the replica has it.
+        let stored = self.known(&req.capability, None)?;
+        if let Some(known) = &stored {
+            validate_args(known, &req.args)?;
+        }
+        let input = json_digest(&req.args).map_err(|e| CallError::InvalidArgs(e.to_string()))?;
+        let ctx = Ctx {
+            req: &req,
+            contract: stored,
+            call,
+            trace: fresh()?,
+            deadline: clock + span,
+            deadline_ms: now_ms() + span.as_millis() as u64,
+            cancel,
+            requests: 0,
+            input,
+        };
+        let result = self.run_call(ctx, clock).await;
+        self.bump(|s| match &result {
+            Ok(_) => s.calls_ok += 1,
+            Err(_) => s.calls_failed += 1,
+        });
+        result
+    }
+
+    /// Cancels a call in flight on this node: the provider running it gets `TaskCancel`.
+    /// Returns whether such a call was in flight.
+    pub fn cancel(&self, call: &CallId) -> bool {
+        match lock(&self.inner.caller).in_flight.get(call) {
+            Some(f) => {
+                f.cancel.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// What this node's receipts say about `provider`.
+    pub fn reputation(&self, provider: &PeerId) -> Record {
+        lock(&self.inner.caller).reputation.get(provider).copied().unwrap_or_default()
+    }
+
+    /// The contract of `cap`: from the cache, else `given` (from a find) or the replica,
+    /// checked to hash to `cap` and compiled once.
+    fn known(&self, cap: &Cid, given: Option<&Contract>) -> Result<Option<Arc<Known>>, CallError> {
+        if let Some(k) = lock(&self.inner.contracts).get(cap) {
+            return Ok(Some(k.clone()));
+        }
+        let contract = match given {
+            Some(c) => c.clone(),
+            None => match self.store().contract(cap)? {
+                Some(c) => c,
+                None => return Ok(None),
+            },
+        };
+        let compiled = capmesh_contract::Compiled::new(&contract)
+            .map_err(|e| CallError::InvalidArgs(format!("the contract cannot validate: {e}")))?;
+        if compiled.id() != *cap {
+            return Err(CallError::InvalidArgs(format!(
+                "the contract found for {cap} is {}, not that capability",
+                compiled.id()
+            )));
+        }
+        let known = Arc::new(Known { contract: Arc::new(contract), compiled });
+        let mut cache = lock(&self.inner.contracts);
+        if cache.len() >= MAX_CONTRACTS {
+            cache.clear();
+        }
+        cache.insert(*cap, known.clone());
+        Ok(Some(known))
+    }
+
+    async fn run_call(&self, mut ctx: Ctx<'_>, clock: Instant) -> Result<CallOutcome, CallError> {
+        let cap = ctx.req.capability;
+        let mut attempts: Vec<Attempt> = Vec::new();
+        let mut tried: HashSet<PeerId> = HashSet::new();
+        // Step 3: standing offers first (a warm call), then fresh ones.
+        let mut queue = if ctx.contract.is_some() { self.standing(&ctx) } else { Vec::new() };
+        let mut warm = !queue.is_empty();
+        let mut asked = false;
+        loop {
+            if queue.is_empty() {
+                if asked {
+                    break;
+                }
+                asked = true;
+                warm = false;
+                queue = self.ask_for_offers(&mut ctx, &tried, &mut attempts).await?;
+                if queue.is_empty() {
+                    break;
+                }
+            }
+            let standing = queue.remove(0);
+            if Instant::now() >= ctx.deadline {
+                return Err(CallError::Deadline { attempts });
+            }
+            tried.insert(standing.provider);
+            match self.try_offer(&mut ctx, &standing, attempts.len() as u32).await {
+                Tried::Done(mut outcome) => {
+                    outcome.attempts = attempts;
+                    outcome.warm = warm;
+                    outcome.requests = ctx.requests;
+                    outcome.elapsed = clock.elapsed();
+                    return Ok(*outcome);
+                }
+                Tried::Next(a) => {
+                    self.bump(|s| s.failovers += 1);
+                    tracing::debug!(call = ?ctx.call, attempt = %a, "failing over");
+                    attempts.push(a);
+                }
+                Tried::Stop(e) => return Err(e),
+            }
+        }
+        if Instant::now() >= ctx.deadline {
+            return Err(CallError::Deadline { attempts });
+        }
+        if attempts.is_empty() {
+            return Err(CallError::NoProviders(cap));
+        }
+        Err(CallError::Exhausted { attempts })
+    }
+
+    /// Usable standing offers for the call, ranked.
+    fn standing(&self, ctx: &Ctx<'_>) -> Vec<Standing> {
+        let policy = self.inner.policy.current();
+        let attested = self.attested();
+        let mut state = lock(&self.inner.caller);
+        let mut offers: Vec<Standing> = state
+            .held
+            .usable(&ctx.req.capability, now_ms())
+            .into_iter()
+            .filter(|s| policy.check_provider(&s.provider, &attested).is_ok())
+            .filter(|s| policy.check_price(&s.offer.price, ctx.req.max_price.as_ref()).is_ok())
+            .collect();
+        rank(&mut offers, &ctx.req.weights, &state.reputation, |s| (&s.provider, &s.offer));
+        offers
+    }
+
+    /// Finds providers, drops those policy refuses, asks the best few for terms, keeps the
+    /// offers as standing ones and returns them ranked. Learns the contract from the find
+    /// when the replica lacked it, and validates the arguments before any `Intent` leaves.
+    async fn ask_for_offers(
+        &self,
+        ctx: &mut Ctx<'_>,
+        tried: &HashSet<PeerId>,
+        attempts: &mut Vec<Attempt>,
+    ) -> Result<Vec<Standing>, CallError> {
+        let cap = ctx.req.capability;
+        let remaining = ctx.deadline.saturating_duration_since(Instant::now());
+        let window = self.inner.config.discover_timeout.min(remaining);
+        let mut found = self.inner.mesh.find(cap, self.inner.config.find_limit, Some(window));
+        let mut providers: Vec<(PeerId, Vec<Multiaddr>, Price)> = Vec::new();
+        let policy = self.inner.policy.current();
+        let attested = self.attested();
+        loop {
+            let event = tokio::select! {
+                _ = ctx.cancel.cancelled() => return Err(CallError::Cancelled),
+                e = found.recv() => e,
+            };
+            let Some(FindEvent::Found(f)) = event else { break };
+            let provider = f.advert.provider;
+            if provider == self.inner.me
+                || tried.contains(&provider)
+                || providers.iter().any(|(p, ..)| *p == provider)
+            {
+                continue;
+            }
+            if ctx.contract.is_none()
+                && let Some(known) = self.known(&cap, Some(&f.contract))?
+            {
+                validate_args(&known, &ctx.req.args)?;
+                ctx.contract = Some(known);
+            }
+            let refused = policy
+                .check_provider(&provider, &attested)
+                .and_then(|_| policy.check_price(&f.advert.price, ctx.req.max_price.as_ref()));
+            if let Err(denial) = refused {
+                attempts.push(Attempt {
+                    provider,
+                    code: denial.code.code().to_string(),
+                    message: denial.reason,
+                    stage: "policy",
+                    retry_after_ms: None,
+                });
+                continue;
+            }
+            let addrs = f.advert.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+            providers.push((provider, addrs, f.advert.price.clone()));
+        }
+        if ctx.contract.is_none() {
+            return Err(CallError::UnknownCapability(cap));
+        }
+        // Ask the cheapest and most reliable first; latency is only known from offers.
+        {
+            let state = lock(&self.inner.caller);
+            let mut as_offers: Vec<(PeerId, Vec<Multiaddr>, Offer)> = providers
+                .into_iter()
+                .map(|(p, a, price)| {
+                    (p, a, Offer { capability: cap, price, latency_ms: 0, calls: 0, expires: 0 })
+                })
+                .collect();
+            rank(&mut as_offers, &ctx.req.weights, &state.reputation, |(p, _, o)| (p, o));
+            providers = as_offers.into_iter().map(|(p, a, o)| (p, a, o.price)).collect();
+        }
+        providers.truncate(self.inner.config.intent_fanout);
+        let mut asks: JoinSet<(PeerId, Vec<Multiaddr>, Result<Exchange, MeshError>)> =
+            JoinSet::new();
+        for (provider, addrs, _) in providers {
+            let intent = Intent {
+                capability: cap,
+                max_price: ctx.req.max_price.clone(),
+                calls: self.inner.config.offer_calls,
+                deadline: ctx.deadline_ms,
+            };
+            let market = self.clone();
+            let thread = Thread { trace: Some(ctx.trace), re: None };
+            let timeout = self.inner.config.intent_timeout;
+            ctx.requests += 1;
+            self.bump(|s| s.requests_sent += 1);
+            asks.spawn(async move {
+                let sent = market.inner.mesh.request(provider, addrs.clone(), intent, thread);
+                let result = match tokio::time::timeout(timeout, sent).await {
+                    Ok(r) => r,
+                    Err(_) => Err(MeshError::Stopped),
+                };
+                (provider, addrs, result)
+            });
+        }
+        let mut offers = Vec::new();
+        loop {
+            let joined = tokio::select! {
+                _ = ctx.cancel.cancelled() => return Err(CallError::Cancelled),
+                _ = tokio::time::sleep_until(ctx.deadline.into()) => break,
+                j = asks.join_next() => j,
+            };
+            let Some(Ok((provider, addrs, result))) = joined else {
+                if asks.is_empty() {
+                    break;
+                }
+                continue;
+            };
+            match result.map(|x| x.answer) {
+                Ok(Some(Opened { id, payload })) => match payload.body {
+                    Body::Offer(offer) => {
+                        let acceptable = offer.capability == cap
+                            && offer.expires > now_ms()
+                            && offer.calls > 0
+                            && policy.check_price(&offer.price, ctx.req.max_price.as_ref()).is_ok();
+                        if acceptable {
+                            offers.push(Standing {
+                                provider,
+                                addrs,
+                                offer_id: id,
+                                calls_left: offer.calls,
+                                offer,
+                            });
+                        } else {
+                            attempts.push(attempt(
+                                provider,
+                                "intent",
+                                "PriceTooHigh",
+                                "offer not acceptable (price, unit, capability or expiry)",
+                                None,
+                            ));
+                        }
+                    }
+                    Body::Negotiate(Negotiate { reason, .. }) => attempts.push(attempt(
+                        provider,
+                        "intent",
+                        "Declined",
+                        reason.as_deref().unwrap_or("declined"),
+                        None,
+                    )),
+                    other => attempts.push(attempt(
+                        provider,
+                        "intent",
+                        "InvalidObject",
+                        &format!("{:?} in answer to Intent", other.kind()),
+                        None,
+                    )),
+                },
+                Ok(None) => attempts.push(attempt(
+                    provider,
+                    "intent",
+                    "InvalidObject",
+                    "an acknowledgement to Intent",
+                    None,
+                )),
+                Err(e) => attempts.push(from_mesh(provider, "intent", &e)),
+            }
+        }
+        let mut state = lock(&self.inner.caller);
+        for o in &offers {
+            state.held.keep(o.clone());
+        }
+        rank(&mut offers, &ctx.req.weights, &state.reputation, |s| (&s.provider, &s.offer));
+        Ok(offers)
+    }
+
+    /// One `TaskStart` under `standing`, and whatever follows it.
+    async fn try_offer(&self, ctx: &mut Ctx<'_>, standing: &Standing, earlier: u32) -> Tried {
+        let provider = standing.provider;
+        // Idempotent capabilities keep the call id across providers; others get a fresh one,
+        // so a provider that did run it cannot be asked to count it twice (protocol.md §9).
+        let idempotent = ctx.contract.as_ref().is_some_and(|k| k.contract.idempotent);
+        if earlier > 0 && !idempotent {
+            match fresh::<16>() {
+                Ok(id) => {
+                    let mut state = lock(&self.inner.caller);
+                    if let Some(f) = state.in_flight.remove(&ctx.call) {
+                        state.in_flight.insert(id, f);
+                    }
+                    ctx.call = id;
+                }
+                Err(e) => return Tried::Stop(e),
+            }
+        }
+        let (tx, mut rx) = mpsc::channel(32);
+        {
+            let mut state = lock(&self.inner.caller);
+            state.held.spend(&ctx.req.capability, &standing.offer_id);
+            if let Some(f) = state.in_flight.get_mut(&ctx.call) {
+                f.provider = Some(provider);
+                f.followups = Some(tx);
+                f.chain = CHAIN_START;
+                f.next_seq = 0;
+            }
+        }
+        let sent = self.send_start(ctx, standing);
+        let answer = tokio::select! {
+            _ = ctx.cancel.cancelled() => {
+                // The provider may already run it: tell it.
+                return self.cancel_at(ctx, provider, &standing.addrs, None).await;
+            }
+            _ = tokio::time::sleep_until(ctx.deadline.into()) => {
+                let _ = self.cancel_at(ctx, provider, &standing.addrs, None).await;
+                return Tried::Next(attempt(provider, "task", "Timeout", "no answer before the deadline", None));
+            }
+            a = sent => a,
+        };
+        let exchange = match answer {
+            Ok(x) => x,
+            Err(e) => {
+                let a = from_mesh(provider, "task", &e);
+                let mut state = lock(&self.inner.caller);
+                if matches!(a.code.as_str(), "OfferExpired" | "NotFound")
+                    || !matches!(e, MeshError::Remote { .. })
+                {
+                    state.held.forget(&ctx.req.capability, &standing.offer_id);
+                }
+                if !matches!(e, MeshError::Remote { .. }) {
+                    state.rate(provider, false);
+                }
+                drop(state);
+                return match a.code.as_str() {
+                    "InvalidArgs" | "Cancelled" => Tried::Stop(CallError::Refused { attempt: a }),
+                    _ => Tried::Next(a),
+                };
+            }
+        };
+        let Some(opened) = exchange.answer else {
+            return Tried::Next(attempt(
+                provider,
+                "task",
+                "InvalidObject",
+                "an acknowledgement to TaskStart",
+                None,
+            ));
+        };
+        let answer_id = opened.id;
+        let (done, done_id) = match opened.payload.body {
+            Body::TaskDone(done) => (done, answer_id),
+            Body::TaskAccepted(_) => {
+                // Steps 7–8 deferred: progress and the outcome come as the provider's requests.
+                // While no connection to the provider is open, a repeat of the `TaskStart` (same
+                // call id: never run twice) asks whether it still runs; a provider that cannot
+                // be reached is failed over.
+                let mut check = tokio::time::interval(PROBE_EVERY);
+                check.tick().await;
+                loop {
+                    let next = tokio::select! {
+                        _ = ctx.cancel.cancelled() => {
+                            return self.cancel_at(ctx, provider, &standing.addrs, Some(exchange.id)).await;
+                        }
+                        _ = tokio::time::sleep_until(ctx.deadline.into()) => {
+                            let _ = self.cancel_at(ctx, provider, &standing.addrs, Some(exchange.id)).await;
+                            return Tried::Next(attempt(provider, "task", "Timeout", "no outcome before the deadline", None));
+                        }
+                        _ = check.tick() => {
+                            if self.inner.mesh.connected(provider).await {
+                                continue;
+                            }
+                            match self.probe(ctx, standing).await {
+                                Ok(Some((done, id))) => break (done, id),
+                                Ok(None) => continue,
+                                Err(a) => {
+                                    lock(&self.inner.caller).rate(provider, false);
+                                    return Tried::Next(a);
+                                }
+                            }
+                        }
+                        f = rx.recv() => f,
+                    };
+                    match next {
+                        Some(Followup::Progress(data)) => {
+                            if let Some(out) = &ctx.req.chunks {
+                                let _ = out.send(data).await;
+                            }
+                        }
+                        Some(Followup::Done(done, id)) => break (*done, id),
+                        None => {
+                            return Tried::Next(attempt(
+                                provider,
+                                "task",
+                                "Internal",
+                                "follow-up channel closed",
+                                None,
+                            ));
+                        }
+                    }
+                }
+            }
+            other => {
+                return Tried::Next(attempt(
+                    provider,
+                    "task",
+                    "InvalidObject",
+                    &format!("{:?} in answer to TaskStart", other.kind()),
+                    None,
+                ));
+            }
+        };
+        self.conclude(ctx, provider, standing, done, done_id).await
+    }
+
+    /// Sends the call's `TaskStart` under `standing` (counted in the call's requests).
+    fn send_start(
+        &self,
+        ctx: &mut Ctx<'_>,
+        standing: &Standing,
+    ) -> impl std::future::Future<Output = Result<Exchange, MeshError>> + use<> {
+        let start = TaskStart {
+            call: ctx.call,
+            capability: ctx.req.capability,
+            offer: standing.offer_id,
+            args: ctx.req.args.clone(),
+            deadline: ctx.deadline_ms,
+        };
+        ctx.requests += 1;
+        self.bump(|s| s.requests_sent += 1);
+        let thread = Thread { trace: Some(ctx.trace), re: None };
+        let (mesh, provider, addrs) =
+            (self.inner.mesh.clone(), standing.provider, standing.addrs.clone());
+        async move { mesh.request(provider, addrs, start, thread).await }
+    }
+
+    /// Repeats the `TaskStart` of a deferred call: `TaskDone` if it ended, `None` while it runs.
+    async fn probe(
+        &self,
+        ctx: &mut Ctx<'_>,
+        standing: &Standing,
+    ) -> Result<Option<(TaskDone, Cid)>, Attempt> {
+        let provider = standing.provider;
+        let sent = self.send_start(ctx, standing).await;
+        match sent.map(|x| x.answer) {
+            Ok(Some(Opened { id, payload })) => match payload.body {
+                Body::TaskDone(done) => Ok(Some((done, id))),
+                Body::TaskAccepted(_) => Ok(None),
+                other => Err(attempt(
+                    provider,
+                    "task",
+                    "InvalidObject",
+                    &format!("{:?} to a repeated TaskStart", other.kind()),
+                    None,
+                )),
+            },
+            Ok(None) => Err(attempt(
+                provider,
+                "task",
+                "InvalidObject",
+                "an acknowledgement to TaskStart",
+                None,
+            )),
+            Err(e) => Err(from_mesh(provider, "task", &e)),
+        }
+    }
+
+    /// Steps 8–9: verify output and receipt, ledger, countersign.
+    async fn conclude(
+        &self,
+        ctx: &mut Ctx<'_>,
+        provider: PeerId,
+        standing: &Standing,
+        done: TaskDone,
+        done_id: Cid,
+    ) -> Tried {
+        let (chain, chunks) = {
+            let state = lock(&self.inner.caller);
+            state.in_flight.get(&ctx.call).map_or((CHAIN_START, 0), |f| (f.chain, f.next_seq))
+        };
+        let streaming = ctx.contract.as_ref().is_some_and(|k| k.contract.streaming);
+        let expected_output = match (&done.output, &done.error) {
+            (Some(v), _) => json_digest(v).ok(),
+            (None, None) if streaming => Some(chain),
+            _ => None,
+        };
+        let rules = capmesh_wire::Rules::default();
+        let expected = Expected {
+            call: ctx.call,
+            capability: ctx.req.capability,
+            caller: self.inner.me,
+            provider,
+            offer: standing.offer_id,
+            input: ctx.input,
+            output: expected_output,
+            rules: &rules,
+        };
+        let checked = receipt::check(&done, &expected);
+        let r = match checked {
+            Ok(r) => r,
+            Err(bad) => {
+                lock(&self.inner.caller).rate(provider, false);
+                return Tried::Next(attempt(provider, "task", "BadReceipt", &bad.0, None));
+            }
+        };
+        // A valid receipt is evidence whatever it says: keep it (flushed), with this node's
+        // countersignature, then send that to the provider.
+        let seq = match self
+            .keep_receipt(&done.receipt, provider, &standing.addrs, ctx.trace, done_id)
+            .await
+        {
+            Ok(seq) => seq,
+            Err(e) => return Tried::Stop(e),
+        };
+        if r.status != CallStatus::Ok {
+            lock(&self.inner.caller).rate(provider, false);
+            let e =
+                done.error.clone().unwrap_or_else(|| error_body("Internal", "failed", false, None));
+            let a = attempt(provider, "task", &e.code, &e.message, e.retry_after_ms);
+            return match e.code.as_str() {
+                "InvalidArgs" | "Cancelled" => Tried::Stop(CallError::Refused { attempt: a }),
+                _ => Tried::Next(a),
+            };
+        }
+        if let (Some(output), Some(known)) = (&done.output, &ctx.contract)
+            && let Err(e) = validate_output(known, output)
+        {
+            lock(&self.inner.caller).rate(provider, false);
+            return Tried::Next(attempt(provider, "task", "OutputInvalid", &e, None));
+        }
+        lock(&self.inner.caller).rate(provider, true);
+        let receipt_id = done.receipt.id();
+        Tried::Done(Box::new(CallOutcome {
+            call: ctx.call,
+            capability: ctx.req.capability,
+            provider,
+            output: done.output,
+            chunks,
+            stream_root: if streaming { Some(chain) } else { None },
+            receipt: done.receipt,
+            receipt_id,
+            ledger_seq: seq,
+            price: r.price,
+            attempts: Vec::new(),
+            requests: 0,
+            warm: false,
+            elapsed: Duration::ZERO,
+        }))
+    }
+
+    /// Sends `TaskCancel` and keeps the receipt of the cancelled run if one comes back.
+    async fn cancel_at(
+        &self,
+        ctx: &mut Ctx<'_>,
+        provider: PeerId,
+        addrs: &[Multiaddr],
+        start_id: Option<Cid>,
+    ) -> Tried {
+        ctx.requests += 1;
+        self.bump(|s| s.requests_sent += 1);
+        let body = TaskCancel { call: ctx.call, reason: Some("cancelled by the caller".into()) };
+        let thread = Thread { trace: Some(ctx.trace), re: start_id };
+        let sent = self.inner.mesh.request(provider, addrs.to_vec(), body, thread);
+        if let Ok(Ok(Exchange { answer: Some(opened), .. })) =
+            tokio::time::timeout(Duration::from_secs(10), sent).await
+            && let Body::TaskDone(done) = opened.payload.body
+            && done.receipt.verify(now_ms(), &capmesh_wire::Rules::default()).is_ok_and(|r| {
+                r.record.call == ctx.call
+                    && r.record.caller == self.inner.me
+                    && r.record.provider == provider
+            })
+            && let Err(e) =
+                self.keep_receipt(&done.receipt, provider, addrs, ctx.trace, opened.id).await
+        {
+            tracing::warn!(error = %e, "receipt of a cancelled call not kept");
+        }
+        Tried::Stop(CallError::Cancelled)
+    }
+
+    /// Step 8–9: appends a verified receipt and this node's countersignature of it to the
+    /// ledger in the next group commit, returns the receipt's seq once flushed, and sends the
+    /// countersignature to the provider without waiting. A receipt already kept (a repeated
+    /// call id returns the stored one) is neither appended nor countersigned again.
+    async fn keep_receipt(
+        &self,
+        receipt: &Signed<Receipt>,
+        provider: PeerId,
+        addrs: &[Multiaddr],
+        trace: TraceId,
+        done_id: Cid,
+    ) -> Result<u64, CallError> {
+        let id = receipt.id();
+        let cs = Countersignature { receipt: id, caller: self.inner.me, signed: now_ms() };
+        let countersigned = Signed::sign(&self.inner.key, &cs)?;
+        let (receipt_bytes, cs_bytes) = (receipt.to_bytes(), countersigned.to_bytes());
+        let op: crate::batch::Op = Box::new(move |store| {
+            if let (Some(kept), _) = store.ledger_find(&id).map_err(Refused::internal)? {
+                return Ok(Done { seq: kept.seq, fresh: false });
+            }
+            let entry = store
+                .ledger_append_unflushed(LedgerKind::Receipt, &receipt_bytes)
+                .map_err(Refused::internal)?;
+            store
+                .ledger_append_unflushed(LedgerKind::Countersignature, &cs_bytes)
+                .map_err(Refused::internal)?;
+            Ok(Done { seq: entry.seq, fresh: true })
+        });
+        let ledgers = self.ledgers().map_err(|_| CallError::Stopped)?;
+        let done = ledgers.now.run(op).await.map_err(|r| CallError::Ledger(r.message))?;
+        if done.fresh {
+            let market = self.clone();
+            let addrs = addrs.to_vec();
+            tokio::spawn(async move {
+                market.bump(|s| s.requests_sent += 1);
+                let thread = Thread { trace: Some(trace), re: Some(done_id) };
+                let body = ReceiptCountersign { countersignature: countersigned };
+                if let Err(e) = market.inner.mesh.request(provider, addrs, body, thread).await {
+                    market.bump(|s| s.countersign_failures += 1);
+                    tracing::debug!(%provider, error = %e, "countersignature not delivered");
+                }
+            });
+        }
+        Ok(done.seq)
+    }
+
+    /// `TaskProgress` and `TaskDone` the provider sends as its own requests.
+    pub(crate) async fn serve_followup(
+        &self,
+        peer: PeerId,
+        request: &Opened,
+    ) -> Result<capmesh_mesh::Served, ErrorBody> {
+        let not_found = || error_body("NotFound", "no such call in flight from you", false, None);
+        let (call, followup) = match &request.payload.body {
+            Body::TaskProgress(p) => (p.call, None),
+            Body::TaskDone(d) => (d.call, Some(Followup::Done(Box::new(d.clone()), request.id))),
+            _ => return Err(not_found()),
+        };
+        let tx = {
+            let mut state = lock(&self.inner.caller);
+            let f = state.in_flight.get_mut(&call).ok_or_else(not_found)?;
+            if f.provider != Some(peer) {
+                return Err(not_found());
+            }
+            let tx = f.followups.clone().ok_or_else(not_found)?;
+            match (&request.payload.body, followup) {
+                (Body::TaskProgress(p), _) => {
+                    // Each chunk must extend the chain, in order (protocol.md §8.5).
+                    let next = chain_next(&f.chain, &p.data.0);
+                    if p.seq != f.next_seq || p.chain != next {
+                        return Err(error_body(
+                            "InvalidObject",
+                            format!("chunk {} does not extend the chain at {}", p.seq, f.next_seq),
+                            false,
+                            None,
+                        ));
+                    }
+                    f.chain = next;
+                    f.next_seq += 1;
+                    (tx, Followup::Progress(p.data.0.clone()))
+                }
+                (_, Some(done)) => (tx, done),
+                _ => return Err(not_found()),
+            }
+        };
+        let (tx, followup) = tx;
+        tx.send(followup).await.map_err(|_| not_found())?;
+        Ok(capmesh_mesh::Served::Ack)
+    }
+
+    /// Rebuilds each provider's record from the receipts this node holds as caller.
+    pub(crate) fn load_reputation(&self) -> Result<(), capmesh_store::StoreError> {
+        let limits = capmesh_wire::cbor::Limits::default();
+        let me = self.inner.me;
+        let mut from = 0;
+        loop {
+            let page = self.store().ledger_range(from, 1024)?;
+            let Some(last) = page.last() else { return Ok(()) };
+            from = last.seq + 1;
+            let mut state = lock(&self.inner.caller);
+            for entry in page.iter().filter(|e| e.kind == LedgerKind::Receipt) {
+                let Ok(r) = Signed::<Receipt>::from_bytes(&entry.signed, limits)
+                    .and_then(|s| s.decode(limits))
+                else {
+                    continue;
+                };
+                if r.caller == me {
+                    state.rate(r.provider, r.status == CallStatus::Ok);
+                }
+            }
+        }
+    }
+}
+
+fn validate_args(known: &Known, args: &Value) -> Result<(), CallError> {
+    known.compiled.validate_input(args).map_err(|v| CallError::InvalidArgs(violations(&v)))
+}
+
+fn validate_output(known: &Known, output: &Value) -> Result<(), String> {
+    known
+        .compiled
+        .validate_output(output)
+        .map_err(|v| format!("output does not match the contract: {}", violations(&v)))
+}
+
+fn violations(v: &[capmesh_contract::Violation]) -> String {
+    let parts: Vec<String> = v.iter().take(5).map(|v| v.to_string()).collect();
+    parts.join("; ")
+}
+
+fn attempt(
+    provider: PeerId,
+    stage: &'static str,
+    code: &str,
+    message: &str,
+    retry_after_ms: Option<u64>,
+) -> Attempt {
+    Attempt {
+        provider,
+        code: code.to_string(),
+        message: message.to_string(),
+        stage,
+        retry_after_ms,
+    }
+}
+
+fn from_mesh(provider: PeerId, stage: &'static str, e: &MeshError) -> Attempt {
+    match e {
+        MeshError::Remote { code, message, retry_after_ms, .. } => {
+            attempt(provider, stage, code, message, *retry_after_ms)
+        }
+        MeshError::Stopped => attempt(provider, stage, "Timeout", "no answer in time", None),
+        other => attempt(provider, stage, "Unreachable", &other.to_string(), None),
+    }
+}
+
+/// Fresh random bytes for a call or trace id.
+fn fresh<const N: usize>() -> Result<capmesh_wire::repr::FixedBytes<N>, CallError> {
+    capmesh_wire::repr::FixedBytes::random().map_err(|e| CallError::Entropy(e.to_string()))
+}
