@@ -1,9 +1,9 @@
 //! Ledger work gathered into one flush (group commit). A batcher runs queued operations one
 //! after another on one blocking thread, flushes once, then answers each: an answer always
 //! follows the flush, so nothing acknowledged is lost, and many calls in flight share a flush
-//! instead of paying one each (and a blocking-pool thread each). Two are used: one with no
-//! window for receipts on a call's critical path (it takes what is queued), one with a short
-//! window for countersignatures, which nobody waits for.
+//! instead of paying one each (and a blocking-pool thread each). The provider uses one with a
+//! window for its copies of receipts and the countersignatures it receives, which nobody waits
+//! for on a call's critical path.
 
 use std::{
     sync::{

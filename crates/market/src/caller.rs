@@ -123,6 +123,9 @@ enum Followup {
 
 #[derive(Debug)]
 struct InFlight {
+    /// The id the agent knows the call by (the key changes when a failover of a
+    /// non-idempotent call takes a fresh id).
+    origin: CallId,
     cancel: CancellationToken,
     /// The provider of the current attempt and its follow-up channel.
     provider: Option<PeerId>,
@@ -177,7 +180,7 @@ struct InFlightGuard<'a> {
 
 impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
-        lock(&self.market.inner.caller).in_flight.remove(&self.call);
+        lock(&self.market.inner.caller).in_flight.retain(|_, f| f.origin != self.call);
     }
 }
 
@@ -219,7 +222,9 @@ impl Market {
         let cancel = self.inner.cancel.child_token();
         {
             let mut state = lock(&self.inner.caller);
-            if state.in_flight.contains_key(&call) {
+            if state.in_flight.contains_key(&call)
+                || state.in_flight.values().any(|f| f.origin == call)
+            {
                 return Err(CallError::DuplicateCall);
             }
             if state.in_flight.len() >= state.max_in_flight {
@@ -228,6 +233,7 @@ impl Market {
             state.in_flight.insert(
                 call,
                 InFlight {
+                    origin: call,
                     cancel: cancel.clone(),
                     provider: None,
                     followups: None,
@@ -266,7 +272,12 @@ impl Market {
     /// Cancels a call in flight on this node: the provider running it gets `TaskCancel`.
     /// Returns whether such a call was in flight.
     pub fn cancel(&self, call: &CallId) -> bool {
-        match lock(&self.inner.caller).in_flight.get(call) {
+        let state = lock(&self.inner.caller);
+        let found = state.in_flight.get(call).or_else(|| {
+            // Known by its first id after a failover gave it a fresh one.
+            state.in_flight.values().find(|f| f.origin == *call)
+        });
+        match found {
             Some(f) => {
                 f.cancel.cancel();
                 true
@@ -865,8 +876,16 @@ impl Market {
                 .map_err(Refused::internal)?;
             Ok(Done { seq: entry.seq, fresh: true })
         });
-        let ledgers = self.ledgers().map_err(|_| CallError::Stopped)?;
-        let done = ledgers.now.run(op).await.map_err(|r| CallError::Ledger(r.message))?;
+        // One blocking hop: the store's group commit shares the flush among calls in flight.
+        let store = self.store().clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let done = op(&store)?;
+            store.ledger_flush().map_err(Refused::internal)?;
+            Ok::<_, Refused>(done)
+        })
+        .await
+        .map_err(|_| CallError::Stopped)?
+        .map_err(|r| CallError::Ledger(r.message))?;
         if done.fresh {
             let market = self.clone();
             let addrs = addrs.to_vec();

@@ -153,20 +153,14 @@ pub struct MarketStats {
     pub requests_sent: u64,
     pub failovers: u64,
     pub countersign_failures: u64,
-    /// Ledger group commits: flushes, and the appends they covered.
+    /// Provider ledger batches: flushes, and the operations they covered.
     pub ledger_flushes: u64,
     pub ledger_appends: u64,
 }
 
-/// The two ledger batchers.
-#[derive(Debug)]
-struct Ledgers {
-    now: batch::Batcher,
-    windowed: batch::Batcher,
-}
-
-/// How long the provider gathers countersignatures into one flush.
-const COUNTERSIGN_WINDOW: Duration = Duration::from_millis(5);
+/// How long the provider gathers its ledger work into one flush: nobody waits for it on a
+/// call's critical path, and fewer flushes leave the disk to the callers' flushes.
+const COUNTERSIGN_WINDOW: Duration = Duration::from_millis(50);
 
 /// The call service of one node. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -188,9 +182,9 @@ struct Inner {
     provider: Mutex<provider::State>,
     caller: Mutex<caller::State>,
     stats: Mutex<MarketStats>,
-    /// Group commit of ledger work (started by `Market::start`): receipts on the caller's
-    /// critical path, and countersignatures on the provider, gathered over a short window.
-    ledger: std::sync::OnceLock<Ledgers>,
+    /// The provider's ledger work (its receipt copies, countersignatures), gathered into one
+    /// flush per window (started by `Market::start`).
+    ledger: std::sync::OnceLock<batch::Batcher>,
     cancel: CancellationToken,
 }
 
@@ -230,10 +224,11 @@ impl Market {
     pub fn start(&self) -> Result<Arc<dyn Calls>, capmesh_store::StoreError> {
         self.load_reputation()?;
         let (store, cancel) = (self.store().clone(), &self.inner.cancel);
-        let _ = self.inner.ledger.set(Ledgers {
-            now: batch::Batcher::start(store.clone(), Duration::ZERO, cancel.child_token()),
-            windowed: batch::Batcher::start(store, COUNTERSIGN_WINDOW, cancel.child_token()),
-        });
+        let _ = self.inner.ledger.set(batch::Batcher::start(
+            store,
+            COUNTERSIGN_WINDOW,
+            cancel.child_token(),
+        ));
         let service: Arc<dyn Calls> = Arc::new(self.clone());
         self.inner.mesh.set_calls(&service);
         Ok(service)
@@ -243,8 +238,7 @@ impl Market {
     /// cancellation token fired), so the replica can be closed. Cancel-safe.
     pub async fn stopped(&self) {
         if let Some(l) = self.inner.ledger.get() {
-            l.now.stopped().await;
-            l.windowed.stopped().await;
+            l.stopped().await;
         }
     }
 
@@ -259,10 +253,7 @@ impl Market {
     pub fn stats(&self) -> MarketStats {
         let mut stats = lock(&self.inner.stats).clone();
         if let Some(l) = self.inner.ledger.get() {
-            for (flushes, ops) in [l.now.counts(), l.windowed.counts()] {
-                stats.ledger_flushes += flushes;
-                stats.ledger_appends += ops;
-            }
+            (stats.ledger_flushes, stats.ledger_appends) = l.counts();
         }
         stats
     }
@@ -271,7 +262,7 @@ impl Market {
         self.inner.mesh.store()
     }
 
-    fn ledgers(&self) -> Result<&Ledgers, String> {
+    fn ledger(&self) -> Result<&batch::Batcher, String> {
         self.inner.ledger.get().ok_or_else(|| "the market is not started".to_string())
     }
 

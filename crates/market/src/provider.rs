@@ -524,8 +524,8 @@ impl Market {
                 .map_err(Refused::internal)?;
             Ok(Done { seq: e.seq, fresh: true })
         });
-        let queued = match self.ledgers() {
-            Ok(l) => l.windowed.submit(op).await.map_err(|r| r.message),
+        let queued = match self.ledger() {
+            Ok(l) => l.submit(op).await.map_err(|r| r.message),
             Err(e) => Err(e),
         };
         if let Err(e) = queued {
@@ -652,8 +652,8 @@ impl Market {
                 .map_err(Refused::internal)?;
             Ok(Done { seq: entry.seq, fresh: true })
         });
-        let ledgers = self.ledgers().map_err(|e| refusal("Internal", e))?;
-        let stored = ledgers.windowed.run(op).await.map_err(|r| refusal(r.code, r.message))?.fresh;
+        let ledger = self.ledger().map_err(|e| refusal("Internal", e))?;
+        let stored = ledger.run(op).await.map_err(|r| refusal(r.code, r.message))?.fresh;
         if stored {
             self.bump(|s| s.countersignatures_stored += 1);
         }

@@ -280,7 +280,10 @@ async fn main() -> anyhow::Result<()> {
             set.spawn(async move {
                 let mut failed = 0;
                 for _ in 0..n {
-                    if caller.call(CallRequest::new(cap, args.clone())).await.is_err() {
+                    if let Err(e) = caller.call(CallRequest::new(cap, args.clone())).await {
+                        if failed == 0 {
+                            println!("a call failed: {e} ({})", e.code());
+                        }
                         failed += 1;
                     }
                 }
@@ -332,11 +335,10 @@ async fn main() -> anyhow::Result<()> {
         provider_stats.refused
     );
     println!(
-        "ledger group commits: caller {} flushes for {} appends, provider {} flushes for {} appends",
-        caller_stats.ledger_flushes,
-        caller_stats.ledger_appends,
+        "provider ledger batches: {} flushes for {} appends (caller: {} countersignatures undelivered)",
         provider_stats.ledger_flushes,
-        provider_stats.ledger_appends
+        provider_stats.ledger_appends,
+        caller_stats.countersign_failures
     );
     Ok(())
 }

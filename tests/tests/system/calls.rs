@@ -619,3 +619,63 @@ async fn policies_require_attestations_from_trusted_issuers_on_both_sides() {
     let ok = caller.node.market.call(CallRequest::new(cap, json!({"in": true}))).await.unwrap();
     assert_eq!(ok.output, Some(json!({"in": true})));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_failed_over_under_a_fresh_id_is_still_cancelled_by_its_first_id() {
+    // One non-idempotent contract, two providers: node 0 (cheaper) fails at once, node 1 runs
+    // long. Failing over takes a fresh call id; the agent still cancels by the one it knows.
+    let dir = tempfile::tempdir().unwrap();
+    let (contract, cap) = contract_file(
+        dir.path(),
+        "once.only",
+        json!({"type": "object"}),
+        json!({"type": "object"}),
+    );
+    let fails =
+        capmesh_exec::Runtime::Command(capmesh_exec::CommandSpec::new(["/bin/sh", "-c", "exit 3"]));
+    let hangs = capmesh_exec::Runtime::Command(capmesh_exec::CommandSpec::new([
+        "/bin/sh",
+        "-c",
+        "sleep 600",
+    ]));
+    let net = Testnet::line(3, |i, o| match i {
+        0 => o.serve(capmesh::config::ServeEntry {
+            price_amount: 1,
+            ..entry(contract.clone(), fails.clone(), 60_000)
+        }),
+        1 => o
+            .serve(capmesh::config::ServeEntry {
+                price_amount: 5,
+                ..entry(contract.clone(), hangs.clone(), 60_000)
+            })
+            .inline_window(Duration::from_millis(200)),
+        _ => o,
+    })
+    .await
+    .unwrap();
+    let caller = net.node(2);
+    sees(caller, cap, 2).await;
+    let id = capmesh_wire::CallId::random().unwrap();
+    let market = caller.node.market.clone();
+    let call = tokio::spawn(async move {
+        market
+            .call(
+                CallRequest::new(cap, json!({}))
+                    .with_call_id(id)
+                    .with_weights("price=1".parse().unwrap()),
+            )
+            .await
+    });
+    let long = net.node(1).node.market.clone();
+    wait_for("the call running at node 1", T, || async {
+        let s = long.stats();
+        if s.tasks_deferred == 1 { Ok(()) } else { Err(s) }
+    })
+    .await;
+    assert_eq!(net.node(0).node.market.stats().runs_failed, 1);
+    assert!(caller.node.market.cancel(&id), "cancel by the first id");
+    let err = call.await.unwrap().unwrap_err();
+    assert!(matches!(err, CallError::Cancelled), "{err}");
+    assert_eq!(long.stats().runs_cancelled, 1);
+    assert!(!caller.node.market.cancel(&id), "nothing left in flight");
+}
