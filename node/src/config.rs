@@ -254,6 +254,9 @@ impl EnvelopeConfig {
     }
 }
 
+/// The rpc timeout callers use (capmesh-net's default).
+const RPC_TIMEOUT_MS: u64 = 30_000;
+
 impl Config {
     /// The file `capmesh init` writes: every setting, commented out at its default.
     pub const DEFAULT_TOML: &'static str = include_str!("default-config.toml");
@@ -317,8 +320,16 @@ impl Config {
             m.policy_poll_ms > 0
                 && m.offer_ttl_secs > 0
                 && m.offer_calls > 0
-                && m.intent_fanout > 0,
-            "market: policy_poll_ms, offer_ttl_secs, offer_calls and intent_fanout must be positive"
+                && m.intent_fanout > 0
+                && m.call_deadline_ms > 0,
+            "market: policy_poll_ms, offer_ttl_secs, offer_calls, intent_fanout and call_deadline_ms must be positive"
+        );
+        // A caller's rpc times out after 30 s: an answer held longer would look like a dead
+        // provider and the call would be failed over while it still runs.
+        anyhow::ensure!(
+            m.inline_window_ms > 0 && m.inline_window_ms < RPC_TIMEOUT_MS,
+            "market.inline_window_ms = {} must be above 0 and below the rpc timeout ({RPC_TIMEOUT_MS} ms)",
+            m.inline_window_ms
         );
         for (i, entry) in self.serve.iter().enumerate() {
             anyhow::ensure!(

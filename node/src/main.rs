@@ -431,7 +431,7 @@ fn run_node(dir: DataDir, args: RunArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let node = capmesh::Node::launch(dir, config, Default::default()).await?;
         eprintln!("capmesh node {} running; API on http://{}", node.peer_id(), node.api_addr);
-        wait_for_signal().await?;
+        wait_for_signal(node.market.policy().clone()).await?;
         eprintln!("shutting down");
         node.shutdown().await
     })?;
@@ -439,18 +439,28 @@ fn run_node(dir: DataDir, args: RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Waits for ctrl-c or SIGTERM.
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Waits for ctrl-c or SIGTERM; SIGHUP meanwhile reloads the call policy (a broken file keeps
+/// the policy in force, and says why in the log).
+async fn wait_for_signal(policy: capmesh_policy::PolicyHandle) -> anyhow::Result<()> {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r?,
-            _ = term.recv() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        loop {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => return Ok(r?),
+                _ = term.recv() => return Ok(()),
+                _ = hup.recv() => match policy.reload() {
+                    Ok(()) => tracing::info!(generation = policy.generation(), "call policy reloaded"),
+                    Err(e) => tracing::warn!(error = %e, "call policy not reloaded; the previous one stays"),
+                },
+            }
         }
-        Ok(())
     }
     #[cfg(not(unix))]
     {
+        let _ = policy;
         tokio::signal::ctrl_c().await?;
         Ok(())
     }

@@ -117,7 +117,19 @@ async fn run(
 ) {
     loop {
         let first = tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => {
+                // Whatever was queued is applied and flushed before the task ends: the
+                // provider queued its receipt copies before their answers left.
+                rx.close();
+                let mut rest = Vec::new();
+                while let Some(job) = rx.recv().await {
+                    rest.push(job);
+                }
+                if !rest.is_empty() {
+                    apply(store.clone(), rest, &counts).await;
+                }
+                return;
+            }
             first = rx.recv() => match first {
                 Some(f) => f,
                 None => return,
@@ -143,26 +155,30 @@ async fn run(
                 Err(_) => break,
             }
         }
-        counts.flushes.fetch_add(1, Ordering::Relaxed);
-        counts.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let store = store.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let mut answers = Vec::with_capacity(batch.len());
-            let mut replies = Vec::with_capacity(batch.len());
-            for (op, reply) in batch {
-                answers.push(op(&store));
-                replies.push(reply);
-            }
-            let flushed = store
-                .ledger_flush()
-                .map_err(|e| Refused::internal(format!("ledger flush failed: {e}")));
-            for (reply, answer) in replies.into_iter().zip(answers) {
-                let _ = reply.send(flushed.clone().and(answer));
-            }
-        })
-        .await;
-        if done.is_err() {
-            tracing::error!("a ledger batch panicked");
+        apply(store.clone(), batch, &counts).await;
+    }
+}
+
+/// Runs a batch on the blocking pool, flushes once, answers each job.
+async fn apply(store: Store, batch: Vec<Job>, counts: &Counts) {
+    counts.flushes.fetch_add(1, Ordering::Relaxed);
+    counts.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    let done = tokio::task::spawn_blocking(move || {
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for (op, reply) in batch {
+            answers.push(op(&store));
+            replies.push(reply);
         }
+        let flushed = store
+            .ledger_flush()
+            .map_err(|e| Refused::internal(format!("ledger flush failed: {e}")));
+        for (reply, answer) in replies.into_iter().zip(answers) {
+            let _ = reply.send(flushed.clone().and(answer));
+        }
+    })
+    .await;
+    if done.is_err() {
+        tracing::error!("a ledger batch panicked");
     }
 }

@@ -143,8 +143,12 @@ pub(crate) struct State {
     max_in_flight: usize,
 }
 
-/// While a deferred call runs, how often the caller checks that the provider is reachable.
+/// While a deferred call runs, how often the caller checks that the provider is reachable …
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// … and every how many checks it asks the provider even while connected.
+const PROBE_RUNNING: u32 = 10;
+/// How long a `TaskCancel` may take.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Providers whose record is kept; past it the record restarts (a stranger's prior).
 const MAX_REPUTATION: usize = 65_536;
@@ -189,6 +193,8 @@ enum Tried {
     Done(Box<CallOutcome>),
     /// Try the next offer.
     Next(Attempt),
+    /// The provider no longer knows the offer: ask it for a new one.
+    Renew(Attempt),
     /// Stop: trying elsewhere cannot help.
     Stop(CallError),
 }
@@ -206,6 +212,8 @@ struct Ctx<'a> {
     cancel: CancellationToken,
     requests: u32,
     input: Digest,
+    /// A `TaskStart` went out under the current call id.
+    started: bool,
 }
 
 impl Market {
@@ -260,6 +268,7 @@ impl Market {
             cancel,
             requests: 0,
             input,
+            started: false,
         };
         let result = self.run_call(ctx, clock).await;
         self.bump(|s| match &result {
@@ -328,13 +337,16 @@ impl Market {
         // Step 3: standing offers first (a warm call), then fresh ones.
         let mut queue = if ctx.contract.is_some() { self.standing(&ctx) } else { Vec::new() };
         let mut warm = !queue.is_empty();
-        let mut asked = false;
+        // One round of intents, and another when a provider had forgotten our standing offer
+        // (once per provider).
+        let mut rounds = 1;
+        let mut renewed: HashSet<PeerId> = HashSet::new();
         loop {
             if queue.is_empty() {
-                if asked {
+                if rounds == 0 {
                     break;
                 }
-                asked = true;
+                rounds -= 1;
                 warm = false;
                 queue = self.ask_for_offers(&mut ctx, &tried, &mut attempts).await?;
                 if queue.is_empty() {
@@ -346,7 +358,7 @@ impl Market {
                 return Err(CallError::Deadline { attempts });
             }
             tried.insert(standing.provider);
-            match self.try_offer(&mut ctx, &standing, attempts.len() as u32).await {
+            match self.try_offer(&mut ctx, &standing).await {
                 Tried::Done(mut outcome) => {
                     outcome.attempts = attempts;
                     outcome.warm = warm;
@@ -357,6 +369,16 @@ impl Market {
                 Tried::Next(a) => {
                     self.bump(|s| s.failovers += 1);
                     tracing::debug!(call = ?ctx.call, attempt = %a, "failing over");
+                    attempts.push(a);
+                }
+                Tried::Renew(a) if renewed.insert(standing.provider) => {
+                    tracing::debug!(call = ?ctx.call, attempt = %a, "offer forgotten; asking again");
+                    tried.remove(&standing.provider);
+                    rounds = 1;
+                    attempts.push(a);
+                }
+                Tried::Renew(a) => {
+                    self.bump(|s| s.failovers += 1);
                     attempts.push(a);
                 }
                 Tried::Stop(e) => return Err(e),
@@ -472,7 +494,7 @@ impl Market {
                 let sent = market.inner.mesh.request(provider, addrs.clone(), intent, thread);
                 let result = match tokio::time::timeout(timeout, sent).await {
                     Ok(r) => r,
-                    Err(_) => Err(MeshError::Stopped),
+                    Err(_) => Err(MeshError::Net(capmesh_mesh::NetError::Timeout(timeout))),
                 };
                 (provider, addrs, result)
             });
@@ -493,26 +515,27 @@ impl Market {
             match result.map(|x| x.answer) {
                 Ok(Some(Opened { id, payload })) => match payload.body {
                     Body::Offer(offer) => {
-                        let acceptable = offer.capability == cap
-                            && offer.expires > now_ms()
-                            && offer.calls > 0
-                            && policy.check_price(&offer.price, ctx.req.max_price.as_ref()).is_ok();
-                        if acceptable {
-                            offers.push(Standing {
+                        let priced = policy.check_price(&offer.price, ctx.req.max_price.as_ref());
+                        let refused = if offer.capability != cap {
+                            Some(("InvalidObject", "an offer for another capability".to_string()))
+                        } else if offer.expires <= now_ms() || offer.calls == 0 {
+                            Some(("OfferExpired", "an offer already expired or used up".into()))
+                        } else if let Err(d) = priced {
+                            Some((d.code.code(), d.reason))
+                        } else {
+                            None
+                        };
+                        match refused {
+                            None => offers.push(Standing {
                                 provider,
                                 addrs,
                                 offer_id: id,
                                 calls_left: offer.calls,
                                 offer,
-                            });
-                        } else {
-                            attempts.push(attempt(
-                                provider,
-                                "intent",
-                                "PriceTooHigh",
-                                "offer not acceptable (price, unit, capability or expiry)",
-                                None,
-                            ));
+                            }),
+                            Some((code, why)) => {
+                                attempts.push(attempt(provider, "intent", code, &why, None))
+                            }
                         }
                     }
                     Body::Negotiate(Negotiate { reason, .. }) => attempts.push(attempt(
@@ -549,12 +572,13 @@ impl Market {
     }
 
     /// One `TaskStart` under `standing`, and whatever follows it.
-    async fn try_offer(&self, ctx: &mut Ctx<'_>, standing: &Standing, earlier: u32) -> Tried {
+    async fn try_offer(&self, ctx: &mut Ctx<'_>, standing: &Standing) -> Tried {
         let provider = standing.provider;
-        // Idempotent capabilities keep the call id across providers; others get a fresh one,
-        // so a provider that did run it cannot be asked to count it twice (protocol.md §9).
+        // Idempotent capabilities keep the call id across providers; others get a fresh one
+        // once a TaskStart went out under the current id, so a provider that did run it cannot
+        // be asked to count it twice (protocol.md §9 step 10).
         let idempotent = ctx.contract.as_ref().is_some_and(|k| k.contract.idempotent);
-        if earlier > 0 && !idempotent {
+        if ctx.started && !idempotent {
             match fresh::<16>() {
                 Ok(id) => {
                     let mut state = lock(&self.inner.caller);
@@ -577,14 +601,20 @@ impl Market {
                 f.next_seq = 0;
             }
         }
-        let sent = self.send_start(ctx, standing);
+        let start = match self.sign_start(ctx, standing) {
+            Ok(e) => e,
+            Err(e) => return Tried::Stop(e),
+        };
+        let start_id = start.id();
+        ctx.started = true;
+        let sent = self.inner.mesh.send(provider, standing.addrs.clone(), start);
         let answer = tokio::select! {
             _ = ctx.cancel.cancelled() => {
                 // The provider may already run it: tell it.
-                return self.cancel_at(ctx, provider, &standing.addrs, None).await;
+                return self.cancel_at(ctx, standing, start_id).await;
             }
             _ = tokio::time::sleep_until(ctx.deadline.into()) => {
-                let _ = self.cancel_at(ctx, provider, &standing.addrs, None).await;
+                self.cancel_later(ctx, standing, start_id);
                 return Tried::Next(attempt(provider, "task", "Timeout", "no answer before the deadline", None));
             }
             a = sent => a,
@@ -593,18 +623,21 @@ impl Market {
             Ok(x) => x,
             Err(e) => {
                 let a = from_mesh(provider, "task", &e);
+                let remote = matches!(e, MeshError::Remote { .. });
                 let mut state = lock(&self.inner.caller);
-                if matches!(a.code.as_str(), "OfferExpired" | "NotFound")
-                    || !matches!(e, MeshError::Remote { .. })
-                {
+                let stale = matches!(a.code.as_str(), "OfferExpired" | "NotFound");
+                if stale || !remote {
                     state.held.forget(&ctx.req.capability, &standing.offer_id);
                 }
-                if !matches!(e, MeshError::Remote { .. }) {
+                if !remote {
                     state.rate(provider, false);
                 }
                 drop(state);
                 return match a.code.as_str() {
                     "InvalidArgs" | "Cancelled" => Tried::Stop(CallError::Refused { attempt: a }),
+                    // The provider forgot the offer (it restarted, or it expired) or could not be
+                    // reached where it was: ask for a new offer (a fresh find has its addresses).
+                    _ if stale || !remote => Tried::Renew(a),
                     _ => Tried::Next(a),
                 };
             }
@@ -623,25 +656,41 @@ impl Market {
             Body::TaskDone(done) => (done, answer_id),
             Body::TaskAccepted(_) => {
                 // Steps 7–8 deferred: progress and the outcome come as the provider's requests.
-                // While no connection to the provider is open, a repeat of the `TaskStart` (same
-                // call id: never run twice) asks whether it still runs; a provider that cannot
-                // be reached is failed over.
+                // A repeat of the `TaskStart` (same call id: never run twice) asks whether it
+                // still runs — at once when no connection to the provider is open, and every
+                // `PROBE_RUNNING` ticks anyway (a provider that restarted between two checks
+                // forgot the call); a provider that cannot be reached is failed over.
                 let mut check = tokio::time::interval(PROBE_EVERY);
                 check.tick().await;
+                let mut ticks = 0u32;
                 loop {
                     let next = tokio::select! {
                         _ = ctx.cancel.cancelled() => {
-                            return self.cancel_at(ctx, provider, &standing.addrs, Some(exchange.id)).await;
+                            return self.cancel_at(ctx, standing, start_id).await;
                         }
                         _ = tokio::time::sleep_until(ctx.deadline.into()) => {
-                            let _ = self.cancel_at(ctx, provider, &standing.addrs, Some(exchange.id)).await;
+                            self.cancel_later(ctx, standing, start_id);
                             return Tried::Next(attempt(provider, "task", "Timeout", "no outcome before the deadline", None));
                         }
                         _ = check.tick() => {
-                            if self.inner.mesh.connected(provider).await {
+                            ticks += 1;
+                            if !ticks.is_multiple_of(PROBE_RUNNING) && self.inner.mesh.connected(provider).await {
                                 continue;
                             }
-                            match self.probe(ctx, standing).await {
+                            let (cancel, deadline) = (ctx.cancel.clone(), ctx.deadline);
+                            let probe = tokio::select! {
+                                _ = cancel.cancelled() => None,
+                                _ = tokio::time::sleep_until(deadline.into()) => None,
+                                p = self.probe(ctx, standing) => Some(p),
+                            };
+                            let Some(probe) = probe else {
+                                if ctx.cancel.is_cancelled() {
+                                    return self.cancel_at(ctx, standing, start_id).await;
+                                }
+                                self.cancel_later(ctx, standing, start_id);
+                                return Tried::Next(attempt(provider, "task", "Timeout", "no outcome before the deadline", None));
+                            };
+                            match probe {
                                 Ok(Some((done, id))) => break (done, id),
                                 Ok(None) => continue,
                                 Err(a) => {
@@ -684,12 +733,12 @@ impl Market {
         self.conclude(ctx, provider, standing, done, done_id).await
     }
 
-    /// Sends the call's `TaskStart` under `standing` (counted in the call's requests).
-    fn send_start(
+    /// Signs the call's `TaskStart` under `standing` (counted in the call's requests).
+    fn sign_start(
         &self,
         ctx: &mut Ctx<'_>,
         standing: &Standing,
-    ) -> impl std::future::Future<Output = Result<Exchange, MeshError>> + use<> {
+    ) -> Result<capmesh_wire::Envelope, CallError> {
         let start = TaskStart {
             call: ctx.call,
             capability: ctx.req.capability,
@@ -700,9 +749,10 @@ impl Market {
         ctx.requests += 1;
         self.bump(|s| s.requests_sent += 1);
         let thread = Thread { trace: Some(ctx.trace), re: None };
-        let (mesh, provider, addrs) =
-            (self.inner.mesh.clone(), standing.provider, standing.addrs.clone());
-        async move { mesh.request(provider, addrs, start, thread).await }
+        self.inner.mesh.sign_request(standing.provider, start, thread).map_err(|e| match e {
+            MeshError::Sign(e) => CallError::Sign(e),
+            other => CallError::Ledger(other.to_string()),
+        })
     }
 
     /// Repeats the `TaskStart` of a deferred call: `TaskDone` if it ended, `None` while it runs.
@@ -712,7 +762,10 @@ impl Market {
         standing: &Standing,
     ) -> Result<Option<(TaskDone, Cid)>, Attempt> {
         let provider = standing.provider;
-        let sent = self.send_start(ctx, standing).await;
+        let start = self
+            .sign_start(ctx, standing)
+            .map_err(|e| attempt(provider, "task", e.code(), &e.to_string(), None))?;
+        let sent = self.inner.mesh.send(provider, standing.addrs.clone(), start).await;
         match sent.map(|x| x.answer) {
             Ok(Some(Opened { id, payload })) => match payload.body {
                 Body::TaskDone(done) => Ok(Some((done, id))),
@@ -750,30 +803,21 @@ impl Market {
             state.in_flight.get(&ctx.call).map_or((CHAIN_START, 0), |f| (f.chain, f.next_seq))
         };
         let streaming = ctx.contract.as_ref().is_some_and(|k| k.contract.streaming);
-        let expected_output = match (&done.output, &done.error) {
-            (Some(v), _) => json_digest(v).ok(),
-            (None, None) if streaming => Some(chain),
-            _ => None,
-        };
-        let rules = capmesh_wire::Rules::default();
-        let expected = Expected {
-            call: ctx.call,
-            capability: ctx.req.capability,
-            caller: self.inner.me,
-            provider,
-            offer: standing.offer_id,
-            input: ctx.input,
-            output: expected_output,
-            rules: &rules,
-        };
-        let checked = receipt::check(&done, &expected);
-        let r = match checked {
+        let r = match self.check_done(ctx, standing, &done) {
             Ok(r) => r,
             Err(bad) => {
                 lock(&self.inner.caller).rate(provider, false);
                 return Tried::Next(attempt(provider, "task", "BadReceipt", &bad.0, None));
             }
         };
+        // Step 8 in order: the output against the contract first; an output that does not
+        // match is not accepted, so its receipt is neither kept nor countersigned.
+        if let (Some(output), Some(known)) = (&done.output, &ctx.contract)
+            && let Err(e) = validate_output(known, output)
+        {
+            lock(&self.inner.caller).rate(provider, false);
+            return Tried::Next(attempt(provider, "task", "OutputInvalid", &e, None));
+        }
         // A valid receipt is evidence whatever it says: keep it (flushed), with this node's
         // countersignature, then send that to the provider.
         let seq = match self
@@ -792,12 +836,6 @@ impl Market {
                 "InvalidArgs" | "Cancelled" => Tried::Stop(CallError::Refused { attempt: a }),
                 _ => Tried::Next(a),
             };
-        }
-        if let (Some(output), Some(known)) = (&done.output, &ctx.contract)
-            && let Err(e) = validate_output(known, output)
-        {
-            lock(&self.inner.caller).rate(provider, false);
-            return Tried::Next(attempt(provider, "task", "OutputInvalid", &e, None));
         }
         lock(&self.inner.caller).rate(provider, true);
         let receipt_id = done.receipt.id();
@@ -820,32 +858,99 @@ impl Market {
     }
 
     /// Sends `TaskCancel` and keeps the receipt of the cancelled run if one comes back.
-    async fn cancel_at(
-        &self,
-        ctx: &mut Ctx<'_>,
-        provider: PeerId,
-        addrs: &[Multiaddr],
-        start_id: Option<Cid>,
-    ) -> Tried {
+    async fn cancel_at(&self, ctx: &mut Ctx<'_>, standing: &Standing, start_id: Cid) -> Tried {
+        let provider = standing.provider;
         ctx.requests += 1;
         self.bump(|s| s.requests_sent += 1);
         let body = TaskCancel { call: ctx.call, reason: Some("cancelled by the caller".into()) };
-        let thread = Thread { trace: Some(ctx.trace), re: start_id };
-        let sent = self.inner.mesh.request(provider, addrs.to_vec(), body, thread);
-        if let Ok(Ok(Exchange { answer: Some(opened), .. })) =
-            tokio::time::timeout(Duration::from_secs(10), sent).await
+        let thread = Thread { trace: Some(ctx.trace), re: Some(start_id) };
+        let mut answer = None;
+        // The TaskStart may still be on its way (a cancel can overtake it on another stream):
+        // a `NotFound` is asked again a few times.
+        for wait in [0u64, 100, 300, 600] {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            let sent =
+                self.inner.mesh.request(provider, standing.addrs.clone(), body.clone(), thread);
+            match tokio::time::timeout(CANCEL_TIMEOUT, sent).await {
+                Ok(Err(MeshError::Remote { code, .. })) if code == "NotFound" => continue,
+                Ok(Ok(Exchange { answer: Some(opened), .. })) => answer = Some(opened),
+                _ => {}
+            }
+            break;
+        }
+        // The run's final TaskDone: kept (and countersigned) if its receipt holds up.
+        if let Some(opened) = answer
             && let Body::TaskDone(done) = opened.payload.body
-            && done.receipt.verify(now_ms(), &capmesh_wire::Rules::default()).is_ok_and(|r| {
-                r.record.call == ctx.call
-                    && r.record.caller == self.inner.me
-                    && r.record.provider == provider
-            })
-            && let Err(e) =
-                self.keep_receipt(&done.receipt, provider, addrs, ctx.trace, opened.id).await
         {
-            tracing::warn!(error = %e, "receipt of a cancelled call not kept");
+            match self.check_done(ctx, standing, &done) {
+                Ok(_) => {
+                    if let Err(e) = self
+                        .keep_receipt(
+                            &done.receipt,
+                            provider,
+                            &standing.addrs,
+                            ctx.trace,
+                            opened.id,
+                        )
+                        .await
+                    {
+                        tracing::warn!(error = %e, "receipt of a cancelled call not kept");
+                    }
+                }
+                Err(bad) => {
+                    tracing::debug!(%provider, error = %bad, "cancelled call's receipt refused")
+                }
+            }
         }
         Tried::Stop(CallError::Cancelled)
+    }
+
+    /// `TaskCancel` sent in the background (the deadline passed: the call does not wait).
+    fn cancel_later(&self, ctx: &Ctx<'_>, standing: &Standing, start_id: Cid) {
+        let body =
+            TaskCancel { call: ctx.call, reason: Some("the caller's deadline passed".into()) };
+        let thread = Thread { trace: Some(ctx.trace), re: Some(start_id) };
+        let (mesh, provider, addrs) =
+            (self.inner.mesh.clone(), standing.provider, standing.addrs.clone());
+        self.bump(|s| s.requests_sent += 1);
+        tokio::spawn(async move {
+            let _ =
+                tokio::time::timeout(CANCEL_TIMEOUT, mesh.request(provider, addrs, body, thread))
+                    .await;
+        });
+    }
+
+    /// Checks a `TaskDone` against what this call sent and received (receipt::check).
+    fn check_done(
+        &self,
+        ctx: &Ctx<'_>,
+        standing: &Standing,
+        done: &TaskDone,
+    ) -> Result<Receipt, receipt::BadReceipt> {
+        let chain = {
+            let state = lock(&self.inner.caller);
+            state.in_flight.get(&ctx.call).map_or(CHAIN_START, |f| f.chain)
+        };
+        let streaming = ctx.contract.as_ref().is_some_and(|k| k.contract.streaming);
+        let expected_output = match (&done.output, &done.error) {
+            (Some(v), _) => json_digest(v).ok(),
+            (None, None) if streaming => Some(chain),
+            _ => None,
+        };
+        let rules = capmesh_wire::Rules::default();
+        let expected = Expected {
+            call: ctx.call,
+            capability: ctx.req.capability,
+            caller: self.inner.me,
+            provider: standing.provider,
+            offer: standing.offer_id,
+            price: &standing.offer.price,
+            input: ctx.input,
+            output: expected_output,
+            streaming,
+            rules: &rules,
+        };
+        receipt::check(done, &expected)
     }
 
     /// Step 8–9: appends a verified receipt and this node's countersignature of it to the
@@ -1007,7 +1112,9 @@ fn from_mesh(provider: PeerId, stage: &'static str, e: &MeshError) -> Attempt {
         MeshError::Remote { code, message, retry_after_ms, .. } => {
             attempt(provider, stage, code, message, *retry_after_ms)
         }
-        MeshError::Stopped => attempt(provider, stage, "Timeout", "no answer in time", None),
+        MeshError::Net(capmesh_mesh::NetError::Timeout(_)) => {
+            attempt(provider, stage, "Timeout", &e.to_string(), None)
+        }
         other => attempt(provider, stage, "Unreachable", &other.to_string(), None),
     }
 }

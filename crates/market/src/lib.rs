@@ -78,6 +78,12 @@ pub struct MarketConfig {
     pub max_calls: usize,
     /// Provider side: how long a finished call's answer is kept for repeats. Default 10 min.
     pub done_retention: Duration,
+    /// Provider side: most bytes of finished answers kept for repeats (oldest go first).
+    /// Default 64 MiB.
+    pub max_kept_bytes: usize,
+    /// Provider side: the furthest deadline a call may ask for (bounds how long a deferred
+    /// `TaskDone` is retried). Default 1 day.
+    pub max_deadline: Duration,
     /// Provider side: offers remembered. Default 16384.
     pub max_offers: usize,
     /// Provider side: callers tracked by the rate limiter. Default 4096.
@@ -101,6 +107,8 @@ impl Default for MarketConfig {
             default_deadline: Duration::from_secs(30),
             max_calls: 4096,
             done_retention: Duration::from_secs(600),
+            max_kept_bytes: 64 << 20,
+            max_deadline: Duration::from_secs(86_400),
             max_offers: 16384,
             max_callers: 4096,
             max_in_flight: 1024,

@@ -89,8 +89,9 @@ impl Book {
         self.offers.len()
     }
 
-    pub(crate) fn contains(&self, id: &Cid) -> bool {
-        self.offers.contains_key(id)
+    /// Whether offer `id` was issued to `caller`.
+    pub(crate) fn issued_to(&self, id: &Cid, caller: &PeerId) -> bool {
+        self.offers.get(id).is_some_and(|o| o.caller == *caller)
     }
 }
 
@@ -123,7 +124,11 @@ impl Held {
         let before = list.len();
         list.retain(|s| s.offer.expires > now && s.calls_left > 0);
         self.len -= before - list.len();
-        list.clone()
+        let usable = list.clone();
+        if usable.is_empty() {
+            self.by_cap.remove(capability);
+        }
+        usable
     }
 
     /// Keeps `standing`, replacing an earlier offer from the same provider for the same
@@ -164,6 +169,9 @@ impl Held {
             let before = list.len();
             list.retain(|s| s.offer_id != *offer_id);
             self.len -= before - list.len();
+            if list.is_empty() {
+                self.by_cap.remove(capability);
+            }
         }
     }
 }

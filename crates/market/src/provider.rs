@@ -91,14 +91,34 @@ impl Call {
     }
 }
 
+/// Removes a call whose run ended without a `TaskDone` (no receipt could be signed, or the run
+/// task panicked), so repeats are not told forever that it still runs.
+struct Unfinished<'a> {
+    market: &'a Market,
+    key: (PeerId, CallId),
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        let mut state = lock(&self.market.inner.provider);
+        if state.calls.get(&self.key).is_some_and(|c| c.finished().is_none()) {
+            state.calls.remove(&self.key);
+        }
+    }
+}
+
 /// Provider bookkeeping: issued offers and the call table (bounded).
 #[derive(Debug)]
 pub(crate) struct State {
     offers: Book,
     calls: HashMap<(PeerId, CallId), Arc<Call>>,
-    /// Finished calls in finishing order, for retention and eviction.
-    finished: VecDeque<((PeerId, CallId), u64)>,
+    /// Finished calls in finishing order, for retention and eviction: key, when, and the
+    /// size of the answer kept for repeats.
+    finished: VecDeque<((PeerId, CallId), u64, usize)>,
+    /// Bytes of the answers kept in `finished`.
+    kept_bytes: usize,
     max_calls: usize,
+    max_kept_bytes: usize,
     retention_ms: u64,
 }
 
@@ -108,7 +128,9 @@ impl State {
             offers: Book::new(config.max_offers),
             calls: HashMap::new(),
             finished: VecDeque::new(),
+            kept_bytes: 0,
             max_calls: config.max_calls.max(1),
+            max_kept_bytes: config.max_kept_bytes,
             retention_ms: config.done_retention.as_millis() as u64,
         }
     }
@@ -116,15 +138,21 @@ impl State {
     /// Makes room for one more call: finished calls past retention go, then the oldest
     /// finished ones. `false` if every entry is a running call.
     fn room(&mut self, now: u64) -> bool {
-        while let Some((key, at)) = self.finished.front().copied() {
-            let full = self.calls.len() >= self.max_calls;
+        while let Some((key, at, bytes)) = self.finished.front().copied() {
+            let full = self.calls.len() >= self.max_calls || self.kept_bytes > self.max_kept_bytes;
             if !full && at + self.retention_ms >= now {
                 break;
             }
             self.finished.pop_front();
+            self.kept_bytes -= bytes;
             self.calls.remove(&key);
         }
         self.calls.len() < self.max_calls
+    }
+
+    fn finish(&mut self, key: (PeerId, CallId), now: u64, bytes: usize) {
+        self.finished.push_back((key, now, bytes));
+        self.kept_bytes += bytes;
     }
 }
 
@@ -190,7 +218,7 @@ impl Market {
     ) -> Result<Served, ErrorBody> {
         match &request.payload.body {
             Body::Intent(intent) => self.intent(peer, request, intent),
-            Body::Negotiate(n) => Ok(Served::Answer(self.negotiate(n).into())),
+            Body::Negotiate(n) => Ok(Served::Answer(self.negotiate(peer, n).into())),
             Body::TaskStart(start) => self.task_start(peer, request, start).await,
             Body::TaskCancel(c) => self.task_cancel(peer, c).await,
             other => Err(refusal("NotFound", format!("{:?} is not a provider kind", other.kind()))),
@@ -206,6 +234,14 @@ impl Market {
         policy
             .check_caller(&peer, &intent.capability, &self.attested())
             .map_err(|d| refusal(d.code.code(), d.reason))?;
+        // An offer costs a signature and a place in the book: intents spend the caller's rate
+        // like calls do.
+        drop(
+            self.inner
+                .admission
+                .admit(&peer, &intent.capability, policy.limits(&intent.capability), Instant::now())
+                .map_err(rate_refusal)?,
+        );
         let price = serving.spec.price.clone();
         if let Some(max) = &intent.max_price
             && (max.unit != price.unit || max.amount < price.amount)
@@ -252,9 +288,10 @@ impl Market {
         Ok(Served::Signed(envelope))
     }
 
-    /// Offers are final: `Accept` of a known offer is confirmed, everything else declined.
-    fn negotiate(&self, n: &Negotiate) -> Negotiate {
-        let known = |id: &Cid| lock(&self.inner.provider).offers.contains(id);
+    /// Offers are final: `Accept` of an offer issued to this caller is confirmed, everything
+    /// else declined.
+    fn negotiate(&self, peer: PeerId, n: &Negotiate) -> Negotiate {
+        let known = |id: &Cid| lock(&self.inner.provider).offers.issued_to(id, &peer);
         match (n.action, &n.offer) {
             (NegotiateAction::Accept, Some(id)) if known(id) => Negotiate {
                 action: NegotiateAction::Accept,
@@ -284,42 +321,9 @@ impl Market {
         start: &TaskStart,
     ) -> Result<Served, ErrorBody> {
         let key = (peer, start.call);
-        let existing = lock(&self.inner.provider).calls.get(&key).cloned();
-        if let Some(call) = existing {
-            // An idempotency key seen before: never run twice.
-            self.bump(|s| s.tasks_repeated += 1);
-            return Ok(Served::Answer(match call.finished() {
-                Some(done) => (*done).clone().into(),
-                None => TaskAccepted { call: start.call }.into(),
-            }));
-        }
-        let serving = self.serving(&start.capability).ok_or_else(|| {
-            refusal("NotFound", format!("capability {} is not served here", start.capability))
-        })?;
         let now = now_ms();
-        if start.deadline <= now {
-            return Err(refusal("Timeout", "the call's deadline has passed"));
-        }
-        let price = lock(&self.inner.provider)
-            .offers
-            .take(&start.offer, &peer, &start.capability, now)
-            .map_err(|p| match p {
-                OfferProblem::Unknown => refusal(
-                    "NotFound",
-                    format!("no offer {} for this caller and capability", start.offer),
-                ),
-                OfferProblem::Spent => {
-                    refusal("OfferExpired", format!("offer {} expired or is used up", start.offer))
-                }
-            })?;
-        let admitted = self.admit(peer, &serving, start);
-        let (permit, slot) = match admitted {
-            Ok(p) => p,
-            Err(e) => {
-                lock(&self.inner.provider).offers.give_back(&start.offer);
-                return Err(e);
-            }
-        };
+        // Claim the idempotency key before any other check, under one lock: a concurrent
+        // TaskStart with the same call id finds the claim and never starts a second run.
         let call = Arc::new(Call {
             start_id: request.id,
             trace: request.payload.trace,
@@ -329,17 +333,86 @@ impl Market {
         });
         {
             let mut state = lock(&self.inner.provider);
+            if let Some(existing) = state.calls.get(&key).cloned() {
+                drop(state);
+                self.bump(|s| s.tasks_repeated += 1);
+                let mut delivery = lock(&existing.delivery);
+                return Ok(Served::Answer(match existing.finished() {
+                    Some(done) => {
+                        *delivery = Delivery::Answered;
+                        (*done).clone().into()
+                    }
+                    None => {
+                        // Whoever asks again while it runs is owed a TaskDone request later.
+                        *delivery = Delivery::Deferred;
+                        TaskAccepted { call: start.call }.into()
+                    }
+                }));
+            }
             if !state.room(now) {
-                state.offers.give_back(&start.offer);
                 return Err(refusal("Busy", "too many calls in flight on this provider"));
             }
             state.calls.insert(key, call.clone());
         }
+        // Any refusal from here on releases the claim (a refused start ran nothing).
+        let release = |offer_taken: bool| {
+            let mut state = lock(&self.inner.provider);
+            state.calls.remove(&key);
+            if offer_taken {
+                state.offers.give_back(&start.offer);
+            }
+        };
+        let serving = match self.serving(&start.capability) {
+            Some(s) => s,
+            None => {
+                release(false);
+                let message = format!("capability {} is not served here", start.capability);
+                return Err(refusal("NotFound", message));
+            }
+        };
+        let max_deadline = now + self.inner.config.max_deadline.as_millis() as u64;
+        if start.deadline <= now || start.deadline > max_deadline {
+            release(false);
+            return Err(if start.deadline <= now {
+                refusal("Timeout", "the call's deadline has passed")
+            } else {
+                refusal(
+                    "InvalidArgs",
+                    "the call's deadline is further away than this provider allows",
+                )
+            });
+        }
+        let taken =
+            lock(&self.inner.provider).offers.take(&start.offer, &peer, &start.capability, now);
+        let price = match taken {
+            Ok(price) => price,
+            Err(p) => {
+                release(false);
+                return Err(match p {
+                    OfferProblem::Unknown => refusal(
+                        "NotFound",
+                        format!("no offer {} for this caller and capability", start.offer),
+                    ),
+                    OfferProblem::Spent => refusal(
+                        "OfferExpired",
+                        format!("offer {} expired or is used up", start.offer),
+                    ),
+                });
+            }
+        };
+        let (permit, slot) = match self.admit(peer, &serving, start) {
+            Ok(p) => p,
+            Err(e) => {
+                release(true);
+                return Err(e);
+            }
+        };
         self.bump(|s| s.tasks_started += 1);
         let mut finished = call.done.subscribe();
         let market = self.clone();
         let (run_call, run_start) = (call.clone(), start.clone());
         tokio::spawn(async move {
+            let _unfinished = Unfinished { market: &market, key };
             market.run(peer, run_call, serving, run_start, price, (permit, slot)).await;
         });
         // Streams go through `TaskProgress` requests, which follow `TaskAccepted`.
@@ -378,15 +451,7 @@ impl Market {
             .inner
             .admission
             .admit(&peer, &start.capability, policy.limits(&start.capability), Instant::now())
-            .map_err(|r| match r {
-                Refusal::RateLimited { retry_after_ms } => error_body(
-                    "RateLimited",
-                    format!("rate limit reached; retry in {retry_after_ms} ms"),
-                    true,
-                    Some(retry_after_ms),
-                ),
-                busy @ Refusal::Busy { .. } => refusal("Busy", busy.to_string()),
-            })?;
+            .map_err(rate_refusal)?;
         let slot = serving.slots.clone().try_acquire_owned().map_err(|_| {
             refusal(
                 "Busy",
@@ -537,10 +602,8 @@ impl Market {
             call.done.send_replace(Some(done.clone()));
             *delivery == Delivery::Deferred
         };
-        {
-            let mut state = lock(&self.inner.provider);
-            state.finished.push_back(((peer, start.call), now_ms()));
-        }
+        let bytes = done.output.as_ref().map_or(0, |o| o.to_string().len()) + 1024;
+        lock(&self.inner.provider).finish((peer, start.call), now_ms(), bytes);
         if deferred {
             self.deliver(peer, &call, done, start.deadline).await;
         }
@@ -550,6 +613,9 @@ impl Market {
     async fn deliver(&self, peer: PeerId, call: &Call, done: Arc<TaskDone>, deadline: u64) {
         let thread = Thread { trace: Some(call.trace), re: Some(call.start_id) };
         let mut wait = Duration::from_millis(200);
+        // Retried no longer than the answer is kept for repeats (a caller that returns later
+        // repeats its TaskStart and gets it from the call table).
+        let until = deadline.min(now_ms() + self.inner.config.done_retention.as_millis() as u64);
         loop {
             if *lock(&call.delivery) == Delivery::Answered {
                 return; // a TaskCancel or a repeated TaskStart got it first
@@ -557,7 +623,12 @@ impl Market {
             let sent = self.inner.mesh.request(peer, Vec::new(), (*done).clone(), thread).await;
             match sent {
                 Ok(_) => return,
-                Err(e) if now_ms() + wait.as_millis() as u64 >= deadline => {
+                // The caller no longer waits for it (it answered NotFound, say).
+                Err(capmesh_mesh::MeshError::Remote { code, retryable: false, .. }) => {
+                    tracing::debug!(%peer, %code, "TaskDone refused by the caller");
+                    return;
+                }
+                Err(e) if now_ms() + wait.as_millis() as u64 >= until => {
                     tracing::debug!(%peer, error = %e, "TaskDone not delivered before the deadline");
                     return;
                 }
@@ -583,7 +654,15 @@ impl Market {
         let thread = Thread { trace: Some(call.trace), re: Some(call.start_id) };
         let mut chain = CHAIN_START;
         let mut seq = 0u64;
-        while let Some(data) = chunks.recv().await {
+        loop {
+            // A cancelled run sends nothing more (what is buffered is dropped).
+            let data = tokio::select! {
+                _ = call.cancel.cancelled() => return Err(refusal("Cancelled", "the call was cancelled")),
+                next = chunks.recv() => match next {
+                    Some(data) => data,
+                    None => break,
+                },
+            };
             chain = chain_next(&chain, &data);
             let progress =
                 TaskProgress { call: id, seq, data: capmesh_wire::repr::Bytes(data), chain };
@@ -623,9 +702,9 @@ impl Market {
         let limits = capmesh_wire::cbor::Limits::default();
         let cs = &r.countersignature;
         let record = cs
-            .decode(limits)
-            .and_then(|c| cs.check_signature(&c).map(|_| c))
-            .map_err(|e| error_body(e.code(), e.to_string(), false, None))?;
+            .verify(now_ms(), &capmesh_wire::Rules::default())
+            .map(|v| v.record)
+            .map_err(|e| error_body(e.code(), e.to_string(), e.retryable(), None))?;
         if record.caller != peer {
             return Err(refusal("Misaddressed", "the countersignature is not the sender's"));
         }
@@ -658,6 +737,18 @@ impl Market {
             self.bump(|s| s.countersignatures_stored += 1);
         }
         Ok(Served::Ack)
+    }
+}
+
+fn rate_refusal(r: Refusal) -> ErrorBody {
+    match r {
+        Refusal::RateLimited { retry_after_ms } => error_body(
+            "RateLimited",
+            format!("rate limit reached; retry in {retry_after_ms} ms"),
+            true,
+            Some(retry_after_ms),
+        ),
+        busy @ Refusal::Busy { .. } => refusal("Busy", busy.to_string()),
     }
 }
 

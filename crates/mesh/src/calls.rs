@@ -94,6 +94,18 @@ impl Mesh {
         body: impl Into<Body>,
         thread: Thread,
     ) -> Result<Exchange, MeshError> {
+        let envelope = self.sign_request(peer, body, thread)?;
+        self.send(peer, addrs, envelope).await
+    }
+
+    /// The envelope [`Mesh::request`] would send, for callers that need its id first (to
+    /// refer to it with `re` before its answer arrives).
+    pub fn sign_request(
+        &self,
+        peer: PeerId,
+        body: impl Into<Body>,
+        thread: Thread,
+    ) -> Result<Envelope, MeshError> {
         let mut builder =
             Envelope::builder(body).to(peer).ttl_ms(self.inner.config.envelope_ttl_ms);
         if let Some(trace) = thread.trace {
@@ -102,7 +114,16 @@ impl Mesh {
         if let Some(re) = thread.re {
             builder = builder.re(re);
         }
-        let request = builder.sign(&self.inner.key, now_ms())?;
+        Ok(builder.sign(&self.inner.key, now_ms())?)
+    }
+
+    /// Sends a signed request and opens the answer, as [`Mesh::request`] does.
+    pub async fn send(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: Envelope,
+    ) -> Result<Exchange, MeshError> {
         let id = request.id();
         let bytes = self.inner.net.request(peer, addrs, request.to_bytes()).await?;
         if bytes.is_empty() {

@@ -36,7 +36,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use calls::{BoxFuture, Calls, Exchange, Served, Thread};
-pub use capmesh_net::Multiaddr;
+pub use capmesh_net::{Multiaddr, NetError};
 pub use find::{FindEvent, Found, Source};
 pub use publish::{Published, Retired, default_limits};
 

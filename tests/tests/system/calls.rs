@@ -214,10 +214,11 @@ async fn a_rate_limit_refuses_the_excess_calls_with_retry_after() {
     let (provider, caller) = (net.node(0), net.node(1));
     std::fs::write(
         provider.data_dir().join("policy.toml"),
-        "[provider]\nrate_per_sec = 0.2\nburst = 2\n",
+        "[provider]\nrate_per_sec = 0.2\nburst = 3\n",
     )
     .unwrap();
     provider.node.market.policy().reload().unwrap();
+    // The burst of 3 covers the Intent (offers spend the rate too) and two calls.
     for i in 0..2 {
         caller.node.market.call(CallRequest::new(cap, json!({"i": i}))).await.unwrap();
     }
@@ -678,4 +679,74 @@ async fn a_call_failed_over_under_a_fresh_id_is_still_cancelled_by_its_first_id(
     assert!(matches!(err, CallError::Cancelled), "{err}");
     assert_eq!(long.stats().runs_cancelled, 1);
     assert!(!caller.node.market.cancel(&id), "nothing left in flight");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_task_starts_with_one_call_id_run_once() {
+    let (net, cap) = pair(Builtin::Sleep, 0).await;
+    let (provider, caller) = (net.node(0), net.node(1));
+    let first = caller.node.market.call(CallRequest::new(cap, json!({"ms": 1}))).await.unwrap();
+    let offer = first.receipt.decode(Limits::default()).unwrap().offer;
+    // Two different envelopes (fresh nonces) with one call id, sent at once by node 1.
+    let key = capmesh_types::NodeKey::from_seed([2; 32]);
+    let id = capmesh_wire::CallId::random().unwrap();
+    let envelope = || {
+        let start = capmesh_wire::TaskStart {
+            call: id,
+            capability: cap,
+            offer,
+            args: json!({"ms": 300}),
+            deadline: capmesh::now_ms() + 10_000,
+        };
+        capmesh_wire::Envelope::builder(start)
+            .to(provider.peer_id())
+            .ttl_ms(60_000)
+            .sign(&key, capmesh::now_ms())
+            .unwrap()
+            .to_bytes()
+    };
+    let (a, b) = (envelope(), envelope());
+    assert_ne!(a, b);
+    let net_handle = &caller.node.net;
+    let (ra, rb) = tokio::join!(
+        net_handle.request(provider.peer_id(), Vec::new(), a),
+        net_handle.request(provider.peer_id(), Vec::new(), b)
+    );
+    let kinds: Vec<capmesh_wire::Kind> = [ra.unwrap(), rb.unwrap()]
+        .iter()
+        .map(|bytes| {
+            let e = capmesh_wire::Envelope::from_bytes(bytes, Limits::default()).unwrap();
+            e.decode(Limits::default()).unwrap().kind()
+        })
+        .collect();
+    assert!(kinds.contains(&capmesh_wire::Kind::TaskDone), "{kinds:?}");
+    assert!(!kinds.contains(&capmesh_wire::Kind::Error), "{kinds:?}");
+    assert_eq!(provider.node.market.runs(&cap), Some(2), "the first call, then one run for both");
+    assert_eq!(provider.node.market.stats().tasks_repeated, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standing_offer_forgotten_by_a_restarted_provider_is_renewed() {
+    let (mut net, cap) = pair(Builtin::Echo, 0).await;
+    let caller = net.node(1).node.market.clone();
+    caller.call(CallRequest::new(cap, json!({"n": 1}))).await.unwrap();
+    let warm = caller.call(CallRequest::new(cap, json!({"n": 2}))).await.unwrap();
+    assert!(warm.warm);
+    let (dir, opts) = net.stop(0).await.unwrap();
+    net.restart(0, dir, opts).await.unwrap();
+    let provider = net.node(0).peer_id();
+    wait_for("the restarted provider reconnected", T, || async {
+        if net.node(1).node.mesh.connected(provider).await { Ok(()) } else { Err(()) }
+    })
+    .await;
+    let outcome = caller.call(CallRequest::new(cap, json!({"n": 3}))).await.unwrap();
+    assert_eq!(outcome.output, Some(json!({"n": 3})));
+    assert_eq!(outcome.provider, provider);
+    assert!(!outcome.warm, "a new offer was asked for");
+    assert_eq!(outcome.attempts.len(), 1, "{:?}", outcome.attempts);
+    assert!(
+        ["NotFound", "Unreachable"].contains(&outcome.attempts[0].code.as_str()),
+        "{:?}",
+        outcome.attempts
+    );
 }
