@@ -107,6 +107,18 @@ impl Drop for Unfinished<'_> {
     }
 }
 
+/// A run not finished inline: spawned as its own task when dropped, also when the handler
+/// that drove it is dropped, so an admitted call always reaches its `TaskDone`.
+struct Detached(Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>);
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        if let Some(run) = self.0.take() {
+            tokio::spawn(run);
+        }
+    }
+}
+
 /// Provider bookkeeping: issued offers and the call table (bounded).
 #[derive(Debug)]
 pub(crate) struct State {
@@ -408,20 +420,24 @@ impl Market {
             }
         };
         self.bump(|s| s.tasks_started += 1);
-        let mut finished = call.done.subscribe();
         let market = self.clone();
         let (run_call, run_start) = (call.clone(), start.clone());
-        tokio::spawn(async move {
+        let mut run = Detached(Some(Box::pin(async move {
             let _unfinished = Unfinished { market: &market, key };
             market.run(peer, run_call, serving, run_start, price, (permit, slot)).await;
-        });
-        // Streams go through `TaskProgress` requests, which follow `TaskAccepted`.
+        })));
+        // Within the inline window the run is driven right here (no task hand-off on the
+        // common path); past it, or for a stream (its `TaskProgress` requests follow
+        // `TaskAccepted`), it goes on as its own task.
         let streaming =
             self.serving(&start.capability).is_some_and(|s| s.spec.executor.contract().streaming);
-        if !streaming {
-            let window = self.inner.config.inline_window;
-            let _ = tokio::time::timeout(window, finished.wait_for(|d| d.is_some())).await;
+        if !streaming && let Some(fut) = run.0.as_mut() {
+            tokio::select! {
+                _ = fut => run.0 = None,
+                _ = tokio::time::sleep(self.inner.config.inline_window) => {}
+            }
         }
+        drop(run);
         let mut delivery = lock(&call.delivery);
         Ok(Served::Answer(match call.finished() {
             Some(done) => {
