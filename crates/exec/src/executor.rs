@@ -140,6 +140,13 @@ impl Executor {
         self.inner.compiled.validate_input(args).map_err(ExecError::InvalidArgs)
     }
 
+    /// Checks `args` once for a later [`Executor::run_valid`] (a server refuses bad arguments
+    /// before it admits a call, and need not check them again when it runs it).
+    pub fn check_args(&self, args: Value) -> Result<ValidArgs, ExecError> {
+        self.validate_input(&args)?;
+        Ok(ValidArgs { value: args, capability: self.capability() })
+    }
+
     /// How many runs were started: calls of [`run`](Executor::run) whose arguments were valid
     /// and that were not cancelled before they started.
     pub fn runs(&self) -> u64 {
@@ -163,7 +170,18 @@ impl Executor {
     /// command's process group is killed). The outcome of a dropped run is lost, and chunks
     /// already sent stay sent.
     pub async fn run(&self, args: Value, run: Run) -> Result<Output, ExecError> {
-        self.validate_input(&args)?;
+        let args = self.check_args(args)?;
+        self.run_valid(args, run).await
+    }
+
+    /// [`Executor::run`] with arguments already checked by this executor's
+    /// [`check_args`](Executor::check_args) (checked again if they were checked by another).
+    pub async fn run_valid(&self, args: ValidArgs, run: Run) -> Result<Output, ExecError> {
+        let args = if args.capability == self.capability() {
+            args.value
+        } else {
+            self.check_args(args.value)?.value
+        };
         let inner = &*self.inner;
         let chunks = match (inner.contract.streaming, run.chunks) {
             (true, Some(tx)) => Some(Chunks::new(tx)),
@@ -405,5 +423,18 @@ mod tests {
     fn prefix_cuts_and_marks() {
         assert_eq!(prefix(b"  abc \n", 10), "abc");
         assert_eq!(prefix(b"abcdef", 3), "abc…");
+    }
+}
+
+/// Arguments that passed an executor's input schema ([`Executor::check_args`]).
+#[derive(Debug, Clone)]
+pub struct ValidArgs {
+    value: Value,
+    capability: Cid,
+}
+
+impl ValidArgs {
+    pub fn value(&self) -> &Value {
+        &self.value
     }
 }

@@ -52,5 +52,5 @@ mod runtime;
 
 pub use builtin::{Builtin, MAX_SLEEP_MS, MAX_STREAM_CHUNKS};
 pub use error::ExecError;
-pub use executor::{Executor, MAX_CHUNK_BYTES, Output, Run};
+pub use executor::{Executor, MAX_CHUNK_BYTES, Output, Run, ValidArgs};
 pub use runtime::{CommandSpec, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_TIMEOUT_MS, HttpSpec, Runtime};

@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use capmesh_exec::{ExecError, Executor, Output, Run};
+use capmesh_exec::{ExecError, Executor, Output, Run, ValidArgs};
 use capmesh_mesh::{Served, Thread};
 use capmesh_policy::Refusal;
 use capmesh_store::LedgerKind;
@@ -105,6 +105,14 @@ impl Drop for Unfinished<'_> {
             state.calls.remove(&self.key);
         }
     }
+}
+
+/// What admission granted a call: its checked arguments, the offer's price, and the rate and
+/// concurrency slots it holds until the run ends.
+struct Admitted {
+    args: ValidArgs,
+    price: Price,
+    permits: (capmesh_policy::Permit, tokio::sync::OwnedSemaphorePermit),
 }
 
 /// A run not finished inline: spawned as its own task when dropped, also when the handler
@@ -412,7 +420,7 @@ impl Market {
                 });
             }
         };
-        let (permit, slot) = match self.admit(peer, &serving, start) {
+        let (permit, slot, args) = match self.admit(peer, &serving, start) {
             Ok(p) => p,
             Err(e) => {
                 release(true);
@@ -424,7 +432,8 @@ impl Market {
         let (run_call, run_start) = (call.clone(), start.clone());
         let mut run = Detached(Some(Box::pin(async move {
             let _unfinished = Unfinished { market: &market, key };
-            market.run(peer, run_call, serving, run_start, price, (permit, slot)).await;
+            let admitted = Admitted { args, price, permits: (permit, slot) };
+            market.run(peer, run_call, serving, run_start, admitted).await;
         })));
         // Within the inline window the run is driven right here (no task hand-off on the
         // common path); past it, or for a stream (its `TaskProgress` requests follow
@@ -458,7 +467,8 @@ impl Market {
         peer: PeerId,
         serving: &Serving,
         start: &TaskStart,
-    ) -> Result<(capmesh_policy::Permit, tokio::sync::OwnedSemaphorePermit), ErrorBody> {
+    ) -> Result<(capmesh_policy::Permit, tokio::sync::OwnedSemaphorePermit, ValidArgs), ErrorBody>
+    {
         let policy = self.inner.policy.current();
         policy
             .check_caller(&peer, &start.capability, &self.attested())
@@ -489,12 +499,12 @@ impl Market {
                 ),
             ));
         }
-        serving
+        let args = serving
             .spec
             .executor
-            .validate_input(&start.args)
+            .check_args(start.args.clone())
             .map_err(|e| refusal("InvalidArgs", e.to_string()))?;
-        Ok((permit, slot))
+        Ok((permit, slot, args))
     }
 
     /// Runs one admitted call to its end and delivers the outcome.
@@ -504,9 +514,9 @@ impl Market {
         call: Arc<Call>,
         serving: Arc<Serving>,
         start: TaskStart,
-        price: Price,
-        permits: (capmesh_policy::Permit, tokio::sync::OwnedSemaphorePermit),
+        admitted: Admitted,
     ) {
+        let Admitted { args, price, permits } = admitted;
         let started = now_ms();
         let clock = Instant::now();
         let limit = Duration::from_millis(serving.spec.limits.timeout_ms);
@@ -522,7 +532,7 @@ impl Market {
             forwarder =
                 Some(tokio::spawn(async move { market.forward(peer, fcall, id, rx).await }));
         }
-        let result = serving.spec.executor.run(start.args.clone(), run).await;
+        let result = serving.spec.executor.run_valid(args, run).await;
         drop(permits);
         serving.observe(clock.elapsed());
         let stream = match forwarder {

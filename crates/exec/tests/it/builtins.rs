@@ -272,3 +272,23 @@ async fn a_builtin_under_another_contract_fails_on_arguments_it_cannot_use() {
     let err = e.run(json!({"other": 1}), run()).await.unwrap_err();
     assert!(matches!(err, ExecError::Failed(_)), "{err:?}");
 }
+
+#[tokio::test]
+async fn arguments_checked_once_run_without_a_second_check_and_others_are_checked_again() {
+    let sleep = executor(Builtin::Sleep);
+    assert!(matches!(sleep.check_args(json!({"ms": "soon"})), Err(ExecError::InvalidArgs(_))));
+    let valid = sleep.check_args(json!({"ms": 1})).unwrap();
+    assert_eq!(valid.value(), &json!({"ms": 1}));
+    let out = sleep
+        .run_valid(valid, Run::new(Duration::from_secs(5), CancellationToken::new()))
+        .await
+        .unwrap();
+    assert!(matches!(out, Output::Value(v) if v == json!({"slept_ms": 1})));
+    // Checked by echo (any object), run by sleep: sleep's schema is applied.
+    let from_echo = executor(Builtin::Echo).check_args(json!({"ms": "soon"})).unwrap();
+    let refused = sleep
+        .run_valid(from_echo, Run::new(Duration::from_secs(5), CancellationToken::new()))
+        .await;
+    assert!(matches!(refused, Err(ExecError::InvalidArgs(_))), "{refused:?}");
+    assert_eq!(sleep.runs(), 1);
+}
