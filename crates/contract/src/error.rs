@@ -119,7 +119,7 @@ pub enum ContractError {
     #[error(
         "the {which} schema is not valid JSON Schema 2020-12 ({} problem(s)): {}",
         .violations.len(),
-        list(.violations)
+        summarize(.violations)
     )]
     InvalidSchema { which: Which, violations: Vec<Violation> },
     #[error("the {which} schema cannot be compiled: {reason}")]
@@ -152,8 +152,8 @@ impl ContractError {
     }
 }
 
-/// The first few violations, for a one-line message (all of them stay in the error).
-fn list(violations: &[Violation]) -> String {
+/// The first few violations (and how many more), for a one-line message.
+pub fn summarize(violations: &[Violation]) -> String {
     const SHOWN: usize = 5;
     let mut out = violations.iter().take(SHOWN).map(Violation::to_string).collect::<Vec<_>>();
     if violations.len() > SHOWN {

@@ -53,4 +53,4 @@ pub use check::{
     DRAFT_2020_12, MAX_CONTRACT_BYTES, MAX_DESCRIPTION_BYTES, MAX_NAME_BYTES, MAX_TAG_BYTES,
     MAX_TAGS, capability_id, check, scaffold,
 };
-pub use error::{ContractError, TagProblem, Violation, Which};
+pub use error::{ContractError, TagProblem, Violation, Which, summarize};

@@ -15,7 +15,7 @@ pub enum ExecError {
         "the arguments do not match the contract's input schema ({} problem(s)): {}; fix them \
          and call again",
         .0.len(),
-        list(.0)
+        capmesh_contract::summarize(.0)
     )]
     InvalidArgs(Vec<Violation>),
     /// The capability produced an output that breaks the contract's output schema. The output is
@@ -24,7 +24,7 @@ pub enum ExecError {
         "the capability's output does not match the contract's output schema ({} problem(s)): \
          {}; the provider must fix its tool or its contract",
         .violations.len(),
-        list(.violations)
+        capmesh_contract::summarize(.violations)
     )]
     OutputInvalid { output: serde_json::Value, violations: Vec<Violation> },
     /// The run took longer than its limit (the smaller of the caller's and the runtime's) and
@@ -67,16 +67,6 @@ impl ExecError {
     pub fn retryable(&self) -> bool {
         matches!(self, Self::Timeout(_) | Self::Io(_))
     }
-}
-
-/// The first few violations, for a one-line message (all of them stay in the error).
-fn list(violations: &[Violation]) -> String {
-    const SHOWN: usize = 5;
-    let mut out = violations.iter().take(SHOWN).map(Violation::to_string).collect::<Vec<_>>();
-    if violations.len() > SHOWN {
-        out.push(format!("and {} more", violations.len() - SHOWN));
-    }
-    out.join("; ")
 }
 
 #[cfg(test)]

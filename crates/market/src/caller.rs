@@ -1076,19 +1076,16 @@ impl Market {
 }
 
 fn validate_args(known: &Known, args: &Value) -> Result<(), CallError> {
-    known.compiled.validate_input(args).map_err(|v| CallError::InvalidArgs(violations(&v)))
+    known
+        .compiled
+        .validate_input(args)
+        .map_err(|v| CallError::InvalidArgs(capmesh_contract::summarize(&v)))
 }
 
 fn validate_output(known: &Known, output: &Value) -> Result<(), String> {
-    known
-        .compiled
-        .validate_output(output)
-        .map_err(|v| format!("output does not match the contract: {}", violations(&v)))
-}
-
-fn violations(v: &[capmesh_contract::Violation]) -> String {
-    let parts: Vec<String> = v.iter().take(5).map(|v| v.to_string()).collect();
-    parts.join("; ")
+    known.compiled.validate_output(output).map_err(|v| {
+        format!("output does not match the contract: {}", capmesh_contract::summarize(&v))
+    })
 }
 
 fn attempt(

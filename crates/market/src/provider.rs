@@ -559,8 +559,10 @@ impl Market {
             // The bad output is not sent (exactly one of output and error), so the receipt
             // names no output hash either; `validation` records why.
             (Err(ExecError::OutputInvalid { violations, .. }), _) => {
-                let msg =
-                    format!("output does not match the contract: {}", violations_text(&violations));
+                let msg = format!(
+                    "output does not match the contract: {}",
+                    capmesh_contract::summarize(&violations)
+                );
                 (
                     CallStatus::Failed,
                     Validation::Failed,
@@ -776,9 +778,4 @@ fn rate_refusal(r: Refusal) -> ErrorBody {
         ),
         busy @ Refusal::Busy { .. } => refusal("Busy", busy.to_string()),
     }
-}
-
-fn violations_text(v: &[capmesh_contract::Violation]) -> String {
-    let parts: Vec<String> = v.iter().take(5).map(|v| v.to_string()).collect();
-    parts.join("; ")
 }

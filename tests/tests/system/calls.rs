@@ -37,6 +37,16 @@ async fn pair(builtin: Builtin, price: u64) -> (Testnet, Cid) {
     (net, cap)
 }
 
+/// Waits until `provider` has answered one call with `TaskAccepted` (it runs past the inline
+/// window).
+async fn running_past_its_window(provider: &capmesh_market::Market) {
+    wait_for("a call running past its inline window", T, || async {
+        let s = provider.stats();
+        if s.tasks_deferred == 1 { Ok(()) } else { Err(s) }
+    })
+    .await;
+}
+
 fn receipts_in(node: &TestNode) -> Vec<Receipt> {
     node.node
         .store
@@ -296,11 +306,7 @@ async fn a_provider_killed_mid_call_is_failed_over_and_only_the_good_call_has_a_
             .await
     });
     let doomed = net.node(0).node.market.clone();
-    wait_for("the call accepted by node 0", T, || async {
-        let s = doomed.stats();
-        if s.tasks_deferred == 1 { Ok(()) } else { Err(s) }
-    })
-    .await;
+    running_past_its_window(&doomed).await;
     let gone = net.node(0).peer_id();
     net.stop(0).await.unwrap();
     let outcome = call.await.unwrap().unwrap();
@@ -356,11 +362,7 @@ async fn a_cancelled_call_stops_the_providers_runtime() {
     let call = tokio::spawn(async move {
         market.call(CallRequest::new(cap, json!({"ms": 600_000})).with_call_id(id)).await
     });
-    wait_for("the long call running", T, || async {
-        let s = provider.node.market.stats();
-        if s.tasks_deferred == 1 { Ok(()) } else { Err(s) }
-    })
-    .await;
+    running_past_its_window(&provider.node.market).await;
     assert!(caller.node.market.cancel(&id));
     let err = call.await.unwrap().unwrap_err();
     assert!(matches!(err, CallError::Cancelled), "{err}");
@@ -668,11 +670,7 @@ async fn a_call_failed_over_under_a_fresh_id_is_still_cancelled_by_its_first_id(
             .await
     });
     let long = net.node(1).node.market.clone();
-    wait_for("the call running at node 1", T, || async {
-        let s = long.stats();
-        if s.tasks_deferred == 1 { Ok(()) } else { Err(s) }
-    })
-    .await;
+    running_past_its_window(&long).await;
     assert_eq!(net.node(0).node.market.stats().runs_failed, 1);
     assert!(caller.node.market.cancel(&id), "cancel by the first id");
     let err = call.await.unwrap().unwrap_err();
