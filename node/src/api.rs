@@ -7,10 +7,10 @@ use std::{
 };
 
 use capmesh_api::{
-    ApiError, AttestRequest, Attested, Backend, CallFailure, CallRequest, CallResult, ErrorCode,
-    FindDone, FindEvent, FindHit, FindRequest, GossipStatus, LedgerEntryJson, LedgerPage,
-    MAX_STREAM_BYTES, Optimize, PeerInfo, PublishRequest, Published, QueryPage, QueryRequest,
-    ReceiptEntries, ReplicaStatus, Retired, Source, Status,
+    ApiError, AttestRequest, Attested, Backend, CallFailure, CallRequest, CallResult, ContractInfo,
+    ErrorCode, FindDone, FindEvent, FindHit, FindRequest, GossipStatus, LedgerEntryJson,
+    LedgerPage, MAX_STREAM_BYTES, Optimize, PeerInfo, PublishRequest, Published, QueryPage,
+    QueryRequest, ReceiptEntries, ReplicaStatus, Retired, Source, Status,
 };
 use capmesh_market::{CallError, CallOutcome, Market, Weights};
 use capmesh_mesh::{Mesh, MeshError};
@@ -137,10 +137,7 @@ impl Backend for NodeApi {
             while let Some(event) = found.recv().await {
                 let event = match event {
                     capmesh_mesh::FindEvent::Found(f) => FindEvent::Hit(FindHit {
-                        source: match f.source {
-                            capmesh_mesh::Source::Replica => Source::Replica,
-                            capmesh_mesh::Source::Kademlia => Source::Kademlia,
-                        },
+                        source: source(f.source),
                         kad_requests: f.kad_requests,
                         provider: f.advert.provider,
                         addrs: f.advert.addrs,
@@ -168,6 +165,36 @@ impl Backend for NodeApi {
             }
         });
         Ok(rx)
+    }
+
+    async fn contract(&self, capability: Cid) -> Result<ContractInfo, ApiError> {
+        let store = self.store.clone();
+        let stored = tokio::task::spawn_blocking(move || store.contract(&capability))
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        if let Some(contract) = stored {
+            return contract_info(capability, &contract, Source::Replica);
+        }
+        // Not in the replica: one provider's answer is enough, so the first event is that
+        // answer or the `Done` of a search that found none. The mesh checked the contract hashes
+        // to the id (and stored it); dropping `found` stops the search.
+        let mut found = self.mesh.find(capability, 1, None);
+        match found.recv().await {
+            Some(capmesh_mesh::FindEvent::Found(f)) => {
+                contract_info(capability, &f.contract, source(f.source))
+            }
+            Some(capmesh_mesh::FindEvent::Done { error, .. }) => {
+                let why =
+                    error.map(|e| format!(" (the search ended early: {e})")).unwrap_or_default();
+                Err(ApiError::not_found(format!(
+                    "no contract for capability {capability} in the replica or on the mesh{why}"
+                )))
+            }
+            None => Err(ApiError::unavailable(
+                "the search ended without an answer: the node is stopping",
+            )),
+        }
     }
 
     async fn query(&self, req: QueryRequest) -> Result<QueryPage, ApiError> {
@@ -273,6 +300,24 @@ impl Backend for NodeApi {
         let signed = self.mesh.attest(req.subject, req.claim, expires).await.map_err(mesh_error)?;
         Ok(Attested { id: signed.id(), attestation: signed })
     }
+}
+
+/// Where a find result came from, as the API says it.
+fn source(s: capmesh_mesh::Source) -> Source {
+    match s {
+        capmesh_mesh::Source::Replica => Source::Replica,
+        capmesh_mesh::Source::Kademlia => Source::Kademlia,
+    }
+}
+
+/// The API's answer for `contract`, found at `source`.
+fn contract_info(
+    capability: Cid,
+    contract: &Contract,
+    source: Source,
+) -> Result<ContractInfo, ApiError> {
+    let contract = serde_json::to_value(contract).map_err(internal)?;
+    Ok(ContractInfo { capability, contract, source })
 }
 
 /// Cancels a call when the API request that made it is dropped (its client went away) before

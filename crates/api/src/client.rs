@@ -14,9 +14,9 @@ use crate::{
     files::{ADDR_FILE, TOKEN_FILE},
     ndjson::{LineTooLong, Lines, MAX_LINE_BYTES},
     types::{
-        AttestRequest, Attested, CallRequest, CallResult, Cancelled, FindEvent, FindRequest,
-        LedgerPage, LedgerRequest, PeerInfo, PublishRequest, Published, QueryPage, QueryRequest,
-        ReceiptEntries, Retired, Status,
+        AttestRequest, Attested, CallRequest, CallResult, Cancelled, ContractInfo, FindEvent,
+        FindRequest, LedgerPage, LedgerRequest, PeerInfo, PublishRequest, Published, QueryPage,
+        QueryRequest, ReceiptEntries, Retired, Status,
     },
 };
 
@@ -117,6 +117,16 @@ impl Client {
     pub async fn retire(&self, capability: Cid) -> Result<Retired, ClientError> {
         self.call_json(self.request(Method::DELETE, &format!("/v1/capabilities/{capability}")))
             .await
+    }
+
+    /// `GET /v1/contracts/{capability}`: the capability's contract, from the node's replica or
+    /// the mesh. A capability neither knows is [`ClientError::Api`] with
+    /// [`ErrorCode::NotFound`]. Bounded by [`with_timeout`](Self::with_timeout), which should
+    /// exceed the node's find timeout (15 s by default) for a search of the mesh to finish.
+    /// Cancel-safe (at most, the node keeps in its replica what a search verified, as a find
+    /// does).
+    pub async fn contract(&self, capability: Cid) -> Result<ContractInfo, ClientError> {
+        self.call_json(self.request(Method::GET, &format!("/v1/contracts/{capability}"))).await
     }
 
     /// `POST /v1/registry/query`. Cancel-safe (it changes nothing).

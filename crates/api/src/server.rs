@@ -30,9 +30,9 @@ use crate::{
     ApiError,
     error::ErrorBody,
     types::{
-        AttestRequest, Attested, CallRequest, CallResult, Cancelled, FindEvent, FindRequest,
-        LEDGER_PAGE_DEFAULT, LEDGER_PAGE_MAX, LedgerPage, LedgerRequest, PeerInfo, PublishRequest,
-        Published, QueryPage, QueryRequest, ReceiptEntries, Retired, Status,
+        AttestRequest, Attested, CallRequest, CallResult, Cancelled, ContractInfo, FindEvent,
+        FindRequest, LEDGER_PAGE_DEFAULT, LEDGER_PAGE_MAX, LedgerPage, LedgerRequest, PeerInfo,
+        PublishRequest, Published, QueryPage, QueryRequest, ReceiptEntries, Retired, Status,
     },
 };
 
@@ -63,6 +63,14 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         req: FindRequest,
     ) -> impl Future<Output = Result<mpsc::Receiver<FindEvent>, ApiError>> + Send;
+    /// The contract of `capability`: from the replica if it holds it, else from a provider
+    /// found on the mesh (checked to hash to the id); `NotFound` if neither has it.
+    ///
+    /// `GET /v1/contracts/{capability}`.
+    fn contract(
+        &self,
+        capability: Cid,
+    ) -> impl Future<Output = Result<ContractInfo, ApiError>> + Send;
     /// `POST /v1/registry/query`.
     fn query(&self, req: QueryRequest) -> impl Future<Output = Result<QueryPage, ApiError>> + Send;
     /// At most `limit` ledger entries from sequence `from` on (`limit` is 1 to
@@ -195,6 +203,7 @@ fn router<B: Backend>(backend: Arc<B>, token: Token, shutdown: CancellationToken
         .route("/v1/capabilities", post(publish::<B>))
         .route("/v1/capabilities/{capability}", delete(retire::<B>))
         .route("/v1/find/{capability}", get(find::<B>))
+        .route("/v1/contracts/{capability}", get(contract::<B>))
         .route("/v1/registry/query", post(query::<B>))
         .route("/v1/receipts", get(receipts::<B>))
         .route("/v1/receipts/{receipt}", get(receipt::<B>))
@@ -288,6 +297,13 @@ async fn retire<B: Backend>(
     CidPath(capability, _): CidPath<Capability>,
 ) -> Result<Json<Retired>, ApiError> {
     app.backend.retire(capability).await.map(Json)
+}
+
+async fn contract<B: Backend>(
+    State(app): State<App<B>>,
+    CidPath(capability, _): CidPath<Capability>,
+) -> Result<Json<ContractInfo>, ApiError> {
+    app.backend.contract(capability).await.map(Json)
 }
 
 async fn query<B: Backend>(

@@ -237,6 +237,20 @@ pub struct FindDone {
     pub error: Option<String>,
 }
 
+/// A capability's contract: `GET /v1/contracts/{capability}`.
+///
+/// The capability id is the CID of the contract, and the node checked that it is before
+/// answering, so `contract` is exactly what the id names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContractInfo {
+    #[serde(with = "repr")]
+    pub capability: Cid,
+    /// The contract's JSON projection (specs/schemas/records/Contract.json).
+    pub contract: serde_json::Value,
+    /// Where the node found it: its own replica, or a provider found through Kademlia.
+    pub source: Source,
+}
+
 /// A replica query: `POST /v1/registry/query`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -270,7 +270,8 @@ async fn a_node_reachable_only_through_a_relay_is_found_and_reached() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_refuses_requests_without_the_token() {
-    let net = Testnet::line(1, |_, o| o).await.unwrap();
+    let echo = capmesh_exec::Builtin::Echo;
+    let net = Testnet::line(1, |_, o| o.serve_builtin(echo, 0, 5)).await.unwrap();
     let node = &net.node(0).node;
     let wrong = capmesh_api::Client::new(node.api_addr, "0".repeat(64)).unwrap();
     match wrong.status().await {
@@ -282,5 +283,10 @@ async fn the_api_refuses_requests_without_the_token() {
     let right = capmesh_api::Client::from_data_dir(net.node(0).data_dir()).unwrap();
     let status = right.status().await.unwrap();
     assert_eq!(status.peer_id, net.node(0).peer_id());
+    // The served builtin's contract, from the node's replica, as the builtin defines it.
+    let cap = capmesh_contract::check(&echo.contract()).unwrap();
+    let info = right.contract(cap).await.unwrap();
+    assert_eq!(info.contract, serde_json::to_value(echo.contract()).unwrap());
+    assert_eq!((info.capability, info.source), (cap, capmesh_api::Source::Replica));
     net.shutdown().await.unwrap();
 }

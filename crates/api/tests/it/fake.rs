@@ -10,9 +10,10 @@ use std::{
 
 use capmesh_api::{
     ApiError, Attempt, AttestRequest, Attested, Backend, CallFailure, CallRequest, CallResult,
-    Client, ErrorCode, FindDone, FindEvent, FindHit, FindRequest, GossipStatus, LedgerEntryJson,
-    LedgerKind, LedgerPage, PeerInfo, PublishRequest, Published, QueryHit, QueryPage, QueryRequest,
-    ReceiptEntries, ReplicaStatus, Retired, Source, Status, Token, bind, serve, write_files,
+    Client, ContractInfo, ErrorCode, FindDone, FindEvent, FindHit, FindRequest, GossipStatus,
+    LedgerEntryJson, LedgerKind, LedgerPage, PeerInfo, PublishRequest, Published, QueryHit,
+    QueryPage, QueryRequest, ReceiptEntries, ReplicaStatus, Retired, Source, Status, Token, bind,
+    serve, write_files,
 };
 use capmesh_types::{Cid, Codec, Digest, NodeKey, PeerId};
 use capmesh_wire::{
@@ -51,6 +52,7 @@ pub(crate) enum Call {
     Publish(PublishRequest),
     Retire(Cid),
     Find(FindRequest),
+    Contract(Cid),
     Query(QueryRequest),
     Receipts { from: u64, limit: u32 },
     Receipt(Cid),
@@ -239,6 +241,26 @@ pub(crate) fn attestation(req: &AttestRequest) -> Signed<Attestation> {
     Signed::sign(&NodeKey::from_seed([1; 32]), &a).unwrap()
 }
 
+/// The contract the fake holds in its "replica": that of [`answers`].
+pub(crate) fn contract_json() -> serde_json::Value {
+    serde_json::json!({
+        "name": "echo",
+        "version": "1.0.0",
+        "description": "Returns its arguments.",
+        "input": {"type": "object"},
+        "output": {"type": "object"},
+        "tags": ["text"],
+        "read_only": true,
+        "idempotent": true,
+        "streaming": false,
+    })
+}
+
+/// A capability whose contract the fake finds "on the mesh".
+pub(crate) fn on_the_mesh() -> Cid {
+    cid(23)
+}
+
 /// A capability the fake refuses to retire, with `Conflict`.
 pub(crate) fn conflicting() -> Cid {
     cid(99)
@@ -290,6 +312,20 @@ impl Backend for Fake {
             let _ = tx.send(FindEvent::Hit(hit(req.capability, 3))).await;
         });
         Ok(rx)
+    }
+
+    async fn contract(&self, capability: Cid) -> Result<ContractInfo, ApiError> {
+        self.record(Call::Contract(capability));
+        let source = if capability == answers() {
+            Source::Replica
+        } else if capability == on_the_mesh() {
+            Source::Kademlia
+        } else {
+            return Err(ApiError::not_found(format!(
+                "no contract for capability {capability} in the replica or on the mesh"
+            )));
+        };
+        Ok(ContractInfo { capability, contract: contract_json(), source })
     }
 
     async fn query(&self, req: QueryRequest) -> Result<QueryPage, ApiError> {

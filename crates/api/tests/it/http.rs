@@ -40,6 +40,7 @@ async fn without_the_right_token_nothing_reaches_the_backend() {
             http.post(server.url("/v1/capabilities")).json(&serde_json::json!({"contract": {}})),
             http.delete(server.url(&format!("/v1/capabilities/{cap}"))),
             http.get(server.url(&format!("/v1/find/{cap}"))),
+            http.get(server.url(&format!("/v1/contracts/{cap}"))),
             http.post(server.url("/v1/registry/query")).json(&serde_json::json!({})),
             http.get(server.url("/v1/receipts")),
             http.get(server.url(&format!("/v1/receipts/{cap}"))),
@@ -115,6 +116,8 @@ async fn malformed_requests_are_typed_bad_requests() {
     .await;
     assert!(message.contains("capability id"), "{message}");
     expect_error(get("/v1/find/bafy"), ErrorCode::BadRequest).await;
+    let message = expect_error(get("/v1/contracts/bafy"), ErrorCode::BadRequest).await;
+    assert!(message.contains("capability id"), "{message}");
     let cap = crate::fake::cid(1);
     expect_error(get(&format!("/v1/find/{cap}?limit=-1")), ErrorCode::BadRequest).await;
     expect_error(get(&format!("/v1/find/{cap}?limt=1")), ErrorCode::BadRequest).await;
@@ -135,6 +138,8 @@ async fn unknown_routes_and_methods_are_typed_not_found() {
         http.get(server.url("/v1/status/extra")),
         http.post(server.url("/v1/status")),
         http.get(server.url("/v1/capabilities")),
+        http.get(server.url("/v1/contracts")),
+        http.post(server.url(&format!("/v1/contracts/{}", crate::fake::cid(1)))),
         http.put(server.url("/v1/registry/query")),
     ] {
         let message = expect_error(req.bearer_auth(token), ErrorCode::NotFound).await;

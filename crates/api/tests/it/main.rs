@@ -7,6 +7,7 @@ mod http;
 
 mod calls;
 mod client;
+mod contracts;
 mod errors;
 mod find;
 mod receipts;
