@@ -2,6 +2,8 @@
 
 use std::{
     fmt,
+    future::Future,
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -64,6 +66,24 @@ pub enum Output {
     },
 }
 
+/// A runtime that lives outside this crate, such as the MCP bridge's `mcp` runtime (a tool of an
+/// MCP server the node imported). It gets arguments already checked against the contract's input
+/// schema, and its output is checked against the output schema after it. Timeouts and
+/// cancellation drop the future [`call`](Foreign::call) returned: dropping it must stop the work
+/// (or tell the remote end to).
+pub trait Foreign: Send + Sync + 'static {
+    /// What it runs, for logs and errors (e.g. `mcp server "files", tool "read_file"`).
+    fn describe(&self) -> String;
+    /// Runs once with `args`.
+    fn call(&self, args: Value) -> Pin<Box<dyn Future<Output = Result<Value, ExecError>> + Send>>;
+}
+
+/// How an executor runs: a configured [`Runtime`] or a [`Foreign`] one.
+enum Engine {
+    Configured(Runtime),
+    Foreign(Arc<dyn Foreign>),
+}
+
 /// One served capability: its contract, compiled, and its runtime. Cloning is cheap (an `Arc`),
 /// and clones share the [`runs`](Executor::runs) counter.
 #[derive(Clone)]
@@ -73,7 +93,7 @@ pub struct Executor {
 
 struct Inner {
     contract: Contract,
-    runtime: Runtime,
+    engine: Engine,
     compiled: Compiled,
     /// The parsed URL and the client of an http runtime.
     http: Option<(reqwest::Url, reqwest::Client)>,
@@ -115,7 +135,38 @@ impl Executor {
             }
         }
         Ok(Self {
-            inner: Arc::new(Inner { contract, runtime, compiled, http, runs: AtomicU64::new(0) }),
+            inner: Arc::new(Inner {
+                contract,
+                engine: Engine::Configured(runtime),
+                compiled,
+                http,
+                runs: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// An executor whose runs go to `runtime`, which this crate does not know. The contract is
+    /// checked and compiled as in [`Executor::new`]; a streaming contract is refused (a foreign
+    /// runtime answers one value).
+    pub fn foreign(contract: Contract, runtime: Arc<dyn Foreign>) -> Result<Self, ExecError> {
+        let compiled = Compiled::new(&contract).map_err(|e| {
+            ExecError::Config(format!("the contract {:?} is refused: {e}", contract.name))
+        })?;
+        if contract.streaming {
+            return Err(ExecError::Config(format!(
+                "{} cannot serve the streaming contract {:?}",
+                runtime.describe(),
+                contract.name
+            )));
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                contract,
+                engine: Engine::Foreign(runtime),
+                compiled,
+                http: None,
+                runs: AtomicU64::new(0),
+            }),
         })
     }
 
@@ -129,9 +180,12 @@ impl Executor {
         &self.inner.contract
     }
 
-    /// How it runs.
-    pub fn runtime(&self) -> &Runtime {
-        &self.inner.runtime
+    /// How it runs: the configured runtime, `None` for a [`Foreign`] one.
+    pub fn runtime(&self) -> Option<&Runtime> {
+        match &self.inner.engine {
+            Engine::Configured(runtime) => Some(runtime),
+            Engine::Foreign(_) => None,
+        }
     }
 
     /// Checks `args` against the contract's input schema; [`ExecError::InvalidArgs`] lists every
@@ -196,23 +250,30 @@ impl Executor {
         if run.cancel.is_cancelled() {
             return Err(ExecError::Cancelled);
         }
-        let limit = match &inner.runtime {
-            Runtime::Builtin { .. } => run.timeout,
-            Runtime::Command(spec) => run.timeout.min(Duration::from_millis(spec.timeout_ms)),
-            Runtime::Http(spec) => run.timeout.min(Duration::from_millis(spec.timeout_ms)),
+        let limit = match &inner.engine {
+            Engine::Configured(Runtime::Builtin { .. }) | Engine::Foreign(_) => run.timeout,
+            Engine::Configured(Runtime::Command(spec)) => {
+                run.timeout.min(Duration::from_millis(spec.timeout_ms))
+            }
+            Engine::Configured(Runtime::Http(spec)) => {
+                run.timeout.min(Duration::from_millis(spec.timeout_ms))
+            }
         };
         inner.runs.fetch_add(1, Ordering::Relaxed);
         let capability = self.capability();
         tracing::debug!(%capability, ?limit, "run started");
 
         let work = async {
-            match &inner.runtime {
-                Runtime::Builtin { name } => builtin::run(*name, args, chunks).await,
-                Runtime::Command(spec) => {
+            match &inner.engine {
+                Engine::Foreign(runtime) => runtime.call(args).await.map(Produced::Value),
+                Engine::Configured(Runtime::Builtin { name }) => {
+                    builtin::run(*name, args, chunks).await
+                }
+                Engine::Configured(Runtime::Command(spec)) => {
                     let out = Collector::new(spec.max_output_bytes, chunks);
                     command::run(spec, &args, out).await
                 }
-                Runtime::Http(spec) => {
+                Engine::Configured(Runtime::Http(spec)) => {
                     let Some((url, client)) = &inner.http else {
                         return Err(ExecError::Config("the http runtime has no client".into()));
                     };
@@ -249,7 +310,7 @@ impl fmt::Debug for Executor {
         f.debug_struct("Executor")
             .field("capability", &self.capability())
             .field("name", &self.inner.contract.name)
-            .field("runtime", &self.inner.runtime)
+            .field("runtime", &self.runtime())
             .field("runs", &self.runs())
             .finish_non_exhaustive()
     }

@@ -6,6 +6,7 @@
 //!   and testnets), a [`CommandSpec`] (a program with JSON on stdin and stdout, no shell, a
 //!   cleared environment, a timeout and an output cap, killed with its whole process group), or
 //!   an [`HttpSpec`] (arguments POSTed as JSON to a plain `http://` URL; TLS is not compiled in).
+//!   A runtime this crate does not know (the MCP bridge's) plugs in as a [`Foreign`].
 //! - An [`Executor`] is one served capability: its [`Contract`](capmesh_contract::Contract)
 //!   compiled and its runtime checked against it. [`Executor::run`] validates the arguments,
 //!   runs the runtime under a [`Run`] (a time limit, a cancellation token, a bounded chunk
@@ -52,5 +53,5 @@ mod runtime;
 
 pub use builtin::{Builtin, MAX_SLEEP_MS, MAX_STREAM_CHUNKS};
 pub use error::ExecError;
-pub use executor::{Executor, MAX_CHUNK_BYTES, Output, Run, ValidArgs};
+pub use executor::{Executor, Foreign, MAX_CHUNK_BYTES, Output, Run, ValidArgs};
 pub use runtime::{CommandSpec, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_TIMEOUT_MS, HttpSpec, Runtime};

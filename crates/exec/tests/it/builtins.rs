@@ -25,7 +25,7 @@ fn every_default_contract_is_well_formed() {
         let e = executor(b);
         assert_eq!(e.capability(), id);
         assert_eq!(e.contract(), &c);
-        assert_eq!(e.runtime(), &Runtime::Builtin { name: b });
+        assert_eq!(e.runtime(), Some(&Runtime::Builtin { name: b }));
         assert_eq!(e.runs(), 0);
     }
     let flags = |b: Builtin| {

@@ -8,4 +8,5 @@ mod util;
 mod builtins;
 mod command;
 mod config;
+mod foreign;
 mod http;
