@@ -21,6 +21,8 @@ FORBIDDEN = {
     "capmesh-policy": {"capmesh", "capmesh-net", "capmesh-mesh", "capmesh-store", "capmesh-market", "capmesh-exec", "libp2p", "sled"},
     # Calls talk to the network through the mesh, to sled through the store, own no swarm.
     "capmesh-market": {"capmesh", "capmesh-api", "capmesh-net", "libp2p", "sled", "axum"},
+    # The MCP bridge reaches the node through the API client and the market, never the swarm or sled.
+    "capmesh-mcp": {"capmesh", "capmesh-net", "capmesh-store", "libp2p", "sled"},
 }
 
 meta = json.loads(subprocess.check_output(

@@ -19,6 +19,93 @@ pub struct Config {
     pub market: MarketSection,
     /// `[[serve]]`: capabilities served with a runtime (published at start). Default none.
     pub serve: Vec<ServeEntry>,
+    /// `[mcp]`: what `capmesh mcp` offers MCP clients.
+    pub mcp: McpSection,
+    /// `[[import]]`: MCP servers whose tools this node serves as capabilities. Default none.
+    pub import: Vec<ImportEntry>,
+}
+
+/// `[mcp]`: the MCP server `capmesh mcp` runs over this node (flags override).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct McpSection {
+    /// Capability ids always listed as tools. Default none.
+    pub pinned: Vec<String>,
+    /// List the live capabilities of the replica that carry all these tags. Default none.
+    pub tags: Vec<String>,
+    /// List the live capabilities whose name, description or tags match these words. Default
+    /// "" (none). With no pin, tag or search, every live capability is listed (up to max_tools).
+    pub search: String,
+    /// Most capability tools listed. Default 64.
+    pub max_tools: usize,
+    /// Deadline of a call made through MCP, in ms; 0: `market.call_deadline_ms`. Default 0.
+    pub deadline_ms: u64,
+    /// Address of `capmesh mcp --http` (loopback only). Default "127.0.0.1:4702".
+    pub http_listen: String,
+}
+
+impl Default for McpSection {
+    fn default() -> Self {
+        Self {
+            pinned: Vec::new(),
+            tags: Vec::new(),
+            search: String::new(),
+            max_tools: 64,
+            deadline_ms: 0,
+            http_listen: "127.0.0.1:4702".into(),
+        }
+    }
+}
+
+/// One `[[import]]` table: an MCP server whose tools this node serves, each as a capability
+/// with an `mcp` runtime (see capmesh-mcp).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportEntry {
+    /// Names the import: contract names are `<name>.<tool>`, `<name>` is a tag of each.
+    pub name: String,
+    /// A program speaking MCP on stdin/stdout (argv, no shell), run with a cleared environment.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// The program's whole environment. Default empty.
+    #[serde(default)]
+    pub env: std::collections::BTreeMap<String, String>,
+    /// The program's working directory (relative to the data directory). Default: the node's.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    /// Or: a streamable HTTP MCP endpoint.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// File holding a bearer token for `url` (relative to the data directory). Default none.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// More tags on every imported contract. Default none.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Only these tools (MCP names). Default: all.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// Terms of every imported capability, as in `[[serve]]`.
+    #[serde(default)]
+    pub price_amount: u64,
+    #[serde(default = "free")]
+    pub price_unit: String,
+    #[serde(default)]
+    pub latency_ms: Option<u64>,
+    #[serde(default = "thirty_seconds")]
+    pub timeout_ms: u64,
+    #[serde(default = "one_mib")]
+    pub max_input_bytes: u64,
+    #[serde(default = "eight")]
+    pub concurrency: u32,
+    /// How often the tools are listed again when the server does not notify changes, in s.
+    /// Default 60.
+    #[serde(default = "sixty")]
+    pub refresh_secs: u64,
+}
+
+fn sixty() -> u64 {
+    60
 }
 
 /// `[market]`: calls, offers and the call policy.
@@ -315,6 +402,38 @@ impl Config {
             self.registry.sync_every_secs > 0 && self.registry.sweep_secs > 0,
             "registry intervals must be positive"
         );
+        let http: std::net::SocketAddr = self.mcp.http_listen.parse().with_context(|| {
+            format!("mcp.http_listen = {:?} is not an address:port", self.mcp.http_listen)
+        })?;
+        anyhow::ensure!(
+            http.ip().is_loopback(),
+            "mcp.http_listen must be a loopback address (MCP over HTTP has no TLS)"
+        );
+        for id in &self.mcp.pinned {
+            id.parse::<capmesh_types::Cid>()
+                .map_err(|e| anyhow::anyhow!("mcp.pinned: {id:?} is not a capability id: {e}"))?;
+        }
+        anyhow::ensure!(self.mcp.max_tools > 0, "mcp.max_tools must be at least 1");
+        let mut names = std::collections::HashSet::new();
+        for (i, import) in self.import.iter().enumerate() {
+            capmesh_mcp::names::check_prefix(&import.name)
+                .with_context(|| format!("import[{i}].name"))?;
+            anyhow::ensure!(
+                names.insert(&import.name),
+                "import[{i}]: the name {:?} is used twice",
+                import.name
+            );
+            anyhow::ensure!(
+                import.command.is_empty() != import.url.is_none(),
+                "import[{i}] ({}): give either command or url",
+                import.name
+            );
+            anyhow::ensure!(
+                import.refresh_secs > 0 && import.timeout_ms > 0 && import.concurrency > 0,
+                "import[{i}] ({}): refresh_secs, timeout_ms and concurrency must be positive",
+                import.name
+            );
+        }
         let m = &self.market;
         anyhow::ensure!(
             m.policy_poll_ms > 0
@@ -368,6 +487,49 @@ mod tests {
         assert!(uncommented.contains("max_ttl_ms"), "{uncommented}");
         let empty: Config = toml::from_str(Config::DEFAULT_TOML).unwrap();
         assert_eq!(empty, Config::default());
+    }
+
+    #[test]
+    fn imports_and_the_mcp_section_are_checked() {
+        let ok = r#"
+[mcp]
+tags = ["builtin"]
+http_listen = "127.0.0.1:0"
+
+[[import]]
+name = "files"
+command = ["/usr/bin/node", "server.js"]
+env = { HOME = "/srv" }
+
+[[import]]
+name = "search"
+url = "http://127.0.0.1:8931/mcp"
+tools = ["web_search"]
+price_amount = 2
+"#;
+        let config: Config = toml::from_str(ok).unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.import.len(), 2);
+        assert_eq!(config.import[1].refresh_secs, 60);
+        assert_eq!(config.import[1].price_unit, "free");
+        for (bad, why) in [
+            ("[[import]]\nname = \"x\"\n", "either command or url"),
+            (
+                "[[import]]\nname = \"x\"\ncommand = [\"/bin/a\"]\nurl = \"http://h/\"\n",
+                "either command or url",
+            ),
+            ("[[import]]\nname = \"X\"\nurl = \"http://h/\"\n", "import[0].name"),
+            (
+                "[[import]]\nname = \"a\"\nurl = \"http://h/\"\n[[import]]\nname = \"a\"\nurl = \"http://g/\"\n",
+                "used twice",
+            ),
+            ("[mcp]\nhttp_listen = \"0.0.0.0:4702\"\n", "loopback"),
+            ("[mcp]\npinned = [\"nope\"]\n", "capability id"),
+        ] {
+            let config: Config = toml::from_str(bad).unwrap();
+            let err = format!("{:#}", config.validate().unwrap_err());
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 
     #[test]

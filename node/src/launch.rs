@@ -40,6 +40,8 @@ pub struct Node {
     pub store: Store,
     pub api_addr: SocketAddr,
     pub api_token: String,
+    /// One per `[[import]]` table: MCP servers whose tools this node serves.
+    pub importers: Vec<capmesh_mcp::Importer>,
     dir: DataDir,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
@@ -163,6 +165,10 @@ impl Node {
                 market.serve(spec).await.with_context(|| format!("cannot serve serve[{i}]"))?;
             tracing::info!(capability = %published.capability, "serving");
         }
+        // Imports connect and publish in the background: a server that is down must not keep
+        // the node from starting (its tools appear when it comes up).
+        let importers =
+            crate::mcp::start_imports(&dir, &config.import, &market, &mesh, &cancel, &mut tasks)?;
         tracing::info!(peer_id = %mesh.peer_id(), api = %api_addr, "node running");
         Ok(Node {
             mesh,
@@ -172,6 +178,7 @@ impl Node {
             store,
             api_addr,
             api_token: token.as_str().to_string(),
+            importers,
             dir,
             cancel,
             tasks,

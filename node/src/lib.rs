@@ -15,6 +15,7 @@ pub mod config;
 mod data_dir;
 pub mod inspect;
 pub mod launch;
+pub mod mcp;
 pub mod registry;
 pub mod remote;
 

@@ -84,6 +84,32 @@ enum Command {
         #[command(subcommand)]
         command: receipts::ReceiptsCommand,
     },
+    /// Serve the running node's capabilities to MCP clients as tools (plus capmesh_find): over
+    /// stdio, or over streamable HTTP on loopback with --http. Chosen by [mcp] in config.toml,
+    /// or by the flags.
+    Mcp(McpArgs),
+}
+
+#[derive(Debug, Args)]
+struct McpArgs {
+    /// Serve over streamable HTTP instead of stdio, at ADDR (loopback; default mcp.http_listen).
+    #[arg(long, value_name = "ADDR:PORT", num_args = 0..=1, default_missing_value = "")]
+    http: Option<String>,
+    /// List this capability (repeat; replaces mcp.pinned).
+    #[arg(long = "pin", value_name = "ID")]
+    pinned: Vec<Cid>,
+    /// List the capabilities carrying every one of these tags (repeat; replaces mcp.tags).
+    #[arg(long = "tag", value_name = "TAG")]
+    tags: Vec<String>,
+    /// List the capabilities matching these words (replaces mcp.search).
+    #[arg(long, value_name = "WORDS")]
+    search: Option<String>,
+    /// Most capability tools listed.
+    #[arg(long, value_name = "N")]
+    max_tools: Option<usize>,
+    /// Deadline of each call, in ms.
+    #[arg(long, value_name = "MS")]
+    deadline_ms: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -367,6 +393,28 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Call(args) => return call::call(&data_dir()?, args),
         Command::Attest(args) => return call::attest(&data_dir()?, args),
         Command::Receipts { command } => return receipts::run(command, data_dir),
+        Command::Mcp(args) => {
+            let dir = data_dir()?;
+            let config = dir.config()?;
+            let flags = capmesh::mcp::SelectionFlags {
+                pinned: args.pinned,
+                tags: args.tags,
+                search: args.search,
+                max_tools: args.max_tools,
+                deadline_ms: args.deadline_ms,
+            };
+            let selection = capmesh::mcp::selection(&config.mcp, flags)?;
+            let http = match args.http.as_deref() {
+                None => None,
+                Some("") => Some(config.mcp.http_listen.parse()?),
+                Some(addr) => Some(
+                    addr.parse()
+                        .with_context(|| format!("--http {addr:?} is not an address:port"))?,
+                ),
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(capmesh::mcp::serve(&dir, selection, http))?;
+        }
         Command::Registry { command: RegistryCommand::Query(args) } => {
             let dir = data_dir()?;
             // A running node holds the replica: ask it.

@@ -6,6 +6,7 @@ mod call_cli;
 mod calls;
 mod cap;
 mod cli;
+mod mcp;
 mod mesh;
 mod processes;
 mod receipts;

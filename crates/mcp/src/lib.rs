@@ -1,0 +1,32 @@
+//! The MCP bridge, both ways (DESIGN §6 "agents"; issue 7):
+//!
+//! - **Mesh → MCP** ([`MeshTools`]): an MCP server backed by a running node through its local
+//!   API. It lists the capabilities a [`Selection`] chooses (pinned ids, tags, a search) as MCP
+//!   tools — name from the contract name and a short id, `inputSchema` / `outputSchema` from the
+//!   contract, the capability id in the description — plus [`FIND_TOOL`]. A `tools/call` is a
+//!   mesh call (negotiation, signed receipts) whose result carries the receipt id in `_meta`;
+//!   MCP cancellation cancels the mesh call. Served over stdio ([`serve_stdio`]) or streamable
+//!   HTTP on loopback with a bearer token ([`serve_http`]); `capmesh mcp` does both.
+//! - **MCP → mesh** ([`Importer`]): a node serves the tools of an MCP server (a stdio command or
+//!   a URL) as capabilities, each tool a contract ([`names::contract_of`]) with an `mcp` runtime
+//!   ([`capmesh_exec::Foreign`]). A changed tool definition is a new contract, so a new id: it is
+//!   published and the old id retired, never changed in place.
+//!
+//! Both use the official Rust SDK (`rmcp`); nothing here writes JSON-RPC by hand.
+//!
+//! **Invariant:** no swarm, no replica access of its own: the server side sees the node only
+//! through the API client; the import side only through the market (serve / unserve) and the
+//! mesh (what this node published).
+
+mod import;
+pub mod names;
+mod serve;
+mod server;
+
+pub use import::{ImportConfig, Importer, Source};
+pub use names::ImportError;
+pub use serve::{MCP_PATH, ServeError, TOKEN_FILE, bind, serve_http, serve_stdio, token};
+pub use server::{
+    FIND_TOOL, META_CALL, META_CAPABILITY, META_ERROR, META_PROVIDER, META_RECEIPT, MeshTools,
+    Selection, find_tool,
+};

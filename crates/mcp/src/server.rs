@@ -1,0 +1,585 @@
+//! [`MeshTools`]: an MCP server whose tools are mesh capabilities, backed by a running node
+//! through its local API.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use capmesh_api::{
+    CallRequest, CallResult, Client, ClientError, FindEvent, FindRequest, QueryRequest,
+};
+use capmesh_types::Cid;
+use capmesh_wire::{CallId, Contract, Filter, Price};
+use rmcp::{
+    ErrorData, RoleServer, ServerHandler,
+    model::{
+        CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+        ListToolsResult, MetaObject, PaginatedRequestParams, ServerCapabilities, ServerConfig,
+        Tool,
+    },
+    service::RequestContext,
+};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::names;
+
+/// Name of the search tool every [`MeshTools`] lists besides the capabilities.
+pub const FIND_TOOL: &str = "capmesh_find";
+
+/// Keys of a result's `_meta`.
+pub const META_RECEIPT: &str = "capmesh/receipt_id";
+pub const META_CALL: &str = "capmesh/call_id";
+pub const META_PROVIDER: &str = "capmesh/provider";
+pub const META_CAPABILITY: &str = "capmesh/capability";
+pub const META_ERROR: &str = "capmesh/error_code";
+
+/// Contracts kept in memory (they never change: a capability id is the hash of its contract).
+const CONTRACT_CACHE: usize = 1024;
+/// Replica query page size, and most pages read for one listing.
+const QUERY_PAGE: u32 = 500;
+const QUERY_PAGES: usize = 8;
+/// How long a cancelled call may take to report its end before the tool error is returned.
+const CANCEL_GRACE: Duration = Duration::from_secs(10);
+/// Most results of one `capmesh_find`.
+const MAX_FIND: u32 = 100;
+
+/// Which capabilities [`MeshTools`] lists, and the terms of its calls (`[mcp]` in config.toml).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection {
+    /// Capabilities listed whatever else is chosen (capability ids).
+    pub pinned: Vec<Cid>,
+    /// Live capabilities of the replica that carry every one of these tags.
+    pub tags: Vec<String>,
+    /// Live capabilities of the replica whose name, description or tags match these words.
+    pub search: Option<String>,
+    /// With no pin, tag or search, every live capability of the replica is listed; with some,
+    /// only what they choose.
+    /// Most capabilities listed (pinned first, then found by `capmesh_find`, then the rest).
+    pub max_tools: usize,
+    /// Deadline of a call, failovers included; `None`: the node's default.
+    pub deadline_ms: Option<u64>,
+    /// The most one call may cost; `None`: no limit beyond the node's policy.
+    pub max_price: Option<Price>,
+}
+
+impl Default for Selection {
+    fn default() -> Self {
+        Self {
+            pinned: Vec::new(),
+            tags: Vec::new(),
+            search: None,
+            max_tools: 64,
+            deadline_ms: None,
+            max_price: None,
+        }
+    }
+}
+
+/// An MCP server over a node's API: `tools/list` lists the [`Selection`]'s capabilities as
+/// tools ([`names::tool_of`]) plus [`FIND_TOOL`]; `tools/call` makes a mesh call (negotiation,
+/// receipts) and answers its output with the receipt id in `_meta` ([`META_RECEIPT`]); MCP
+/// cancellation cancels the mesh call; mesh errors are tool errors with their code and reason.
+///
+/// Cloning is cheap and clones share their state (one per HTTP session is fine).
+#[derive(Debug, Clone)]
+pub struct MeshTools {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    api: Client,
+    selection: Selection,
+    /// Contracts by capability id, bounded by [`CONTRACT_CACHE`] (cleared when full).
+    contracts: Mutex<HashMap<Cid, Arc<Contract>>>,
+    /// Capabilities `capmesh_find` turned up, newest last, at most `max_tools`.
+    found: Mutex<VecDeque<Cid>>,
+    /// The tools of the last listing, by name.
+    listed: Mutex<HashMap<String, Exposed>>,
+}
+
+/// A capability listed as a tool.
+#[derive(Debug, Clone)]
+struct Exposed {
+    capability: Cid,
+    contract: Arc<Contract>,
+    /// The arguments come as `{"input": …}` (see [`names::input_schema`]).
+    wrapped: bool,
+}
+
+impl MeshTools {
+    /// Tools of the node behind `api`, chosen by `selection`.
+    pub fn new(api: Client, selection: Selection) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                api,
+                selection,
+                contracts: Mutex::default(),
+                found: Mutex::default(),
+                listed: Mutex::default(),
+            }),
+        }
+    }
+
+    /// The capability tools as listed now (without [`FIND_TOOL`]), remembered for `tools/call`.
+    pub async fn tools(&self) -> Result<Vec<Tool>, ClientError> {
+        let caps = self.choose().await?;
+        let mut tools = Vec::with_capacity(caps.len());
+        let mut listed = HashMap::with_capacity(caps.len());
+        for cap in caps {
+            let contract = match self.contract(cap).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(capability = %cap, error = %e, "no contract: not listed");
+                    continue;
+                }
+            };
+            let (tool, wrapped) = names::tool_of(&contract, &cap);
+            listed.insert(tool.name.to_string(), Exposed { capability: cap, contract, wrapped });
+            tools.push(tool);
+        }
+        *lock(&self.inner.listed) = listed;
+        Ok(tools)
+    }
+
+    /// Capability ids to list, in order, at most `max_tools`, none twice.
+    async fn choose(&self) -> Result<Vec<Cid>, ClientError> {
+        let s = &self.inner.selection;
+        let mut seen = HashSet::new();
+        let mut caps = Vec::new();
+        let found: Vec<Cid> = lock(&self.inner.found).iter().rev().copied().collect();
+        for cap in s.pinned.iter().chain(&found) {
+            if caps.len() < s.max_tools && seen.insert(*cap) {
+                caps.push(*cap);
+            }
+        }
+        let chosen_by_query = !s.tags.is_empty() || s.search.is_some() || s.pinned.is_empty();
+        if !chosen_by_query {
+            return Ok(caps);
+        }
+        let filter = Filter { tags: s.tags.clone(), text: s.search.clone(), ..Filter::default() };
+        let mut cursor = None;
+        for _ in 0..QUERY_PAGES {
+            if caps.len() >= s.max_tools {
+                break;
+            }
+            let req = QueryRequest {
+                filter: filter.clone(),
+                limit: Some(QUERY_PAGE),
+                cursor: cursor.take(),
+                ..QueryRequest::default()
+            };
+            let page = self.inner.api.query(&req).await?;
+            for hit in page.hits {
+                if caps.len() < s.max_tools && seen.insert(hit.capability) {
+                    caps.push(hit.capability);
+                }
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        Ok(caps)
+    }
+
+    async fn contract(&self, cap: Cid) -> Result<Arc<Contract>, ClientError> {
+        if let Some(c) = lock(&self.inner.contracts).get(&cap) {
+            return Ok(c.clone());
+        }
+        let info = self.inner.api.contract(cap).await?;
+        let contract: Contract = serde_json::from_value(info.contract)
+            .map_err(|e| ClientError::Decode(format!("the contract of {cap}: {e}")))?;
+        // The node checked that it hashes to `cap`; check again, it is cheap and it is the id.
+        match capmesh_contract::capability_id(&contract) {
+            Ok(id) if id == cap => {}
+            _ => {
+                return Err(ClientError::Decode(format!(
+                    "the node's contract for {cap} has another id"
+                )));
+            }
+        }
+        let contract = Arc::new(contract);
+        let mut cache = lock(&self.inner.contracts);
+        if cache.len() >= CONTRACT_CACHE {
+            cache.clear();
+        }
+        cache.insert(cap, contract.clone());
+        Ok(contract)
+    }
+
+    /// The listed tool `name`, listing again if it is not known (a client may call a tool it
+    /// learnt from an earlier session).
+    async fn exposed(&self, name: &str) -> Result<Option<Exposed>, ClientError> {
+        if let Some(e) = lock(&self.inner.listed).get(name) {
+            return Ok(Some(e.clone()));
+        }
+        self.tools().await?;
+        Ok(lock(&self.inner.listed).get(name).cloned())
+    }
+
+    /// `tools/call` of a capability tool.
+    async fn call(
+        &self,
+        exposed: Exposed,
+        arguments: Option<rmcp::model::JsonObject>,
+        ctx: &RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let mut arguments = arguments.unwrap_or_default();
+        let args = if exposed.wrapped {
+            match arguments.remove("input") {
+                Some(v) => v,
+                None => {
+                    return tool_error("BadRequest", "the argument \"input\" is missing".into());
+                }
+            }
+        } else {
+            Value::Object(arguments)
+        };
+        let call_id = match CallId::random() {
+            Ok(id) => id,
+            Err(e) => return tool_error("Internal", format!("no randomness for a call id: {e}")),
+        };
+        let s = &self.inner.selection;
+        let mut req = CallRequest::new(exposed.capability, args);
+        req.call_id = Some(call_id);
+        req.deadline_ms = s.deadline_ms;
+        req.max_price = s.max_price.clone();
+        let api = &self.inner.api;
+        let call = api.call(&req);
+        tokio::pin!(call);
+        let outcome = tokio::select! {
+            outcome = &mut call => outcome,
+            () = ctx.ct.cancelled() => {
+                tracing::debug!(capability = %exposed.capability, "MCP cancellation: cancelling the mesh call");
+                if let Err(e) = api.cancel(&call_id).await {
+                    tracing::debug!(error = %e, "cancel");
+                }
+                // The call then ends as cancelled (its receipt says so); wait for that, bounded.
+                let _ = tokio::time::timeout(CANCEL_GRACE, &mut call).await;
+                return tool_error("Cancelled", "the call was cancelled".into());
+            }
+        };
+        match outcome {
+            Ok(result) => success(&exposed, result),
+            Err(ClientError::Api(e)) => {
+                let mut text = format!("{}: {}", e.code, e.message);
+                let code = match &e.call {
+                    Some(failure) => {
+                        for a in &failure.attempts {
+                            text.push_str(&format!("\n- {a}"));
+                        }
+                        failure.code.clone()
+                    }
+                    None => e.code.to_string(),
+                };
+                tool_error(&code, text)
+            }
+            Err(e) => tool_error("Unavailable", format!("the capmesh node cannot be asked: {e}")),
+        }
+    }
+
+    /// `capmesh_find`: by capability id across the mesh, or by tags and words in the replica.
+    /// What it finds is listed as tools from then on (the client is told the list changed).
+    async fn find(
+        &self,
+        arguments: Option<rmcp::model::JsonObject>,
+        ctx: &RequestContext<RoleServer>,
+    ) -> CallToolResult {
+        let args: FindArgs =
+            match serde_json::from_value(Value::Object(arguments.unwrap_or_default())) {
+                Ok(a) => a,
+                Err(e) => return tool_error("BadRequest", format!("bad arguments: {e}")),
+            };
+        let limit = args.limit.unwrap_or(20).clamp(1, MAX_FIND);
+        let results = match &args.capability {
+            Some(text) => {
+                let cap: Cid = match text.parse() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        return tool_error(
+                            "BadRequest",
+                            format!("{text:?} is not a capability id: {e}"),
+                        );
+                    }
+                };
+                self.find_providers(cap, limit).await
+            }
+            None => self.search(args.tags, args.text, limit).await,
+        };
+        let results = match results {
+            Ok(r) => r,
+            Err(ClientError::Api(e)) => return tool_error(&e.code.to_string(), e.message),
+            Err(e) => {
+                return tool_error("Unavailable", format!("the capmesh node cannot be asked: {e}"));
+            }
+        };
+        let mut added = false;
+        {
+            let mut found = lock(&self.inner.found);
+            for r in &results {
+                if !found.contains(&r.capability) {
+                    found.push_back(r.capability);
+                    added = true;
+                }
+            }
+            while found.len() > self.inner.selection.max_tools {
+                found.pop_front();
+            }
+        }
+        let mut items = Vec::with_capacity(results.len());
+        for r in results {
+            let tool = match self.contract(r.capability).await {
+                Ok(c) => Some(names::tool_name(&c, &r.capability)),
+                Err(_) => None,
+            };
+            items.push(json!({
+                "capability": r.capability.to_string(),
+                "name": r.name,
+                "tool": tool,
+                "provider": r.provider,
+                "price": r.price,
+                "source": r.source,
+            }));
+        }
+        if added {
+            // Best effort: a client without list_changed support lists again itself.
+            let _ = ctx.peer.notify_tool_list_changed().await;
+        }
+        let value = json!({"results": items});
+        let mut result = CallToolResult::structured(value);
+        result.is_error = Some(false);
+        result
+    }
+
+    async fn find_providers(&self, cap: Cid, limit: u32) -> Result<Vec<Hit>, ClientError> {
+        use futures::StreamExt;
+        let mut req = FindRequest::new(cap);
+        req.limit = Some(limit);
+        let mut events = self.inner.api.find(&req).await?;
+        let mut hits = Vec::new();
+        while let Some(event) = events.next().await {
+            match event? {
+                FindEvent::Hit(h) => hits.push(Hit {
+                    capability: h.capability,
+                    name: h.name,
+                    provider: h.provider.to_string(),
+                    price: h.price,
+                    source: match h.source {
+                        capmesh_api::Source::Replica => "replica",
+                        capmesh_api::Source::Kademlia => "kademlia",
+                    },
+                }),
+                FindEvent::Done(_) => break,
+            }
+        }
+        Ok(hits)
+    }
+
+    async fn search(
+        &self,
+        tags: Vec<String>,
+        text: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<Hit>, ClientError> {
+        let req = QueryRequest {
+            filter: Filter { tags, text, ..Filter::default() },
+            limit: Some(limit),
+            ..QueryRequest::default()
+        };
+        let page = self.inner.api.query(&req).await?;
+        Ok(page
+            .hits
+            .into_iter()
+            .map(|h| Hit {
+                capability: h.capability,
+                name: h.name,
+                provider: h.provider.to_string(),
+                price: h.price,
+                source: "replica",
+            })
+            .collect())
+    }
+}
+
+/// Arguments of [`FIND_TOOL`].
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FindArgs {
+    capability: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    text: Option<String>,
+    limit: Option<u32>,
+}
+
+/// One provider of one capability, as `capmesh_find` reports it.
+struct Hit {
+    capability: Cid,
+    name: String,
+    provider: String,
+    price: Price,
+    source: &'static str,
+}
+
+/// The [`FIND_TOOL`] definition.
+pub fn find_tool() -> Tool {
+    let input = json!({
+        "type": "object",
+        "properties": {
+            "capability": {"type": "string", "description": "A capability id (CID, b…): find its providers across the mesh (Kademlia and the local replica)."},
+            "tags": {"type": "array", "items": {"type": "string"}, "description": "Capabilities carrying every one of these tags (local replica)."},
+            "text": {"type": "string", "description": "Words to search in capability names, descriptions and tags (local replica)."},
+            "limit": {"type": "integer", "minimum": 1, "maximum": MAX_FIND, "description": "Most results (default 20)."},
+        },
+        "additionalProperties": false,
+    });
+    let output = json!({
+        "type": "object",
+        "properties": {
+            "results": {"type": "array", "items": {
+                "type": "object",
+                "properties": {
+                    "capability": {"type": "string"},
+                    "name": {"type": "string"},
+                    "tool": {"type": ["string", "null"], "description": "The tool to call it with (listed from now on)."},
+                    "provider": {"type": "string"},
+                    "price": {"type": "object"},
+                    "source": {"type": "string", "enum": ["replica", "kademlia"]},
+                },
+                "required": ["capability", "name", "provider", "price", "source"],
+            }},
+        },
+        "required": ["results"],
+    });
+    let description = "Search the capmesh mesh for capabilities (tools with JSON Schema contracts): by \
+        capability id across the mesh, or by tags and words among the capabilities this node knows. \
+        What it finds becomes callable as tools of this server.";
+    let mut tool = Tool::new(FIND_TOOL, description, Arc::new(as_object(input)));
+    tool.output_schema = Some(Arc::new(as_object(output)));
+    tool
+}
+
+fn as_object(v: Value) -> rmcp::model::JsonObject {
+    match v {
+        Value::Object(m) => m,
+        _ => rmcp::model::JsonObject::new(),
+    }
+}
+
+/// The tool result of a successful call: structured content when the contract's output is an
+/// object, content blocks for an imported tool's content, else the output as JSON text; then a
+/// text line naming the receipt, which `_meta` carries too.
+fn success(exposed: &Exposed, r: CallResult) -> CallToolResult {
+    let structured = names::output_schema(&exposed.contract).is_some();
+    let mut content = Vec::new();
+    let mut structured_content = None;
+    match r.output {
+        Some(output) if names::is_content(&exposed.contract) => {
+            match serde_json::from_value::<Vec<ContentBlock>>(output["content"].clone()) {
+                Ok(blocks) => content = blocks,
+                Err(_) => content.push(ContentBlock::text(output.to_string())),
+            }
+        }
+        Some(output) => {
+            content.push(ContentBlock::text(output.to_string()));
+            if structured {
+                structured_content = Some(output);
+            }
+        }
+        None => {
+            // A streaming capability: its chunks, as text.
+            let mut text = String::new();
+            for chunk in &r.stream {
+                text.push_str(&String::from_utf8_lossy(&chunk.0));
+            }
+            if r.stream_truncated {
+                text.push_str("\n[output truncated]");
+            }
+            content.push(ContentBlock::text(text));
+        }
+    }
+    content.push(ContentBlock::text(format!(
+        "capmesh receipt {} (provider {}, call {})",
+        r.receipt_id,
+        r.provider,
+        data_encoding::BASE64URL_NOPAD.encode(&r.call_id.0)
+    )));
+    let mut result = CallToolResult::success(content);
+    result.structured_content = structured_content;
+    let mut meta = MetaObject::default();
+    meta.0.insert(META_RECEIPT.into(), json!(r.receipt_id.to_string()));
+    meta.0.insert(META_CALL.into(), json!(r.call_id));
+    meta.0.insert(META_PROVIDER.into(), json!(r.provider.to_string()));
+    meta.0.insert(META_CAPABILITY.into(), json!(r.capability.to_string()));
+    result.meta = Some(meta);
+    result
+}
+
+fn tool_error(code: &str, message: String) -> CallToolResult {
+    let mut result = CallToolResult::error(vec![ContentBlock::text(message)]);
+    let mut meta = MetaObject::default();
+    meta.0.insert(META_ERROR.into(), json!(code));
+    result.meta = Some(meta);
+    result
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl ServerHandler for MeshTools {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder().enable_tools().enable_tool_list_changed().build(),
+        )
+        .with_server_info(Implementation::new("capmesh", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "Tools of the capmesh mesh: each runs on a provider peer chosen by price, latency \
+                 and reputation, and answers with a signed receipt (its id is in the result). \
+                 Use capmesh_find to discover more capabilities.",
+        )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let mut tools = self.tools().await.map_err(|e| {
+            ErrorData::internal_error(format!("the capmesh node cannot be asked: {e}"), None)
+        })?;
+        tools.push(find_tool());
+        Ok(ListToolsResult { tools, ..Default::default() })
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        if request.name == FIND_TOOL {
+            return Ok(self.find(request.arguments, &ctx).await.into());
+        }
+        let exposed = match self.exposed(&request.name).await {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                return Err(ErrorData::invalid_params(
+                    format!("no tool named {:?}; list the tools again", request.name),
+                    None,
+                ));
+            }
+            Err(e) => {
+                return Ok(tool_error(
+                    "Unavailable",
+                    format!("the capmesh node cannot be asked: {e}"),
+                )
+                .into());
+            }
+        };
+        Ok(self.call(exposed, request.arguments, &ctx).await.into())
+    }
+}
