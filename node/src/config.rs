@@ -428,6 +428,13 @@ impl Config {
                 "import[{i}] ({}): give either command or url",
                 import.name
             );
+            if let Some(url) = &import.url {
+                anyhow::ensure!(
+                    url.starts_with("http://"),
+                    "import[{i}] ({}): url must be http:// (TLS is not compiled in; put a local TLS-terminating proxy in front)",
+                    import.name
+                );
+            }
             anyhow::ensure!(
                 import.refresh_secs > 0 && import.timeout_ms > 0 && import.concurrency > 0,
                 "import[{i}] ({}): refresh_secs, timeout_ms and concurrency must be positive",
@@ -524,6 +531,7 @@ price_amount = 2
                 "used twice",
             ),
             ("[mcp]\nhttp_listen = \"0.0.0.0:4702\"\n", "loopback"),
+            ("[[import]]\nname = \"s\"\nurl = \"https://h/mcp\"\n", "http://"),
             ("[mcp]\npinned = [\"nope\"]\n", "capability id"),
         ] {
             let config: Config = toml::from_str(bad).unwrap();

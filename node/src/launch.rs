@@ -168,7 +168,8 @@ impl Node {
         // Imports connect and publish in the background: a server that is down must not keep
         // the node from starting (its tools appear when it comes up).
         let importers =
-            crate::mcp::start_imports(&dir, &config.import, &market, &mesh, &cancel, &mut tasks)?;
+            crate::mcp::start_imports(&dir, &config.import, &market, &mesh, &cancel, &mut tasks)
+                .await?;
         tracing::info!(peer_id = %mesh.peer_id(), api = %api_addr, "node running");
         Ok(Node {
             mesh,

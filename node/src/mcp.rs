@@ -51,8 +51,10 @@ pub fn import_config(dir: &DataDir, entry: &ImportEntry) -> anyhow::Result<Impor
     })
 }
 
-/// Starts one importer per `[[import]]` table; their tasks end with `cancel`.
-pub(crate) fn start_imports(
+/// Retires the imported capabilities an earlier run advertised, then starts one importer per
+/// `[[import]]` table (each publishes its tools once it has listed them); their tasks end with
+/// `cancel`.
+pub(crate) async fn start_imports(
     dir: &DataDir,
     entries: &[ImportEntry],
     market: &capmesh_market::Market,
@@ -60,6 +62,13 @@ pub(crate) fn start_imports(
     cancel: &CancellationToken,
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> anyhow::Result<Vec<Importer>> {
+    let retired = capmesh_mcp::retire_imported(mesh).await;
+    if retired > 0 {
+        tracing::info!(
+            retired,
+            "imported capabilities of the previous run retired until re-listed"
+        );
+    }
     let mut importers = Vec::with_capacity(entries.len());
     for (i, entry) in entries.iter().enumerate() {
         let config = import_config(dir, entry).with_context(|| format!("import[{i}]"))?;
@@ -118,7 +127,8 @@ pub async fn serve(
     let api = capmesh_api::Client::from_data_dir(dir.root()).map_err(crate::remote::explain)?;
     // Fail now, not at the client's first request, when no node answers.
     api.status().await.map_err(crate::remote::explain)?;
-    let tools = MeshTools::new(api, selection);
+    // Bound to the data directory: a node restarted meanwhile is found again.
+    let tools = MeshTools::for_data_dir(dir.root(), selection).map_err(crate::remote::explain)?;
     let cancel = CancellationToken::new();
     let stop = {
         let cancel = cancel.clone();

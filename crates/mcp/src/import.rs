@@ -4,12 +4,16 @@
 //! The importer keeps one MCP client session to the server. After connecting, when the server
 //! says its tool list changed, and every `refresh` in case it does not say so, it lists the
 //! tools and reconciles: a tool whose contract (and so id) is new is served (published); a
-//! capability whose tool is gone or changed is unserved (retired). A changed definition is never
-//! served under its old id. A lost session is reconnected with backoff; calls meanwhile fail as
-//! retryable.
+//! capability whose tool is gone or changed is unserved (retired; a retirement that fails is
+//! tried again at every reconciliation). A call runs only while its capability is still the one
+//! served for its tool, on a session that was reconciled: once the importer has seen a change,
+//! the old id never runs the new definition (a server that changes a tool without saying so is
+//! seen at the next `refresh`). A lost session is reconnected with backoff; calls meanwhile fail
+//! as retryable. At node start, the imported capabilities an earlier run advertised are retired
+//! ([`retire_imported`]): an imported capability is advertised only while it is served.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashSet},
     future::Future,
     path::PathBuf,
     pin::Pin,
@@ -19,16 +23,23 @@ use std::{
 
 use capmesh_exec::{ExecError, Executor, Foreign};
 use capmesh_market::{Market, ServeSpec};
-use capmesh_mesh::Mesh;
+use capmesh_mesh::{Mesh, MeshError};
 use capmesh_types::Cid;
 use capmesh_wire::{CallLimits, Price};
+use nix::{
+    sys::signal::{Signal, killpg},
+    unistd::Pid,
+};
 use rmcp::{
     ClientHandler, Peer, RoleClient, ServiceExt,
     model::{
         CallToolRequestParams, CallToolResponse, ClientCapabilities, ClientConfig, Implementation,
     },
-    service::{MaybeSendFuture, NotificationContext, RunningService},
-    transport::{StreamableHttpClientTransport, TokioChildProcess},
+    service::{ClientCacheConfig, MaybeSendFuture, NotificationContext, RunningService},
+    transport::{
+        StreamableHttpClientTransport, TokioChildProcess,
+        streamable_http_client::StreamableHttpClientTransportConfig,
+    },
 };
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -41,18 +52,29 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Reconnection backoff: first and longest wait.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A session that stayed up this long resets the backoff (a server that dies right after its
+/// handshake is not restarted every second).
+const STABLE_SESSION: Duration = Duration::from_secs(30);
 /// How often a connected session is checked for having closed.
 const CLOSED_POLL: Duration = Duration::from_millis(500);
+/// Longest wait for one listing of the tools.
+const LIST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most tools imported from one server.
+const MAX_TOOLS: usize = 1024;
 /// Longest text kept from a tool's error result.
 const MAX_ERROR_TEXT: usize = 2000;
+/// Largest output of an imported tool (its JSON), the command runtime's default cap: a larger
+/// one would not fit in the answer's frame.
+const MAX_OUTPUT_BYTES: usize = capmesh_exec::DEFAULT_MAX_OUTPUT_BYTES as usize;
 
 /// Where the MCP server is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     /// A program speaking MCP on its stdin/stdout, started with a cleared environment (only
-    /// `env`), in `cwd` if set. It is stopped when the importer stops.
+    /// `env`), in `cwd` if set, leading its own process group, which is killed when the session
+    /// ends.
     Command { argv: Vec<String>, env: BTreeMap<String, String>, cwd: Option<PathBuf> },
-    /// A streamable HTTP endpoint, with an optional bearer token.
+    /// A streamable HTTP endpoint (`http://`), with an optional bearer token.
     Url { url: String, bearer: Option<String> },
 }
 
@@ -86,7 +108,7 @@ struct Inner {
     config: ImportConfig,
     market: Market,
     mesh: Mesh,
-    /// The session's peer while connected.
+    /// The session's peer while connected and reconciled.
     peer: Mutex<Option<Peer<RoleClient>>>,
     /// Woken by the server's `tools/list_changed` and by [`Importer::refresh`].
     changed: Arc<Notify>,
@@ -99,6 +121,8 @@ struct Inner {
 struct State {
     /// Served capabilities by MCP tool name.
     served: BTreeMap<String, Cid>,
+    /// Unserved capabilities whose retirement failed: tried again at every reconciliation.
+    unretired: BTreeSet<Cid>,
     /// Reconciliations done.
     syncs: u64,
     /// Tools that could not be imported, with why.
@@ -106,9 +130,9 @@ struct State {
 }
 
 impl Importer {
-    /// Checks `config` and starts importing in a task that ends with `cancel` (and stops the
-    /// server's process, if it started one). Capabilities stay served and published when it
-    /// stops: a node that stops does not retire them (their adverts expire).
+    /// Checks `config` and starts importing in a task that ends with `cancel` (and kills the
+    /// server's process group, if it started one). Stopping retires nothing; the next start of
+    /// the node does ([`retire_imported`]) before importing again.
     pub fn spawn(
         config: ImportConfig,
         market: Market,
@@ -144,7 +168,7 @@ impl Importer {
         lock(&self.inner.state).refused.clone()
     }
 
-    /// Whether a session to the server is up.
+    /// Whether a reconciled session to the server is up.
     pub fn connected(&self) -> bool {
         lock(&self.inner.peer).as_ref().is_some_and(|p| !p.is_transport_closed())
     }
@@ -177,18 +201,23 @@ async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
             c = tokio::time::timeout(CONNECT_TIMEOUT, connect(&inner)) => c,
         };
         match connected {
-            Ok(Ok(service)) => {
+            Ok(Ok((service, group))) => {
                 tracing::info!(import = %name, "connected to the MCP server");
-                backoff = BACKOFF_MIN;
-                *lock(&inner.peer) = Some(service.peer().clone());
+                let up = tokio::time::Instant::now();
                 serve_session(&inner, &service, &cancel, &mut first).await;
                 *lock(&inner.peer) = None;
-                // Closes the session; a child process is killed with its transport.
                 let _ = service.cancel().await;
+                // The child dies with its transport; what it started, with its group.
+                if let Some(group) = group {
+                    let _ = killpg(group, Signal::SIGKILL);
+                }
                 if cancel.is_cancelled() {
                     return;
                 }
-                tracing::warn!(import = %name, "the MCP session ended; reconnecting");
+                if up.elapsed() >= STABLE_SESSION {
+                    backoff = BACKOFF_MIN;
+                }
+                tracing::warn!(import = %name, ?backoff, "the MCP session ended; reconnecting");
             }
             Ok(Err(e)) => {
                 tracing::warn!(import = %name, error = %e, ?backoff, "cannot connect to the MCP server")
@@ -204,7 +233,7 @@ async fn run(inner: Arc<Inner>, cancel: CancellationToken) {
 }
 
 /// Reconciles, then again on every change notice or refresh tick, until the session closes or
-/// `cancel`.
+/// `cancel`. Calls go to the session only once it was reconciled.
 async fn serve_session(
     inner: &Arc<Inner>,
     service: &RunningService<RoleClient, Watcher>,
@@ -215,10 +244,21 @@ async fn serve_session(
     refresh.tick().await;
     let mut closed = tokio::time::interval(CLOSED_POLL);
     loop {
-        if let Err(e) = reconcile(inner, service.peer(), *first).await {
-            tracing::warn!(import = %inner.config.name, error = %e, "cannot list the MCP server's tools");
-        } else {
-            *first = false;
+        let listing = tokio::select! {
+            () = cancel.cancelled() => return,
+            r = tokio::time::timeout(LIST_TIMEOUT, reconcile(inner, service.peer(), *first)) => r,
+        };
+        match listing {
+            Ok(Ok(())) => {
+                *first = false;
+                *lock(&inner.peer) = Some(service.peer().clone());
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(import = %inner.config.name, error = %e, "cannot list the MCP server's tools")
+            }
+            Err(_) => {
+                tracing::warn!(import = %inner.config.name, "listing the MCP server's tools timed out")
+            }
         }
         loop {
             tokio::select! {
@@ -233,45 +273,63 @@ async fn serve_session(
     }
 }
 
-async fn connect(inner: &Inner) -> Result<RunningService<RoleClient, Watcher>, String> {
+/// A session, and the process group of the server it started (stdio).
+type Session = (RunningService<RoleClient, Watcher>, Option<Pid>);
+
+async fn connect(inner: &Inner) -> Result<Session, String> {
     let watcher = Watcher { changed: inner.changed.clone() };
-    match &inner.config.source {
+    let session = match &inner.config.source {
         Source::Command { argv, env, cwd } => {
             let Some(program) = argv.first() else {
                 return Err("the command is empty".into());
             };
             let mut command = tokio::process::Command::new(program);
-            command.args(&argv[1..]).env_clear().envs(env).kill_on_drop(true);
+            // Its own process group, killed whole when the session ends: wrappers such as npx
+            // run the real server as a grandchild.
+            command.args(&argv[1..]).env_clear().envs(env).kill_on_drop(true).process_group(0);
             if let Some(cwd) = cwd {
                 command.current_dir(cwd);
             }
             let transport = TokioChildProcess::new(command)
                 .map_err(|e| format!("cannot start {program:?}: {e}"))?;
-            watcher.serve(transport).await.map_err(|e| e.to_string())
+            let group = transport.id().and_then(|pid| i32::try_from(pid).ok()).map(Pid::from_raw);
+            match watcher.serve(transport).await {
+                Ok(service) => (service, group),
+                Err(e) => {
+                    if let Some(group) = group {
+                        let _ = killpg(group, Signal::SIGKILL);
+                    }
+                    return Err(e.to_string());
+                }
+            }
         }
         Source::Url { url, bearer } => {
-            let mut config =
-                rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig::with_uri(
-                    url.as_str(),
-                );
+            let mut config = StreamableHttpClientTransportConfig::with_uri(url.as_str());
             if let Some(token) = bearer {
                 config = config.auth_header(token.clone());
             }
             let transport = StreamableHttpClientTransport::from_config(config);
-            watcher.serve(transport).await.map_err(|e| e.to_string())
+            (watcher.serve(transport).await.map_err(|e| e.to_string())?, None)
         }
-    }
+    };
+    // Every listing asks the server: a cached (or stale) list could hide a changed tool.
+    session.0.peer().set_response_cache_config(ClientCacheConfig::disabled()).await;
+    Ok(session)
 }
 
-/// Lists the tools and serves / unserves what changed. On the first listing of this run, also
-/// retires adverts of this import that this node published in an earlier run and that no tool
-/// matches any more.
+/// Lists the tools and serves / unserves what changed; retries the retirements that failed. On
+/// the first listing of this run, also retires what this node advertises for this import and no
+/// longer serves.
 async fn reconcile(inner: &Arc<Inner>, peer: &Peer<RoleClient>, first: bool) -> Result<(), String> {
     let config = &inner.config;
     let tools = peer.list_all_tools().await.map_err(|e| e.to_string())?;
     let mut next = BTreeMap::new();
     let mut refused = Vec::new();
-    for tool in tools {
+    if tools.len() > MAX_TOOLS {
+        refused
+            .push(format!("{} tools listed; only the first {MAX_TOOLS} are imported", tools.len()));
+    }
+    for tool in tools.into_iter().take(MAX_TOOLS) {
         if !config.tools.is_empty() && !config.tools.iter().any(|t| *t == tool.name) {
             continue;
         }
@@ -287,6 +345,7 @@ async fn reconcile(inner: &Arc<Inner>, peer: &Peer<RoleClient>, first: bool) -> 
     }
     let current = lock(&inner.state).served.clone();
     let mut served = BTreeMap::new();
+    let mut unretired = BTreeSet::new();
     for (tool, (contract, id, structured)) in next {
         if current.get(&tool) == Some(&id) {
             served.insert(tool, id);
@@ -295,8 +354,9 @@ async fn reconcile(inner: &Arc<Inner>, peer: &Peer<RoleClient>, first: bool) -> 
         let runtime = Arc::new(McpTool {
             import: config.name.clone(),
             tool: tool.clone(),
+            capability: id,
             structured,
-            peer: Arc::downgrade(inner),
+            inner: Arc::downgrade(inner),
         });
         let executor = match Executor::foreign(contract, runtime) {
             Ok(e) => e,
@@ -312,6 +372,8 @@ async fn reconcile(inner: &Arc<Inner>, peer: &Peer<RoleClient>, first: bool) -> 
             latency_ms: config.latency_ms,
             ttl: None,
         };
+        // Served before it runs anything: `served` must name it when a call arrives.
+        lock(&inner.state).served.insert(tool.clone(), id);
         match inner.market.serve(spec).await {
             Ok(p) => {
                 tracing::info!(import = %config.name, %tool, capability = %p.capability, "imported MCP tool served");
@@ -320,20 +382,35 @@ async fn reconcile(inner: &Arc<Inner>, peer: &Peer<RoleClient>, first: bool) -> 
             Err(e) => {
                 tracing::warn!(import = %config.name, %tool, error = %e, "cannot serve an imported tool");
                 refused.push(format!("the tool {tool:?}: {e}"));
+                // `serve` registers before it publishes: take it back, and retire whatever
+                // may have gone out.
+                match inner.market.unserve(id).await {
+                    Ok(_) | Err(MeshError::NotPublished(_)) => {}
+                    Err(_) => {
+                        unretired.insert(id);
+                    }
+                }
             }
         }
     }
     let keep: HashSet<Cid> = served.values().copied().collect();
-    for (tool, old) in &current {
-        if keep.contains(old) {
-            continue;
-        }
-        match inner.market.unserve(*old).await {
+    let mut retire: BTreeSet<Cid> = std::mem::take(&mut lock(&inner.state).unretired);
+    retire.extend(current.values().copied());
+    retire.retain(|c| !keep.contains(c));
+    {
+        // No call runs under an id about to be retired.
+        let mut state = lock(&inner.state);
+        state.served.retain(|_, c| keep.contains(c));
+    }
+    for old in retire {
+        match inner.market.unserve(old).await {
             Ok(_) => {
-                tracing::info!(import = %config.name, %tool, capability = %old, "changed or removed MCP tool retired")
+                tracing::info!(import = %config.name, capability = %old, "changed or removed MCP tool retired")
             }
+            Err(MeshError::NotPublished(_)) => {}
             Err(e) => {
-                tracing::warn!(import = %config.name, %tool, capability = %old, error = %e, "cannot retire")
+                tracing::warn!(import = %config.name, capability = %old, error = %e, "cannot retire; trying again at the next listing");
+                unretired.insert(old);
             }
         }
     }
@@ -342,6 +419,7 @@ async fn reconcile(inner: &Arc<Inner>, peer: &Peer<RoleClient>, first: bool) -> 
     }
     let mut state = lock(&inner.state);
     state.served = served;
+    state.unretired.extend(unretired);
     state.refused = refused;
     state.syncs += 1;
     drop(state);
@@ -349,27 +427,59 @@ async fn reconcile(inner: &Arc<Inner>, peer: &Peer<RoleClient>, first: bool) -> 
     Ok(())
 }
 
-/// Retires what this node published for this import in an earlier run and no longer serves.
+/// Retires what this node advertises for this import and does not serve: a safety net behind
+/// [`retire_imported`].
 async fn retire_leftovers(inner: &Inner, keep: &HashSet<Cid>) {
-    let prefix = format!("{}.", inner.config.name);
-    for cap in inner.mesh.published() {
-        if keep.contains(&cap) {
-            continue;
-        }
-        let store = inner.mesh.store().clone();
-        let contract = tokio::task::spawn_blocking(move || store.contract(&cap)).await;
-        let ours = matches!(&contract, Ok(Ok(Some(c)))
-            if c.name.starts_with(&prefix) && c.tags.iter().any(|t| t == names::MCP_TAG)
-                && c.tags.contains(&inner.config.name));
-        if ours {
+    for (cap, import) in imported_adverts(&inner.mesh).await {
+        if import == inner.config.name && !keep.contains(&cap) {
             match inner.mesh.retire(cap).await {
                 Ok(_) => {
-                    tracing::info!(import = %inner.config.name, capability = %cap, "retired a tool of an earlier run")
+                    tracing::info!(import = %import, capability = %cap, "retired an imported tool no longer served")
                 }
                 Err(e) => tracing::warn!(capability = %cap, error = %e, "cannot retire"),
             }
         }
     }
+}
+
+/// Retires every imported capability this node advertises (contracts tagged `mcp`). The node
+/// calls it at start, before its importers run, so that an imported capability is advertised
+/// only while an importer serves it — also when an `[[import]]` was removed or renamed, or its
+/// server never comes back. Each importer publishes its tools again once it has listed them.
+/// Returns how many were retired.
+pub async fn retire_imported(mesh: &Mesh) -> usize {
+    let mut retired = 0;
+    for (cap, import) in imported_adverts(mesh).await {
+        match mesh.retire(cap).await {
+            Ok(_) => {
+                retired += 1;
+                tracing::info!(import = %import, capability = %cap, "retired an imported tool of an earlier run");
+            }
+            Err(e) => {
+                tracing::warn!(capability = %cap, error = %e, "cannot retire an imported tool")
+            }
+        }
+    }
+    retired
+}
+
+/// The capabilities this node advertises whose contract is an imported tool, with the import's
+/// name (the contract's tags start with `mcp`, `<import>`).
+async fn imported_adverts(mesh: &Mesh) -> Vec<(Cid, String)> {
+    let caps = mesh.published();
+    let store = mesh.store().clone();
+    let found = tokio::task::spawn_blocking(move || {
+        caps.into_iter()
+            .filter_map(|cap| match store.contract(&cap) {
+                Ok(Some(c)) if c.tags.first().map(String::as_str) == Some(names::MCP_TAG) => {
+                    c.tags.get(1).map(|import| (cap, import.clone()))
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    found.unwrap_or_default()
 }
 
 /// The client side of the session: hears the server's `tools/list_changed`.
@@ -399,10 +509,13 @@ impl ClientHandler for Watcher {
 struct McpTool {
     import: String,
     tool: String,
+    /// The capability this runtime serves: a call runs only while it is the one served for
+    /// `tool` (never under an id whose definition the importer saw change).
+    capability: Cid,
     /// The tool has an `outputSchema`: its output is the `structuredContent`; otherwise the
     /// output is `{"content": [...]}`.
     structured: bool,
-    peer: std::sync::Weak<Inner>,
+    inner: std::sync::Weak<Inner>,
 }
 
 impl Foreign for McpTool {
@@ -411,9 +524,21 @@ impl Foreign for McpTool {
     }
 
     fn call(&self, args: Value) -> Pin<Box<dyn Future<Output = Result<Value, ExecError>> + Send>> {
-        let peer = self.peer.upgrade().and_then(|inner| lock(&inner.peer).clone());
+        let (current, peer) = match self.inner.upgrade() {
+            Some(inner) => (
+                lock(&inner.state).served.get(&self.tool) == Some(&self.capability),
+                lock(&inner.peer).clone(),
+            ),
+            None => (false, None),
+        };
         let (tool, import, structured) = (self.tool.clone(), self.import.clone(), self.structured);
         Box::pin(async move {
+            if !current {
+                return Err(ExecError::Failed(format!(
+                    "the tool {tool:?} of the MCP server {import:?} changed or went away: this \
+                     capability is retired; find the tool's new capability"
+                )));
+            }
             let Some(peer) = peer else {
                 return Err(ExecError::Io(std::io::Error::other(format!(
                     "the MCP server {import:?} is not connected; retry later"
@@ -424,8 +549,15 @@ impl Foreign for McpTool {
             };
             let params = CallToolRequestParams::new(tool).with_arguments(arguments);
             // Dropping this future (timeout, cancel) tells the server `notifications/cancelled`.
-            let response = peer.call_tool_once(params).await.map_err(|e| {
-                ExecError::Io(std::io::Error::other(format!("the MCP server {import:?}: {e}")))
+            let response = peer.call_tool_once(params).await.map_err(|e| match e {
+                // The server answered, and refused: asking again, or elsewhere, will not help.
+                rmcp::ServiceError::McpError(e) => ExecError::Failed(format!(
+                    "the MCP server {import:?} refused the call: {} (JSON-RPC error {})",
+                    e.message, e.code.0
+                )),
+                e => {
+                    ExecError::Io(std::io::Error::other(format!("the MCP server {import:?}: {e}")))
+                }
             })?;
             let result = match response {
                 CallToolResponse::Complete(r) => r,
@@ -460,15 +592,22 @@ impl Foreign for McpTool {
                 }
                 return Err(ExecError::Failed(format!("the MCP tool reported an error: {text}")));
             }
-            if structured {
+            let output = if structured {
                 result.structured_content.ok_or_else(|| {
                     ExecError::Failed(
                         "the tool has an outputSchema but answered no structuredContent".into(),
                     )
-                })
+                })?
             } else {
-                Ok(json!({"content": result.content}))
+                json!({"content": result.content})
+            };
+            let size = serde_json::to_vec(&output).map_or(usize::MAX, |v| v.len());
+            if size > MAX_OUTPUT_BYTES {
+                return Err(ExecError::Failed(format!(
+                    "the tool's output is {size} bytes, over the {MAX_OUTPUT_BYTES}-byte cap"
+                )));
             }
+            Ok(output)
         })
     }
 }

@@ -6,7 +6,7 @@
 //!   contract, the capability id in the description — plus [`FIND_TOOL`]. A `tools/call` is a
 //!   mesh call (negotiation, signed receipts) whose result carries the receipt id in `_meta`;
 //!   MCP cancellation cancels the mesh call. Served over stdio ([`serve_stdio`]) or streamable
-//!   HTTP on loopback with a bearer token ([`serve_http`]); `capmesh mcp` does both.
+//!   HTTP on loopback with a bearer token ([`serve_http`]); `capmesh mcp` runs one of them.
 //! - **MCP → mesh** ([`Importer`]): a node serves the tools of an MCP server (a stdio command or
 //!   a URL) as capabilities, each tool a contract ([`names::contract_of`]) with an `mcp` runtime
 //!   ([`capmesh_exec::Foreign`]). A changed tool definition is a new contract, so a new id: it is
@@ -14,16 +14,16 @@
 //!
 //! Both use the official Rust SDK (`rmcp`); nothing here writes JSON-RPC by hand.
 //!
-//! **Invariant:** no swarm, no replica access of its own: the server side sees the node only
-//! through the API client; the import side only through the market (serve / unserve) and the
-//! mesh (what this node published).
+//! **Invariant:** no swarm and no replica writes: the server side sees the node only through
+//! the API client; the import side serves and unserves through the market, and reads through
+//! the mesh only what this node published (to retire imports of an earlier run).
 
 mod import;
 pub mod names;
 mod serve;
 mod server;
 
-pub use import::{ImportConfig, Importer, Source};
+pub use import::{ImportConfig, Importer, Source, retire_imported};
 pub use names::ImportError;
 pub use serve::{MCP_PATH, ServeError, TOKEN_FILE, bind, serve_http, serve_stdio, token};
 pub use server::{

@@ -18,8 +18,9 @@ pub const MCP_TAG: &str = "mcp";
 /// Version of every imported contract: the id changes only when the tool's definition does.
 pub const IMPORTED_VERSION: &str = "1.0.0";
 
-/// Characters of the capability id that end a tool name.
-const SHORT_ID_CHARS: usize = 8;
+/// Characters of the capability id that end a tool name: 16 base32 characters (80 bits), so a
+/// look-alike capability cannot be made to take another's tool name.
+const SHORT_ID_CHARS: usize = 16;
 
 /// Longest tool name: what the strictest MCP clients accept (`^[a-zA-Z0-9_-]{1,64}$`).
 const MAX_TOOL_NAME: usize = 64;

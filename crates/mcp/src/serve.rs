@@ -68,8 +68,13 @@ pub async fn serve_http(
     token: String,
     cancel: CancellationToken,
 ) -> Result<(), ServeError> {
-    let config =
-        StreamableHttpServerConfig::default().with_cancellation_token(cancel.child_token());
+    // Host validation (DNS rebinding) admits the loopback names and the bound address itself.
+    let bound = listener.local_addr()?;
+    let hosts =
+        ["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned(), bound.ip().to_string()];
+    let config = StreamableHttpServerConfig::default()
+        .with_allowed_hosts(hosts)
+        .with_cancellation_token(cancel.child_token());
     let service: StreamableHttpService<MeshTools, LocalSessionManager> =
         StreamableHttpService::new(move || Ok(tools.clone()), Arc::default(), config);
     let app = Router::new()
@@ -115,7 +120,9 @@ pub fn token(data_dir: &Path) -> std::io::Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(std::io::Error::other)?;
     let token = data_encoding::HEXLOWER.encode(&bytes);
-    let tmp = data_dir.join(format!("{TOKEN_FILE}.tmp"));
+    // Written to a file of this process, then linked into place only if none is there: of two
+    // processes starting at once, the second reads the first one's token.
+    let tmp = data_dir.join(format!("{TOKEN_FILE}.{}.tmp", std::process::id()));
     {
         use std::io::Write;
         let mut options = std::fs::OpenOptions::new();
@@ -126,8 +133,15 @@ pub fn token(data_dir: &Path) -> std::io::Result<String> {
         file.write_all(token.as_bytes())?;
         file.sync_all()?;
     }
-    std::fs::rename(&tmp, &path)?;
-    Ok(token)
+    let linked = std::fs::hard_link(&tmp, &path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(token),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            Ok(std::fs::read_to_string(&path)?.trim().to_owned())
+        }
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

@@ -38,11 +38,13 @@ pub const META_ERROR: &str = "capmesh/error_code";
 
 /// Contracts kept in memory (they never change: a capability id is the hash of its contract).
 const CONTRACT_CACHE: usize = 1024;
+/// Contracts fetched at once for a listing (one the replica lacks costs a mesh search).
+const CONTRACT_FETCHES: usize = 8;
 /// Replica query page size, and most pages read for one listing.
 const QUERY_PAGE: u32 = 500;
 const QUERY_PAGES: usize = 8;
-/// How long a cancelled call may take to report its end before the tool error is returned.
-const CANCEL_GRACE: Duration = Duration::from_secs(10);
+/// Longest wait for the node to take a cancel.
+const CANCEL_GRACE: Duration = Duration::from_secs(5);
 /// Most results of one `capmesh_find`.
 const MAX_FIND: u32 = 100;
 
@@ -54,9 +56,9 @@ pub struct Selection {
     /// Live capabilities of the replica that carry every one of these tags.
     pub tags: Vec<String>,
     /// Live capabilities of the replica whose name, description or tags match these words.
+    /// (With no pin, tag or search, every live capability of the replica is listed; with some,
+    /// only what they choose.)
     pub search: Option<String>,
-    /// With no pin, tag or search, every live capability of the replica is listed; with some,
-    /// only what they choose.
     /// Most capabilities listed (pinned first, then found by `capmesh_find`, then the rest).
     pub max_tools: usize,
     /// Deadline of a call, failovers included; `None`: the node's default.
@@ -91,7 +93,10 @@ pub struct MeshTools {
 
 #[derive(Debug)]
 struct Inner {
-    api: Client,
+    /// The node's API client; made again from `data_dir` when the node restarted (new address,
+    /// new token).
+    api: Mutex<Client>,
+    data_dir: Option<std::path::PathBuf>,
     selection: Selection,
     /// Contracts by capability id, bounded by [`CONTRACT_CACHE`] (cleared when full).
     contracts: Mutex<HashMap<Cid, Arc<Contract>>>,
@@ -113,9 +118,24 @@ struct Exposed {
 impl MeshTools {
     /// Tools of the node behind `api`, chosen by `selection`.
     pub fn new(api: Client, selection: Selection) -> Self {
+        Self::build(api, None, selection)
+    }
+
+    /// Tools of the node of `data_dir` (its `api.addr` and `api.token`): when the node
+    /// restarts, the client is made again from the files, so the MCP session outlives it.
+    pub fn for_data_dir(
+        data_dir: &std::path::Path,
+        selection: Selection,
+    ) -> Result<Self, ClientError> {
+        let api = Client::from_data_dir(data_dir)?;
+        Ok(Self::build(api, Some(data_dir.to_path_buf()), selection))
+    }
+
+    fn build(api: Client, data_dir: Option<std::path::PathBuf>, selection: Selection) -> Self {
         Self {
             inner: Arc::new(Inner {
-                api,
+                api: Mutex::new(api),
+                data_dir,
                 selection,
                 contracts: Mutex::default(),
                 found: Mutex::default(),
@@ -124,13 +144,50 @@ impl MeshTools {
         }
     }
 
+    /// The API client (see [`MeshTools::reconnected`]).
+    fn api(&self) -> Client {
+        lock(&self.inner.api).clone()
+    }
+
+    /// Whether `e` says the client is stale (the node restarted: new address, new token) and a
+    /// fresh one was made from the data directory.
+    fn reconnected(&self, e: &ClientError) -> bool {
+        let stale = match e {
+            ClientError::Unreachable { .. } | ClientError::NotRunning { .. } => true,
+            ClientError::Api(api) => api.code == capmesh_api::ErrorCode::Unauthorized,
+            _ => false,
+        };
+        let Some(dir) = &self.inner.data_dir else { return false };
+        if !stale {
+            return false;
+        }
+        match Client::from_data_dir(dir) {
+            Ok(fresh) => {
+                *lock(&self.inner.api) = fresh;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// The capability tools as listed now (without [`FIND_TOOL`]), remembered for `tools/call`.
+    /// Of two capabilities with one tool name (same contract name, same short id), the first
+    /// listed keeps it (pinned ones come first); the other is left out.
     pub async fn tools(&self) -> Result<Vec<Tool>, ClientError> {
-        let caps = self.choose().await?;
-        let mut tools = Vec::with_capacity(caps.len());
-        let mut listed = HashMap::with_capacity(caps.len());
-        for cap in caps {
-            let contract = match self.contract(cap).await {
+        use futures::StreamExt;
+        let caps = match self.choose().await {
+            Err(e) if self.reconnected(&e) => self.choose().await?,
+            other => other?,
+        };
+        let contracts: Vec<_> = futures::stream::iter(caps)
+            .map(|cap| async move { (cap, self.contract(cap).await) })
+            .buffered(CONTRACT_FETCHES)
+            .collect()
+            .await;
+        let mut tools = Vec::with_capacity(contracts.len());
+        let mut listed = HashMap::with_capacity(contracts.len());
+        for (cap, contract) in contracts {
+            let contract = match contract {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::warn!(capability = %cap, error = %e, "no contract: not listed");
@@ -138,7 +195,12 @@ impl MeshTools {
                 }
             };
             let (tool, wrapped) = names::tool_of(&contract, &cap);
-            listed.insert(tool.name.to_string(), Exposed { capability: cap, contract, wrapped });
+            let name = tool.name.to_string();
+            if listed.contains_key(&name) {
+                tracing::warn!(capability = %cap, tool = %name, "tool name taken by another capability: not listed");
+                continue;
+            }
+            listed.insert(name, Exposed { capability: cap, contract, wrapped });
             tools.push(tool);
         }
         *lock(&self.inner.listed) = listed;
@@ -172,7 +234,7 @@ impl MeshTools {
                 cursor: cursor.take(),
                 ..QueryRequest::default()
             };
-            let page = self.inner.api.query(&req).await?;
+            let page = self.api().query(&req).await?;
             for hit in page.hits {
                 if caps.len() < s.max_tools && seen.insert(hit.capability) {
                     caps.push(hit.capability);
@@ -190,7 +252,7 @@ impl MeshTools {
         if let Some(c) = lock(&self.inner.contracts).get(&cap) {
             return Ok(c.clone());
         }
-        let info = self.inner.api.contract(cap).await?;
+        let info = self.api().contract(cap).await?;
         let contract: Contract = serde_json::from_value(info.contract)
             .map_err(|e| ClientError::Decode(format!("the contract of {cap}: {e}")))?;
         // The node checked that it hashes to `cap`; check again, it is cheap and it is the id.
@@ -248,19 +310,28 @@ impl MeshTools {
         req.call_id = Some(call_id);
         req.deadline_ms = s.deadline_ms;
         req.max_price = s.max_price.clone();
-        let api = &self.inner.api;
-        let call = api.call(&req);
-        tokio::pin!(call);
-        let outcome = tokio::select! {
-            outcome = &mut call => outcome,
-            () = ctx.ct.cancelled() => {
-                tracing::debug!(capability = %exposed.capability, "MCP cancellation: cancelling the mesh call");
-                if let Err(e) = api.cancel(&call_id).await {
-                    tracing::debug!(error = %e, "cancel");
+        let mut api = self.api();
+        let mut retried = false;
+        let outcome = loop {
+            let outcome = tokio::select! {
+                outcome = api.call(&req) => outcome,
+                () = ctx.ct.cancelled() => {
+                    tracing::debug!(capability = %exposed.capability, "MCP cancellation: cancelling the mesh call");
+                    // Told by id, and by the request going away: the node cancels a call whose
+                    // client left, also one it had not registered yet when the cancel came.
+                    if let Err(e) = tokio::time::timeout(CANCEL_GRACE, api.cancel(&call_id)).await {
+                        tracing::debug!(error = %e, "cancel");
+                    }
+                    return tool_error("Cancelled", "the call was cancelled".into());
                 }
-                // The call then ends as cancelled (its receipt says so); wait for that, bounded.
-                let _ = tokio::time::timeout(CANCEL_GRACE, &mut call).await;
-                return tool_error("Cancelled", "the call was cancelled".into());
+            };
+            // A call the old node never received can go to the node that replaced it.
+            match &outcome {
+                Err(e) if !retried && self.reconnected(e) => {
+                    retried = true;
+                    api = self.api();
+                }
+                _ => break outcome,
             }
         };
         match outcome {
@@ -295,20 +366,23 @@ impl MeshTools {
                 Err(e) => return tool_error("BadRequest", format!("bad arguments: {e}")),
             };
         let limit = args.limit.unwrap_or(20).clamp(1, MAX_FIND);
-        let results = match &args.capability {
-            Some(text) => {
-                let cap: Cid = match text.parse() {
-                    Ok(c) => c,
-                    Err(e) => {
-                        return tool_error(
-                            "BadRequest",
-                            format!("{text:?} is not a capability id: {e}"),
-                        );
-                    }
-                };
-                self.find_providers(cap, limit).await
+        let search = async {
+            match &args.capability {
+                Some(text) => match text.parse::<Cid>() {
+                    Ok(cap) => self.find_providers(cap, limit).await.map(Ok),
+                    Err(e) => Ok(Err(format!("{text:?} is not a capability id: {e}"))),
+                },
+                None => self.search(args.tags.clone(), args.text.clone(), limit).await.map(Ok),
             }
-            None => self.search(args.tags, args.text, limit).await,
+        };
+        let results = tokio::select! {
+            r = search => r,
+            () = ctx.ct.cancelled() => return tool_error("Cancelled", "the search was cancelled".into()),
+        };
+        let results = match results {
+            Ok(Err(bad)) => return tool_error("BadRequest", bad),
+            Ok(Ok(hits)) => Ok(hits),
+            Err(e) => Err(e),
         };
         let results = match results {
             Ok(r) => r,
@@ -359,7 +433,7 @@ impl MeshTools {
         use futures::StreamExt;
         let mut req = FindRequest::new(cap);
         req.limit = Some(limit);
-        let mut events = self.inner.api.find(&req).await?;
+        let mut events = self.api().find(&req).await?;
         let mut hits = Vec::new();
         while let Some(event) = events.next().await {
             match event? {
@@ -390,7 +464,7 @@ impl MeshTools {
             limit: Some(limit),
             ..QueryRequest::default()
         };
-        let page = self.inner.api.query(&req).await?;
+        let page = self.api().query(&req).await?;
         Ok(page
             .hits
             .into_iter()
@@ -491,11 +565,10 @@ fn success(exposed: &Exposed, r: CallResult) -> CallToolResult {
             }
         }
         None => {
-            // A streaming capability: its chunks, as text.
-            let mut text = String::new();
-            for chunk in &r.stream {
-                text.push_str(&String::from_utf8_lossy(&chunk.0));
-            }
+            // A streaming capability: its chunks, as text (joined first: a character may
+            // straddle two chunks).
+            let bytes: Vec<u8> = r.stream.iter().flat_map(|c| c.0.iter().copied()).collect();
+            let mut text = String::from_utf8_lossy(&bytes).into_owned();
             if r.stream_truncated {
                 text.push_str("\n[output truncated]");
             }

@@ -144,6 +144,23 @@ async fn capmesh_mcp_over_stdio_lists_and_calls_mesh_tools_with_verified_receipt
     client.cancel().await.unwrap();
 }
 
+/// The HTTP status of an `initialize` POSTed to `url` with the header lines `auth`.
+async fn raw_post_status(url: &str, auth: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#;
+    let request = format!(
+        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = vec![0; 12];
+    stream.read_exact(&mut head).await.unwrap();
+    String::from_utf8_lossy(&head[9..12]).parse().unwrap()
+}
+
 /// An MCP client of `url` with bearer `token`.
 async fn http_client(url: &str, token: &str) -> Result<RunningService<RoleClient, ()>, String> {
     let config =
@@ -182,7 +199,10 @@ async fn mcp_over_http_needs_the_token_and_cancellation_cancels_the_mesh_call() 
         cancel.clone(),
     ));
 
-    assert!(http_client(&url, "wrong").await.is_err(), "a wrong token is refused");
+    for auth in ["", "Authorization: Bearer wrong\r\n"] {
+        assert_eq!(raw_post_status(&url, auth).await, 401, "{auth:?}");
+    }
+    assert!(http_client(&url, "wrong").await.is_err(), "the SDK's client is refused too");
     let client = http_client(&url, "sesame").await.unwrap();
     let tools = client.peer().list_all_tools().await.unwrap();
     assert_eq!(tools.len(), 3, "the two pinned capabilities and capmesh_find");
@@ -235,6 +255,8 @@ async fn mcp_over_http_needs_the_token_and_cancellation_cancels_the_mesh_call() 
 #[derive(Clone)]
 struct Calc {
     tools: Arc<RwLock<Vec<Tool>>>,
+    /// Clients that finished their handshake, told when the tools change.
+    peers: Arc<std::sync::Mutex<Vec<rmcp::Peer<RoleServer>>>>,
 }
 
 fn add_tool(description: &str) -> Tool {
@@ -259,7 +281,20 @@ impl Calc {
             Tool::new("shout", "Upper-cases a text.", Arc::new(object(text))),
             Tool::new("broken", "Always fails.", Arc::new(object(json!({"type": "object"})))),
         ];
-        Self { tools: Arc::new(RwLock::new(tools)) }
+        Self { tools: Arc::new(RwLock::new(tools)), peers: Arc::default() }
+    }
+
+    /// Replaces tool `i` and says so to every client (`notifications/tools/list_changed`).
+    async fn change(&self, i: usize, tool: Tool) -> usize {
+        self.tools.write().unwrap()[i] = tool;
+        let peers = self.peers.lock().unwrap().clone();
+        let mut told = 0;
+        for peer in peers {
+            if peer.notify_tool_list_changed().await.is_ok() {
+                told += 1;
+            }
+        }
+        told
     }
 }
 
@@ -268,6 +303,10 @@ impl ServerHandler for Calc {
         ServerConfig::new(
             ServerCapabilities::builder().enable_tools().enable_tool_list_changed().build(),
         )
+    }
+
+    async fn on_initialized(&self, ctx: rmcp::service::NotificationContext<RoleServer>) {
+        self.peers.lock().unwrap().push(ctx.peer);
     }
 
     async fn list_tools(
@@ -334,7 +373,8 @@ fn import_entry(name: &str) -> capmesh::config::ImportEntry {
         timeout_ms: 30_000,
         max_input_bytes: 1 << 20,
         concurrency: 8,
-        refresh_secs: 1,
+        // An hour: a change is seen because the server says so, not by polling.
+        refresh_secs: 3600,
     }
 }
 
@@ -391,8 +431,10 @@ async fn an_imported_mcp_server_is_called_from_another_node_and_a_changed_tool_g
     let failed = caller.node.market.call(CallRequest::new(broken, json!({}))).await.unwrap_err();
     assert!(failed.to_string().contains("division by zero"), "{failed}");
 
-    // The server changes `add`: a new id is published, the old one retired on both nodes.
-    calc.tools.write().unwrap()[0] = add_tool("Adds two numbers, now documented better.");
+    // The server changes `add` and says so: a new id is published, the old one retired on both
+    // nodes, and no longer served.
+    let told = calc.change(0, add_tool("Adds two numbers, now documented better.")).await;
+    assert_eq!(told, 1, "the importer's session heard the change");
     let add2 = served_by(importer, "add", Some(add)).await;
     assert_ne!(add2, add);
     sees(caller, add2).await;
@@ -412,10 +454,11 @@ async fn an_imported_mcp_server_is_called_from_another_node_and_a_changed_tool_g
         caller.node.market.call(CallRequest::new(add2, json!({"a": 1, "b": 1}))).await.unwrap();
     // (2.0 comes back as 2: the canonical CBOR of the output writes integral floats as integers.)
     assert_eq!(outcome.output.unwrap()["sum"].as_f64(), Some(2.0));
-    assert!(
-        caller.node.market.call(CallRequest::new(add, json!({"a": 1, "b": 1}))).await.is_err(),
-        "the old id is gone"
-    );
+    assert!(!importer.node.market.served().contains(&add), "the old id is not served");
+    let gone =
+        caller.node.market.call(CallRequest::new(add, json!({"a": 1, "b": 1}))).await.unwrap_err();
+    // Refused by the importer even through the standing offer the caller still holds.
+    assert_eq!(gone.code(), "NotFound", "{gone}");
 
     net.shutdown().await.unwrap();
     cancel.cancel();
