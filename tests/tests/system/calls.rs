@@ -94,7 +94,14 @@ async fn a_call_across_the_mesh_is_countersigned_and_both_ledgers_verify() {
         }
     })
     .await;
-    assert_eq!(provider.node.market.stats().countersignatures_stored, 1);
+    // The counter moves just after the entry is visible in the ledger: wait for it too.
+    wait_for("the countersignature counted", T, || async {
+        match provider.node.market.stats().countersignatures_stored {
+            1 => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await;
     wait_for("the caller's own countersignature", T, || async {
         match caller.node.store.ledger_find(&outcome.receipt_id).unwrap() {
             (Some(_), Some(_)) => Ok(()),
