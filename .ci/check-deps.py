@@ -23,6 +23,8 @@ FORBIDDEN = {
     "capmesh-market": {"capmesh", "capmesh-api", "capmesh-net", "libp2p", "sled", "axum"},
     # The MCP bridge reaches the node through the API client and the market, never the swarm or sled.
     "capmesh-mcp": {"capmesh", "capmesh-net", "capmesh-store", "libp2p", "sled"},
+    # Testnets drive nodes as processes and through their API only.
+    "capmesh-testnet": {"capmesh", "capmesh-net", "capmesh-mesh", "capmesh-store", "capmesh-market", "libp2p", "sled"},
 }
 
 meta = json.loads(subprocess.check_output(

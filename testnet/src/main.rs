@@ -1,0 +1,188 @@
+//! `capmesh-testnet`: local testnets of `capmesh` node processes on 127.0.0.1 for researchers:
+//! `up` starts N nodes, `status` shows them, `run SCENARIO.toml` drives a workload and writes a
+//! JSON report, `down` stops them all.
+//!
+//! Nothing here reaches beyond the loopback: nodes listen on 127.0.0.1 and dial only each other.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use capmesh_testnet::{manifest::Manifest, procs, procs::Layout, run, scenario::Scenario};
+
+#[derive(Debug, Parser)]
+#[command(name = "capmesh-testnet", version, about = "Local capmesh testnets on 127.0.0.1")]
+struct Cli {
+    /// The testnet's directory (node directories, manifest, logs, reports).
+    #[arg(long, global = true, default_value = "capmesh-testnet", value_name = "DIR")]
+    dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Start N `capmesh run` processes on 127.0.0.1 (seeded keys, bootstrap wiring, a share of
+    /// them serving the builtins echo, blake3 and sleep) and write the manifest.
+    Up {
+        /// How many nodes.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        nodes: usize,
+        /// Seed of the node keys (the same seed gives the same peer ids).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Share of the nodes serving the builtins (at least two).
+        #[arg(long, default_value_t = 0.2)]
+        serve_share: f64,
+        /// The capmesh binary (default: beside this one, else on PATH).
+        #[arg(long, value_name = "PATH")]
+        capmesh: Option<PathBuf>,
+    },
+    /// Show every node: running or not, peers, replica size, memory.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drive a scenario against the running testnet and write its report (JSON).
+    Run {
+        scenario: PathBuf,
+        /// Where the report goes (default: <dir>/reports/<name>-<unix ms>.json).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Seed of the scenario's random choices.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Stop every node (SIGTERM, then SIGKILL after 15 s) and check that none is left.
+    Down,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_command(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[allow(clippy::print_stdout)]
+async fn run_command(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up { nodes, seed, serve_share, capmesh } => {
+            let capmesh = procs::find_capmesh(capmesh)?;
+            let layout = Layout { nodes, seed, serve_share };
+            let manifest = procs::up(&cli.dir, &capmesh, &layout).await?;
+            println!(
+                "{} nodes up in {} ({} serving echo, blake3 and sleep); manifest {}",
+                manifest.nodes.len(),
+                manifest.dir.display(),
+                layout.providers(),
+                Manifest::path(&manifest.dir).display()
+            );
+        }
+        Command::Status { json } => {
+            let manifest = Manifest::load(&cli.dir)?;
+            let mut rows = Vec::with_capacity(manifest.nodes.len());
+            for n in &manifest.nodes {
+                let running = procs::alive(n.pid, &n.data_dir);
+                let status = if running {
+                    match capmesh_api::Client::from_data_dir(&n.data_dir) {
+                        Ok(c) => c.status().await.ok(),
+                        Err(_) => None,
+                    }
+                } else {
+                    None
+                };
+                let rss = procs::usage(n.pid).filter(|_| running).map(|u| u.rss_kib / 1024);
+                rows.push(serde_json::json!({
+                    "index": n.index,
+                    "pid": n.pid,
+                    "running": running,
+                    "peer_id": n.peer_id,
+                    "serves": n.serves,
+                    "connected_peers": status.as_ref().map(|s| s.connected_peers),
+                    "replica_records": status.as_ref().map(|s| s.replica.records),
+                    "rss_mib": rss,
+                }));
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                let up = rows.iter().filter(|r| r["running"] == true).count();
+                println!("{up}/{} nodes running in {}", rows.len(), manifest.dir.display());
+                for r in &rows {
+                    println!(
+                        "node {:>3}  pid {:>7}  {:<7}  peers {:>3}  records {:>6}  rss {:>4} MiB  {}",
+                        r["index"],
+                        r["pid"],
+                        if r["running"] == true { "running" } else { "down" },
+                        r["connected_peers"],
+                        r["replica_records"],
+                        r["rss_mib"],
+                        r["peer_id"].as_str().unwrap_or_default(),
+                    );
+                }
+            }
+        }
+        Command::Run { scenario, out, seed } => {
+            let scenario = Scenario::load(&scenario)?;
+            let manifest = Manifest::load(&cli.dir)?;
+            let dir = manifest.dir.clone();
+            eprintln!(
+                "running {:?} for {} s on {} nodes",
+                scenario.name,
+                scenario.duration_secs,
+                manifest.nodes.len()
+            );
+            let (report, manifest) = run::run(manifest, &scenario, seed).await?;
+            manifest.save()?;
+            let path = match out {
+                Some(p) => p,
+                None => {
+                    let reports = dir.join("reports");
+                    std::fs::create_dir_all(&reports)?;
+                    reports.join(format!("{}-{}.json", scenario.name, report.started_ms))
+                }
+            };
+            std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            for (what, s) in [("finds", &report.finds), ("calls", &report.calls)] {
+                if let Some(s) = s {
+                    println!(
+                        "{what}: asked {} issued {} ok {} failed {} (lost with their node {}) success {:.2} % p50 {:.1} ms p99 {:.1} ms",
+                        s.asked,
+                        s.issued,
+                        s.succeeded,
+                        s.failed,
+                        s.lost_with_their_node,
+                        s.success_rate * 100.0,
+                        s.latency_ms.p50,
+                        s.latency_ms.p99
+                    );
+                }
+            }
+            println!("report {}", path.display());
+        }
+        Command::Down => {
+            let (stopped, killed) = procs::down(&cli.dir).await?;
+            println!("{stopped} nodes stopped ({killed} needed SIGKILL); no process left");
+        }
+    }
+    Ok(())
+}

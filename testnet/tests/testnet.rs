@@ -1,0 +1,144 @@
+//! `capmesh-testnet` as a researcher runs it: a small testnet of real `capmesh` processes on
+//! 127.0.0.1 comes up, runs a short scenario with churn, reports counts that match the workload,
+//! and goes down leaving no process behind.
+#![allow(clippy::unwrap_used)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+};
+
+use serde_json::Value;
+
+/// The `capmesh` binary of this tree, built with the same cargo and profile.
+fn capmesh_bin() -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "--quiet", "--locked", "-p", "capmesh", "--bin", "capmesh"]);
+    if !cfg!(debug_assertions) {
+        build.arg("--release");
+    }
+    assert!(build.status().unwrap().success(), "building capmesh failed");
+    let testnet = PathBuf::from(env!("CARGO_BIN_EXE_capmesh-testnet"));
+    testnet.with_file_name(format!("capmesh{}", std::env::consts::EXE_SUFFIX))
+}
+
+fn testnet(dir: &Path, args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_capmesh-testnet"))
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "capmesh-testnet {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Stops the testnet in its directory if the test ends early (a failed assertion must not leave
+/// node processes behind).
+struct Down<'a>(&'a Path);
+
+impl Drop for Down<'_> {
+    fn drop(&mut self) {
+        if self.0.join("testnet.json").exists() {
+            let _ = Command::new(env!("CARGO_BIN_EXE_capmesh-testnet"))
+                .arg("--dir")
+                .arg(self.0)
+                .arg("down")
+                .output();
+        }
+    }
+}
+
+/// Whether `pid` is still a process (a zombie counts as gone).
+fn running(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn a_small_testnet_comes_up_runs_a_scenario_with_churn_and_goes_down_with_no_process_left() {
+    let capmesh = capmesh_bin();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("tn");
+    let _down = Down(&dir);
+    testnet(&dir, &["up", "-n", "4", "--capmesh", capmesh.to_str().unwrap()]);
+
+    let status: Value =
+        serde_json::from_slice(&testnet(&dir, &["status", "--json"]).stdout).unwrap();
+    let nodes = status.as_array().unwrap();
+    assert_eq!(nodes.len(), 4);
+    assert!(nodes.iter().all(|n| n["running"] == true), "{status:#}");
+    assert_eq!(nodes.iter().filter(|n| !n["serves"].as_array().unwrap().is_empty()).count(), 2);
+
+    let scenario = tmp.path().join("scenario.toml");
+    std::fs::write(
+        &scenario,
+        r#"
+name = "smoke"
+duration_secs = 6
+
+[discovery]
+rate = 4
+
+[calls]
+rate = 4
+payload_bytes = 64
+
+[churn]
+fraction = 0.34
+every_secs = 2
+down_secs = 1
+"#,
+    )
+    .unwrap();
+    let report_path = tmp.path().join("report.json");
+    testnet(&dir, &["run", scenario.to_str().unwrap(), "--out", report_path.to_str().unwrap()]);
+    let report: Value = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+
+    // Counts match the load asked for: 4 a second for 6 s, every one accounted for.
+    for (what, per_second_issued, per_second_ok) in
+        [("finds", "finds_issued", "finds_answered"), ("calls", "calls_issued", "calls_succeeded")]
+    {
+        let s = &report[what];
+        assert_eq!(s["asked"], 24, "{what}: {s:#}");
+        assert_eq!(s["issued"], 24, "{what}: {s:#}");
+        let (ok, failed) = (s["succeeded"].as_u64().unwrap(), s["failed"].as_u64().unwrap());
+        assert_eq!(ok + failed, 24, "{what}: {s:#}");
+        assert!(ok > 0, "{what}: nothing succeeded: {s:#}");
+        let series = report["series"].as_array().unwrap();
+        assert_eq!(series.len(), 6);
+        let issued: u64 = series.iter().map(|x| x[per_second_issued].as_u64().unwrap()).sum();
+        let succeeded: u64 = series.iter().map(|x| x[per_second_ok].as_u64().unwrap()).sum();
+        assert_eq!((issued, succeeded), (24, ok), "{what}");
+    }
+    // Churn killed and restarted nodes (never node 0), and the report shows it.
+    let events = report["events"].as_array().unwrap();
+    let kills: Vec<&Value> = events.iter().filter(|e| e["kind"] == "kill").collect();
+    let restarts = events.iter().filter(|e| e["kind"] == "restart").count();
+    assert!(!kills.is_empty(), "{events:?}");
+    assert_eq!(restarts, kills.len(), "every killed node came back: {events:?}");
+    assert!(kills.iter().all(|e| e["node"] != 0));
+    // Resources were sampled each second for each node.
+    let resources = report["resources"].as_array().unwrap();
+    assert_eq!(resources.len(), 4);
+    assert!(resources[0]["rss_mib"].as_array().unwrap().iter().all(|r| r.as_f64().unwrap() > 1.0));
+
+    // The manifest knows the restarted processes; down stops them all.
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("testnet.json")).unwrap()).unwrap();
+    let pids: Vec<u64> =
+        manifest["nodes"].as_array().unwrap().iter().map(|n| n["pid"].as_u64().unwrap()).collect();
+    assert!(pids.iter().all(|&p| running(p)), "{pids:?}");
+    testnet(&dir, &["down"]);
+    let left: Vec<u64> = pids.into_iter().filter(|&p| running(p)).collect();
+    assert!(left.is_empty(), "still running after down: {left:?}");
+    assert!(!dir.join("testnet.json").exists());
+}
