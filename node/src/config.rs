@@ -14,6 +14,7 @@ pub struct Config {
     pub envelope: EnvelopeConfig,
     pub network: NetworkConfig,
     pub api: ApiConfig,
+    pub metrics: MetricsConfig,
     pub registry: RegistryConfig,
     pub publish: PublishConfig,
     pub market: MarketSection,
@@ -224,6 +225,38 @@ pub struct ApiConfig {
     pub listen: String,
 }
 
+/// `[metrics]`: Prometheus metrics at `GET /metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Address of the metrics endpoint; always loopback; "" serves none. Default
+    /// "127.0.0.1:0" (any free port, written to `<data dir>/metrics.addr`).
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:0".into() }
+    }
+}
+
+impl MetricsConfig {
+    /// The address to serve metrics on, `None` when they are off.
+    pub fn addr(&self) -> anyhow::Result<Option<std::net::SocketAddr>> {
+        if self.listen.is_empty() {
+            return Ok(None);
+        }
+        let addr: std::net::SocketAddr = self.listen.parse().with_context(|| {
+            format!("metrics.listen = {:?} is not an address:port (or \"\" for none)", self.listen)
+        })?;
+        anyhow::ensure!(
+            addr.ip().is_loopback(),
+            "metrics.listen must be a loopback address (put a proxy in front to scrape from elsewhere)"
+        );
+        Ok(Some(addr))
+    }
+}
+
 /// `[registry]`: the replica and its replication.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -393,6 +426,7 @@ impl Config {
             api.ip().is_loopback(),
             "api.listen must be a loopback address (the API has no TLS)"
         );
+        self.metrics.addr()?;
         anyhow::ensure!(
             self.registry.republish_secs > 0
                 && self.registry.republish_secs * 2 <= self.registry.advert_ttl_secs,
@@ -536,6 +570,22 @@ price_amount = 2
         ] {
             let config: Config = toml::from_str(bad).unwrap();
             let err = format!("{:#}", config.validate().unwrap_err());
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn metrics_listen_on_loopback_or_not_at_all() {
+        let config = |listen: &str| Config {
+            metrics: MetricsConfig { listen: listen.into() },
+            ..Config::default()
+        };
+        assert_eq!(Config::default().metrics.addr().unwrap(), Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(config("").metrics.addr().unwrap(), None);
+        config("").validate().unwrap();
+        config("[::1]:9464").validate().unwrap();
+        for (bad, why) in [("0.0.0.0:9464", "loopback"), ("localhost:9464", "address:port")] {
+            let err = format!("{:#}", config(bad).validate().unwrap_err());
             assert!(err.contains(why), "{bad}: {err}");
         }
     }

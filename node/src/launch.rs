@@ -1,6 +1,6 @@
 //! Assembly and launch of a running node: replica, network service, registry protocol, local
-//! API and the periodic sweep, under one cancellation tree. `capmesh run` and the testkit both
-//! start nodes through [`Node::launch`].
+//! API, metrics endpoint and the periodic sweep, under one cancellation tree. `capmesh run` and
+//! the testkit both start nodes through [`Node::launch`].
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -40,6 +40,9 @@ pub struct Node {
     pub store: Store,
     pub api_addr: SocketAddr,
     pub api_token: String,
+    /// Where `GET /metrics` is served (also in `<data dir>/metrics.addr`); `None` when
+    /// `metrics.listen` is "".
+    pub metrics_addr: Option<SocketAddr>,
     /// One per `[[import]]` table: MCP servers whose tools this node serves.
     pub importers: Vec<capmesh_mcp::Importer>,
     dir: DataDir,
@@ -59,7 +62,13 @@ impl Node {
             let (dir, config) = (dir.clone(), config.clone());
             tokio::task::spawn_blocking(move || registry::open(&dir, &config)).await??
         };
+        let metrics_listen = config.metrics.addr()?;
+        // libp2p's metrics are registered by the network service as it builds the swarm.
+        let registry = metrics_listen.map(|_| crate::metrics::new_registry());
         let mut net_config = net_config(&config, &tuning)?;
+        if let Some(registry) = &registry {
+            net_config = net_config.with_metrics(registry.clone());
+        }
         // Peers remembered from earlier runs are dialed too (most recent first, bounded).
         net_config.bootstrap.extend(remembered_peers(&store, &net_config.bootstrap));
         let (service, net) = NetworkService::new(&key, net_config)?;
@@ -142,6 +151,36 @@ impl Node {
         }
         capmesh_api::write_files(dir.root(), api_addr, &token)
             .with_context(|| format!("cannot write the API files into {}", dir.root().display()))?;
+        let metrics_addr = match (metrics_listen, registry) {
+            (Some(listen), Some(registry)) => {
+                let listener = crate::metrics::bind(listen)
+                    .await
+                    .with_context(|| format!("cannot serve metrics on {listen}"))?;
+                let addr = listener.local_addr()?;
+                let exporter = Arc::new(crate::metrics::Exporter::new(
+                    registry,
+                    market.clone(),
+                    mesh.clone(),
+                    store.clone(),
+                    net.clone(),
+                ));
+                let cancel = cancel.child_token();
+                tasks.spawn(async move {
+                    if let Err(e) = crate::metrics::serve(listener, exporter, cancel).await {
+                        tracing::error!(error = %e, "the metrics server stopped");
+                    }
+                });
+                crate::metrics::write_addr(dir.root(), addr).with_context(|| {
+                    format!(
+                        "cannot write {} into {}",
+                        crate::metrics::ADDR_FILE,
+                        dir.root().display()
+                    )
+                })?;
+                Some(addr)
+            }
+            _ => None,
+        };
 
         for file in &config.publish.contracts {
             let path = dir.root().join(file);
@@ -170,7 +209,12 @@ impl Node {
         let importers =
             crate::mcp::start_imports(&dir, &config.import, &market, &mesh, &cancel, &mut tasks)
                 .await?;
-        tracing::info!(peer_id = %mesh.peer_id(), api = %api_addr, "node running");
+        match metrics_addr {
+            Some(metrics) => {
+                tracing::info!(peer_id = %mesh.peer_id(), api = %api_addr, %metrics, "node running")
+            }
+            None => tracing::info!(peer_id = %mesh.peer_id(), api = %api_addr, "node running"),
+        }
         Ok(Node {
             mesh,
             market,
@@ -179,6 +223,7 @@ impl Node {
             store,
             api_addr,
             api_token: token.as_str().to_string(),
+            metrics_addr,
             importers,
             dir,
             cancel,
@@ -209,6 +254,11 @@ impl Node {
         }
         if let Err(e) = capmesh_api::remove_files(self.dir.root()) {
             tracing::warn!(error = %e, "cannot remove the API files");
+        }
+        if self.metrics_addr.is_some()
+            && let Err(e) = crate::metrics::remove_addr(self.dir.root())
+        {
+            tracing::warn!(error = %e, "cannot remove {}", crate::metrics::ADDR_FILE);
         }
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.close()).await?;

@@ -16,6 +16,7 @@ mod data_dir;
 pub mod inspect;
 pub mod launch;
 pub mod mcp;
+pub mod metrics;
 pub mod registry;
 pub mod remote;
 

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     Attempt, CallError, Market, MarketConfig, Record, Weights,
     batch::{Done, Refused},
-    error_body, lock, now_ms,
+    counted_code, error_body, lock, now_ms,
     offers::{Held, Standing},
     receipt::{self, CHAIN_START, Expected, chain_next, json_digest},
     select::rank,
@@ -220,8 +220,29 @@ impl Market {
     /// Makes one call (DESIGN §5). Returns once the receipt is verified and flushed to the
     /// ledger; the countersignature is sent afterwards. Cancel-safe: dropping the future
     /// abandons the call without `TaskCancel` — use [`Market::cancel`] to stop the provider.
+    ///
+    /// Every call that returns is counted by outcome (failures by [`counted_code`]) with its
+    /// duration, refusals before anything was sent included (`stats()`).
     pub async fn call(&self, req: CallRequest) -> Result<CallOutcome, CallError> {
         let clock = Instant::now();
+        let result = self.call_from(req, clock).await;
+        let elapsed = clock.elapsed();
+        self.bump(|s| match &result {
+            Ok(_) => {
+                s.calls_ok += 1;
+                s.call_ok_latency.observe(elapsed);
+            }
+            Err(e) => {
+                s.calls_failed += 1;
+                *s.calls_failed_by.entry(counted_code(e.code()).to_string()).or_default() += 1;
+                s.call_failed_latency.observe(elapsed);
+            }
+        });
+        result
+    }
+
+    /// [`Market::call`] started at `clock`.
+    async fn call_from(&self, req: CallRequest, clock: Instant) -> Result<CallOutcome, CallError> {
         let span = req.deadline.unwrap_or(self.inner.config.default_deadline);
         let call = match req.call_id {
             Some(id) => id,
@@ -270,12 +291,7 @@ impl Market {
             input,
             started: false,
         };
-        let result = self.run_call(ctx, clock).await;
-        self.bump(|s| match &result {
-            Ok(_) => s.calls_ok += 1,
-            Err(_) => s.calls_failed += 1,
-        });
-        result
+        self.run_call(ctx, clock).await
     }
 
     /// Cancels a call in flight on this node: the provider running it gets `TaskCancel`.

@@ -39,7 +39,7 @@ use std::{
     time::Duration,
 };
 
-use capmesh_mesh::{BoxFuture, Calls, Mesh, Served};
+use capmesh_mesh::{BoxFuture, Calls, Latency, Mesh, Served};
 use capmesh_policy::{Admission, PolicyHandle};
 use capmesh_store::Store;
 use capmesh_types::{Cid, NodeKey, PeerId};
@@ -154,9 +154,15 @@ pub struct MarketStats {
     /// Refusals this node sent, by code.
     pub refused: BTreeMap<String, u64>,
     pub offers_evicted: u64,
-    /// Caller side.
+    /// Caller side: calls that returned (from [`Market::call`]), and the failed ones by
+    /// [`counted_code`].
     pub calls_ok: u64,
     pub calls_failed: u64,
+    pub calls_failed_by: BTreeMap<String, u64>,
+    /// Caller side: how long calls took, whole (validation, discovery, offers, failovers,
+    /// receipt and ledger flush), by outcome.
+    pub call_ok_latency: Latency,
+    pub call_failed_latency: Latency,
     /// Rpc requests sent for calls (Intent, TaskStart, TaskCancel, Receipt).
     pub requests_sent: u64,
     pub failovers: u64,
@@ -164,6 +170,52 @@ pub struct MarketStats {
     /// Provider ledger batches: flushes, and the operations they covered.
     pub ledger_flushes: u64,
     pub ledger_appends: u64,
+}
+
+/// The codes a failed call is counted under: protocol.md §11.1 and §11.2, and the caller's own
+/// (`BadReceipt`, `Unreachable`, `Exhausted`). Codes come from providers' `Error` answers, so
+/// anything else is counted as `Other`: a peer cannot grow the counters (or a metrics label).
+const COUNTED_CODES: &[&str] = &[
+    // §11.2
+    "PolicyDenied",
+    "RateLimited",
+    "Busy",
+    "NotFound",
+    "InvalidArgs",
+    "OutputInvalid",
+    "OfferExpired",
+    "PriceTooHigh",
+    "Timeout",
+    "Cancelled",
+    "Failed",
+    "Internal",
+    // §11.1
+    "TooLarge",
+    "TooDeep",
+    "Malformed",
+    "NonCanonical",
+    "BadLink",
+    "InvalidObject",
+    "UnsupportedVersion",
+    "BadKey",
+    "BadSignature",
+    "CidMismatch",
+    "FutureDated",
+    "Expired",
+    "TtlTooLong",
+    "UnknownSchema",
+    "Misaddressed",
+    "Replay",
+    "ReplayCacheFull",
+    // the caller's own
+    "BadReceipt",
+    "Unreachable",
+    "Exhausted",
+];
+
+/// `code` if it is one of the codes counted by name, else `Other`.
+pub fn counted_code(code: &str) -> &'static str {
+    COUNTED_CODES.iter().find(|c| **c == code).copied().unwrap_or("Other")
 }
 
 /// How long the provider gathers its ledger work into one flush: nobody waits for it on a
@@ -279,6 +331,7 @@ impl Market {
     }
 
     fn refused(&self, code: &str) {
+        let code = counted_code(code);
         *lock(&self.inner.stats).refused.entry(code.to_string()).or_default() += 1;
     }
 }
@@ -324,3 +377,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 pub(crate) use capmesh_mesh::now_ms;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_outside_the_protocol_are_counted_as_other() {
+        assert_eq!(counted_code("RateLimited"), "RateLimited");
+        assert_eq!(counted_code("BadReceipt"), "BadReceipt");
+        assert_eq!(counted_code("ReplayCacheFull"), "ReplayCacheFull");
+        assert_eq!(counted_code("a peer's invention"), "Other");
+        assert_eq!(counted_code(""), "Other");
+        let mut seen = std::collections::HashSet::new();
+        assert!(COUNTED_CODES.iter().all(|c| seen.insert(c)), "listed once each");
+    }
+}

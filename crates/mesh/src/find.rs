@@ -64,15 +64,30 @@ impl Mesh {
         limit: u32,
         timeout: Option<Duration>,
     ) -> mpsc::Receiver<FindEvent> {
+        let start = Instant::now();
         let (tx, rx) = mpsc::channel(64);
         let mesh = self.clone();
         let timeout = timeout.unwrap_or(self.inner.config.find_timeout);
-        tokio::spawn(async move { mesh.run_find(cap, limit.max(1), timeout, tx).await });
+        tokio::spawn(async move {
+            let done = mesh.run_find(cap, limit.max(1), timeout, &tx, start).await;
+            // Recorded before `Done` goes out: whoever saw it sees the find counted.
+            mesh.bump(|s| s.find_duration.observe(start.elapsed()));
+            if let Some(done) = done {
+                let _ = tx.send(done).await;
+            }
+        });
         rx
     }
 
-    async fn run_find(&self, cap: Cid, limit: u32, timeout: Duration, tx: mpsc::Sender<FindEvent>) {
-        let start = Instant::now();
+    /// Reports results on `tx`; returns the `Done` to send, or `None` if the reader left.
+    async fn run_find(
+        &self,
+        cap: Cid,
+        limit: u32,
+        timeout: Duration,
+        tx: &mpsc::Sender<FindEvent>,
+        start: Instant,
+    ) -> Option<FindEvent> {
         let deadline = start + timeout;
         let mut hits = 0u32;
         let mut seen: HashSet<PeerId> = HashSet::new();
@@ -87,7 +102,7 @@ impl Mesh {
                 break;
             }
             seen.insert(advert.provider);
-            hits += 1;
+            self.hit(&mut hits, start);
             let found = Found {
                 source: Source::Replica,
                 kad_requests: 0,
@@ -99,7 +114,7 @@ impl Mesh {
                 elapsed: start.elapsed(),
             };
             if tx.send(FindEvent::Found(Box::new(found))).await.is_err() {
-                return;
+                return None;
             }
         }
         let mut error = None;
@@ -154,7 +169,7 @@ impl Mesh {
                                 if hits >= limit {
                                     break;
                                 }
-                                hits += 1;
+                                self.hit(&mut hits, start);
                                 let found = Found {
                                     source: Source::Kademlia,
                                     kad_requests: requests,
@@ -166,7 +181,7 @@ impl Mesh {
                                     elapsed: start.elapsed(),
                                 };
                                 if tx.send(FindEvent::Found(Box::new(found))).await.is_err() {
-                                    return;
+                                    return None;
                                 }
                             }
                         }
@@ -175,8 +190,15 @@ impl Mesh {
                 }
             }
         }
-        let _ =
-            tx.send(FindEvent::Done { hits, kad_requests, elapsed: start.elapsed(), error }).await;
+        Some(FindEvent::Done { hits, kad_requests, elapsed: start.elapsed(), error })
+    }
+
+    /// Counts a result; the first one's latency is recorded.
+    fn hit(&self, hits: &mut u32, start: Instant) {
+        if *hits == 0 {
+            self.bump(|s| s.find_first_hit.observe(start.elapsed()));
+        }
+        *hits += 1;
     }
 
     /// Live adverts for `cap` in the replica.

@@ -18,6 +18,7 @@
 
 mod calls;
 mod find;
+mod latency;
 mod publish;
 mod serve;
 mod sync;
@@ -38,6 +39,7 @@ use tokio_util::sync::CancellationToken;
 pub use calls::{BoxFuture, Calls, Exchange, Served, Thread};
 pub use capmesh_net::{Multiaddr, NetError};
 pub use find::{FindEvent, Found, Source};
+pub use latency::{LATENCY_BOUNDS_US, Latency};
 pub use publish::{Published, Retired, default_limits};
 
 /// Mesh settings. Every default is documented on its field.
@@ -160,6 +162,11 @@ pub struct MeshStats {
     pub discover_served: u64,
     pub sync_served: u64,
     pub refused_requests: u64,
+    /// Finds, from the call of [`Mesh::find`] to the first result reported (finds without one
+    /// are not counted here).
+    pub find_first_hit: Latency,
+    /// Finds, from the call to the end: `Done` sent, or the reader gone.
+    pub find_duration: Latency,
 }
 
 /// The registry protocol of one node. Cheap to clone.

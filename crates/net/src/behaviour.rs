@@ -32,10 +32,13 @@ pub(crate) struct Behaviour {
 }
 
 impl Behaviour {
+    /// With `metrics`, gossipsub records its own (mesh, scores, queues) under
+    /// `libp2p_gossipsub_`.
     pub(crate) fn new(
         key: &identity::Keypair,
         relay_client: relay::client::Behaviour,
         config: &Config,
+        metrics: Option<&mut libp2p::metrics::Registry>,
     ) -> Result<Self, String> {
         let peer_id = key.public().to_peer_id();
         let limits = connection_limits::Behaviour::new(
@@ -99,11 +102,16 @@ impl Behaviour {
             .heartbeat_interval(config.gossip_heartbeat)
             .build()
             .map_err(|e| format!("gossipsub config: {e}"))?;
-        let gossipsub = gossipsub::Behaviour::new(
+        let mut gossipsub = gossipsub::Behaviour::new(
             gossipsub::MessageAuthenticity::Signed(key.clone()),
             gossip_config,
         )
         .map_err(|e| format!("gossipsub: {e}"))?;
+        if let Some(registry) = metrics {
+            let registry =
+                registry.sub_registry_with_prefix("libp2p").sub_registry_with_prefix("gossipsub");
+            gossipsub = gossipsub.with_metrics(registry, gossipsub::MetricsConfig::default());
+        }
 
         let rpc = request_response::Behaviour::with_codec(
             codec::Codec::new(config.max_frame),

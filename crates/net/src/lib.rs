@@ -5,7 +5,8 @@
 //!
 //! The crate moves bytes and knows no business rules: what a request means, whether a gossip
 //! message is valid, is answered by the [`Handler`] the node plugs in. Every command has a
-//! bounded queue, a oneshot reply and a timeout.
+//! bounded queue, a oneshot reply and a timeout. Given a Prometheus registry
+//! ([`Config::with_metrics`]), the service records libp2p's own metrics in it.
 //!
 //! ```no_run
 //! # async fn example(key: capmesh_types::NodeKey, handler: impl capmesh_net::Handler) -> Result<(), capmesh_net::NetError> {
@@ -25,14 +26,21 @@ mod handle;
 mod rate;
 mod service;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 pub use behaviour::{IDENTIFY_PROTOCOL, KAD_PROTOCOL, REGISTRY_TOPIC};
-pub use handle::{NetInfo, NetworkHandle, PeerSummary, ProviderEvent};
-pub use libp2p::{Multiaddr, multiaddr::Protocol};
+pub use handle::{GossipCounters, NetInfo, NetworkHandle, PeerSummary, ProviderEvent};
+pub use libp2p::{Multiaddr, metrics::Registry, multiaddr::Protocol};
 pub use service::NetworkService;
 
 use capmesh_types::PeerId;
+
+/// A Prometheus registry shared between the network service, which registers libp2p's metrics
+/// in it at start, and whoever serves it (the node encodes it at each scrape).
+pub type SharedRegistry = Arc<Mutex<Registry>>;
 
 /// Computes a gossip message's id from its data.
 pub type MessageIdFn = Arc<dyn Fn(&[u8]) -> Vec<u8> + Send + Sync>;
@@ -134,6 +142,10 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Commands queued to the swarm task. Default 1024.
     pub command_queue: usize,
+    /// Where libp2p's metrics are registered (prefix `libp2p_`: swarm, identify, ping, Kademlia,
+    /// gossipsub, relay server, DCUtR events, gossipsub's own mesh metrics and bandwidth by
+    /// transport). Default none: nothing is recorded.
+    pub metrics: Option<SharedRegistry>,
 }
 
 impl std::fmt::Debug for Config {
@@ -146,6 +158,7 @@ impl std::fmt::Debug for Config {
             .field("kad_mode", &self.kad_mode)
             .field("relay_server", &self.relay_server)
             .field("gossip", &self.gossip)
+            .field("metrics", &self.metrics.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -180,6 +193,7 @@ impl Default for Config {
             address_book_peers: 4096,
             idle_timeout: Duration::from_secs(60),
             command_queue: 1024,
+            metrics: None,
         }
     }
 }
@@ -253,6 +267,12 @@ impl Config {
     pub fn with_max_connections(mut self, total: u32, per_peer: u32) -> Self {
         self.max_connections = total;
         self.max_connections_per_peer = per_peer;
+        self
+    }
+
+    /// Records libp2p's metrics into `registry` (see [`Config::metrics`]).
+    pub fn with_metrics(mut self, registry: SharedRegistry) -> Self {
+        self.metrics = Some(registry);
         self
     }
 

@@ -12,6 +12,7 @@ use capmesh_types::NodeKey;
 use futures::StreamExt;
 use libp2p::{
     Multiaddr, PeerId, Swarm, autonat, gossipsub, identify, kad,
+    metrics::{Metrics, Recorder},
     multiaddr::Protocol,
     noise, request_response,
     swarm::{ConnectionId, SwarmEvent, dial_opts::DialOpts},
@@ -51,6 +52,8 @@ pub struct NetworkService {
     done_tx: mpsc::Sender<Done>,
     done_rx: mpsc::Receiver<Done>,
     tasks: JoinSet<()>,
+    /// libp2p's event metrics, when the config names a registry.
+    metrics: Option<Metrics>,
 }
 
 impl std::fmt::Debug for NetworkService {
@@ -90,7 +93,7 @@ impl NetworkService {
         let keypair = convert::keypair(key);
         let cfg = config.clone();
         let err = |e: &dyn std::fmt::Display| NetError::Config(e.to_string());
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+        let builder = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(
                 tcp::Config::default().nodelay(true),
@@ -102,14 +105,35 @@ impl NetworkService {
             .with_dns()
             .map_err(|e| err(&e))?
             .with_relay_client(noise::Config::new, yamux::Config::default)
-            .map_err(|e| err(&e))?
-            .with_behaviour(|key, relay_client| {
-                Behaviour::new(key, relay_client, &cfg)
-                    .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
-            })
-            .map_err(|e| err(&e))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(cfg.idle_timeout))
-            .build();
+            .map_err(|e| err(&e))?;
+        let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(cfg.idle_timeout);
+        let (mut swarm, metrics) = match &config.metrics {
+            // Bandwidth wraps the whole transport (TCP, QUIC, relay circuits alike).
+            Some(registry) => {
+                let mut registry = registry.lock().unwrap_or_else(|e| e.into_inner());
+                let swarm = builder
+                    .with_bandwidth_metrics(&mut registry)
+                    .with_behaviour(|key, relay_client| {
+                        Behaviour::new(key, relay_client, &cfg, Some(&mut registry))
+                            .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
+                    })
+                    .map_err(|e| err(&e))?
+                    .with_swarm_config(idle)
+                    .build();
+                (swarm, Some(Metrics::new(&mut registry)))
+            }
+            None => {
+                let swarm = builder
+                    .with_behaviour(|key, relay_client| {
+                        Behaviour::new(key, relay_client, &cfg, None)
+                            .map_err(Box::<dyn std::error::Error + Send + Sync>::from)
+                    })
+                    .map_err(|e| err(&e))?
+                    .with_swarm_config(idle)
+                    .build();
+                (swarm, None)
+            }
+        };
 
         let topic = gossipsub::IdentTopic::new(REGISTRY_TOPIC);
         if config.gossip {
@@ -160,6 +184,7 @@ impl NetworkService {
                 done_tx,
                 done_rx,
                 tasks: JoinSet::new(),
+                metrics,
                 config,
             },
             handle,
@@ -357,6 +382,9 @@ impl NetworkService {
     }
 
     fn on_swarm_event<H: Handler>(&mut self, event: SwarmEvent<BehaviourEvent>, handler: &Arc<H>) {
+        if let Some(metrics) = &self.metrics {
+            record(metrics, &event);
+        }
         match event {
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event, handler),
             SwarmEvent::NewListenAddr { listener_id, address } => {
@@ -725,6 +753,22 @@ impl NetworkService {
             b.connected.cmp(&a.connected).then(a.peer.to_string().cmp(&b.peer.to_string()))
         });
         peers
+    }
+}
+
+/// Records a swarm event, and the behaviour event inside it, in libp2p's metrics. Events of
+/// behaviours libp2p-metrics has no recorder for (request-response, AutoNAT, relay client,
+/// connection limits) count only as swarm events.
+fn record(metrics: &Metrics, event: &SwarmEvent<BehaviourEvent>) {
+    metrics.record(event);
+    match event {
+        SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => metrics.record(e),
+        SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => metrics.record(e),
+        SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => metrics.record(e),
+        SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => metrics.record(e),
+        SwarmEvent::Behaviour(BehaviourEvent::RelayServer(e)) => metrics.record(e),
+        SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => metrics.record(e),
+        _ => {}
     }
 }
 

@@ -8,6 +8,7 @@ mod cap;
 mod cli;
 mod mcp;
 mod mesh;
+mod metrics;
 mod processes;
 mod receipts;
 mod registry;

@@ -5,6 +5,7 @@
 
 mod gossip;
 mod kad;
+mod metrics;
 mod relay;
 mod rpc;
 mod util;
