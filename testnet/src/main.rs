@@ -45,7 +45,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Drive a scenario against the running testnet and write its report (JSON).
+    /// Drive a scenario against the running testnet and write its report (JSON) and plots (PNG,
+    /// beside the report).
     Run {
         scenario: PathBuf,
         /// Where the report goes (default: <dir>/reports/<name>-<unix ms>.json).
@@ -55,6 +56,8 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Draw the plots of a report again (PNG, beside it).
+    Plot { report: PathBuf },
     /// Stop every node (SIGTERM, then SIGKILL after 15 s) and check that none is left.
     Down,
 }
@@ -162,6 +165,7 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             };
             std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
                 .with_context(|| format!("cannot write {}", path.display()))?;
+            let plots = capmesh_testnet::plots::draw(&report, &path)?;
             for (what, s) in [("finds", &report.finds), ("calls", &report.calls)] {
                 if let Some(s) = s {
                     println!(
@@ -178,6 +182,18 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             println!("report {}", path.display());
+            for plot in plots {
+                println!("plot {}", plot.display());
+            }
+        }
+        Command::Plot { report } => {
+            let text = std::fs::read(&report)
+                .with_context(|| format!("cannot read {}", report.display()))?;
+            let parsed: run::Report = serde_json::from_slice(&text)
+                .with_context(|| format!("{} is not a capmesh-testnet report", report.display()))?;
+            for plot in capmesh_testnet::plots::draw(&parsed, &report)? {
+                println!("plot {}", plot.display());
+            }
         }
         Command::Down => {
             let (stopped, killed) = procs::down(&cli.dir).await?;

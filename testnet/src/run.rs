@@ -13,7 +13,7 @@ use capmesh_exec::Builtin;
 use capmesh_types::Cid;
 use futures::StreamExt;
 use nix::sys::signal::Signal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
@@ -37,18 +37,18 @@ struct Op {
 }
 
 /// An event of the run (churn).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     /// Seconds since the start.
     pub t: f64,
-    pub kind: &'static str,
+    pub kind: String,
     pub node: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
 
 /// Latency figures, in ms.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Latency {
     pub p50: f64,
     pub p90: f64,
@@ -57,7 +57,7 @@ pub struct Latency {
 }
 
 /// Figures of one workload over the whole run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     /// What the scenario asked for: rate × duration.
     pub asked: u64,
@@ -73,13 +73,43 @@ pub struct Summary {
     pub latency_ms: Latency,
     /// Worst lateness against the schedule (concurrency cap reached), in ms.
     pub max_late_ms: u64,
+    /// Latency distribution of the successful ones: log-spaced buckets from 0.1 ms to 100 s (ten
+    /// a decade), each counting latencies above the previous bound and at or under `le_ms`; the
+    /// last bucket (`le_ms` infinite, written `null`) holds the rest.
+    pub histogram: Vec<Bucket>,
     /// Finds only: Kademlia requests per answered find (mean, p50, p99).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kad_requests_per_find: Option<serde_json::Value>,
 }
 
+/// One bucket of a latency histogram.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Bucket {
+    /// Upper bound; the last bucket's is infinite (JSON `null`).
+    #[serde(deserialize_with = "null_is_infinite")]
+    pub le_ms: f64,
+    pub count: u64,
+}
+
+fn null_is_infinite<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
+}
+
+/// Counts of sorted `latencies` in log-spaced buckets (see [`Summary::histogram`]).
+pub fn histogram(latencies: &[f64]) -> Vec<Bucket> {
+    let mut buckets: Vec<Bucket> =
+        (-10..=50).map(|k| Bucket { le_ms: 10f64.powf(f64::from(k) / 10.0), count: 0 }).collect();
+    buckets.push(Bucket { le_ms: f64::INFINITY, count: 0 });
+    for &l in latencies {
+        let i = buckets.partition_point(|b| b.le_ms < l);
+        let last = buckets.len() - 1;
+        buckets[i.min(last)].count += 1;
+    }
+    buckets
+}
+
 /// One second of the run.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Second {
     pub t: u64,
     pub finds_issued: u64,
@@ -98,7 +128,7 @@ pub struct Second {
 }
 
 /// Resources of one node over the run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeResources {
     pub index: usize,
     pub rss_mib: Vec<Option<f64>>,
@@ -106,7 +136,7 @@ pub struct NodeResources {
 }
 
 /// The report `run` writes.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     pub scenario: Scenario,
     pub nodes: usize,
@@ -396,8 +426,9 @@ fn reason(e: &ClientError) -> String {
     }
 }
 
-/// Every `every_secs`, kills a fraction of the nodes other than node 0 and restarts each after
-/// `down_secs`; the last restarts are waited for, so the testnet is whole at the end.
+/// Once every `every_secs` (in the middle of each period), kills a fraction of the nodes other
+/// than node 0 and restarts each after `down_secs`; the last restarts are waited for, so the
+/// testnet is whole at the end.
 async fn churn_loop(
     churn: Churn,
     nodes: Arc<Nodes>,
@@ -412,7 +443,8 @@ async fn churn_loop(
     let mut restarts = tokio::task::JoinSet::new();
     let mut round = 1;
     loop {
-        let at = started + Duration::from_secs(churn.every_secs * round);
+        // Rounds in the middle of each period: a 60 s run with a 15 s period has four.
+        let at = started + Duration::from_secs_f64(churn.every_secs as f64 * (round as f64 - 0.5));
         if at >= started + duration {
             break;
         }
@@ -482,7 +514,12 @@ fn push(
     node: usize,
     detail: Option<String>,
 ) {
-    lock(events).push(Event { t: started.elapsed().as_secs_f64(), kind, node, detail });
+    lock(events).push(Event {
+        t: started.elapsed().as_secs_f64(),
+        kind: kind.to_owned(),
+        node,
+        detail,
+    });
 }
 
 /// Samples every node's memory and CPU once a second; returns per second (nodes up, mean RSS
@@ -579,6 +616,7 @@ fn summary(ops: &[Op], asked: u64, finds: bool) -> Summary {
             max: ok.last().copied().unwrap_or(0.0),
         },
         max_late_ms: ops.iter().map(|o| o.late_ms).max().unwrap_or(0),
+        histogram: histogram(&ok),
         kad_requests_per_find: kad,
     }
 }
@@ -688,6 +726,18 @@ mod tests {
             (2, 1, Some(5.0))
         );
         assert_eq!((series[1].calls_issued, series[1].calls_succeeded), (2, 1));
+    }
+
+    #[test]
+    fn histograms_put_each_latency_in_one_bucket() {
+        let h = histogram(&[0.05, 0.1, 0.11, 5.0, 1e9]);
+        assert_eq!(h.len(), 62);
+        assert_eq!(h.iter().map(|b| b.count).sum::<u64>(), 5);
+        assert_eq!(h[0].count, 2, "0.05 and 0.1 are at or under 0.1 ms");
+        assert_eq!(h[1].count, 1);
+        assert_eq!(h.last().map(|b| b.count), Some(1));
+        let five = h.iter().position(|b| b.le_ms >= 5.0).unwrap_or(0);
+        assert_eq!(h[five].count, 1);
     }
 
     #[test]

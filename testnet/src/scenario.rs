@@ -55,8 +55,9 @@ pub struct Calls {
     pub deadline_ms: u64,
 }
 
-/// Churn: every `every_secs`, kill (SIGKILL) `fraction` of the nodes other than node 0 (the
-/// bootstrap), chosen at random, and start them again after `down_secs`.
+/// Churn: once every `every_secs` (in the middle of each period), kill (SIGKILL) `fraction` of
+/// the nodes other than node 0 (the bootstrap), chosen at random, and start them again after
+/// `down_secs`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Churn {

@@ -102,6 +102,12 @@ down_secs = 1
     let report_path = tmp.path().join("report.json");
     testnet(&dir, &["run", scenario.to_str().unwrap(), "--out", report_path.to_str().unwrap()]);
     let report: Value = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
+    // The plots, drawn from the report, are PNG images of some substance.
+    for plot in ["report-latency.png", "report-timeline.png"] {
+        let bytes = std::fs::read(tmp.path().join(plot)).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n"), "{plot} is not a PNG");
+        assert!(bytes.len() > 10_000, "{plot} is {} bytes", bytes.len());
+    }
 
     // Counts match the load asked for: 4 a second for 6 s, every one accounted for.
     for (what, per_second_issued, per_second_ok) in
@@ -111,6 +117,9 @@ down_secs = 1
         assert_eq!(s["asked"], 24, "{what}: {s:#}");
         assert_eq!(s["issued"], 24, "{what}: {s:#}");
         let (ok, failed) = (s["succeeded"].as_u64().unwrap(), s["failed"].as_u64().unwrap());
+        let in_histogram: u64 =
+            s["histogram"].as_array().unwrap().iter().map(|b| b["count"].as_u64().unwrap()).sum();
+        assert_eq!(in_histogram, ok, "{what}: every success is in the latency histogram");
         assert_eq!(ok + failed, 24, "{what}: {s:#}");
         assert!(ok > 0, "{what}: nothing succeeded: {s:#}");
         let series = report["series"].as_array().unwrap();
