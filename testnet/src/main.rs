@@ -75,7 +75,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run_command(cli)) {
+    let dir = cli.dir.clone();
+    // On ctrl-c the command's future is dropped, so a node it was starting is killed; the
+    // nodes already in the manifest stay up for `down`.
+    let interrupted = runtime.block_on(async {
+        tokio::select! {
+            r = run_command(cli) => Some(r),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    });
+    let Some(result) = interrupted else {
+        eprintln!(
+            "interrupted; the testnet's nodes still run: `capmesh-testnet --dir {} down` stops them",
+            dir.display()
+        );
+        return ExitCode::from(130);
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -91,6 +107,15 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             let capmesh = procs::find_capmesh(capmesh)?;
             let layout = Layout { nodes, seed, serve_share };
             let manifest = procs::up(&cli.dir, &capmesh, &layout).await?;
+            // Ready means every provider's adverts are in every replica.
+            let adverts = (layout.providers() * procs::SERVED.len()) as u64;
+            match procs::settle(&manifest, adverts, std::time::Duration::from_secs(120)).await {
+                Some(took) => eprintln!(
+                    "all {adverts} adverts visible on every node {:.1} s after the last node started",
+                    took.as_secs_f64()
+                ),
+                None => eprintln!("warning: not every node sees all {adverts} adverts after 120 s"),
+            }
             println!(
                 "{} nodes up in {} ({} serving echo, blake3 and sleep); manifest {}",
                 manifest.nodes.len(),
@@ -153,15 +178,22 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                 scenario.duration_secs,
                 manifest.nodes.len()
             );
+            // Where the report goes is settled before the run: an hour's run must not end unwritable.
+            let target = match &out {
+                Some(p) => p.parent().filter(|d| !d.as_os_str().is_empty()).map(PathBuf::from),
+                None => Some(dir.join("reports")),
+            };
+            if let Some(d) = &target {
+                std::fs::create_dir_all(d)
+                    .with_context(|| format!("cannot create {}", d.display()))?;
+            }
             let (report, manifest) = run::run(manifest, &scenario, seed).await?;
             manifest.save()?;
             let path = match out {
                 Some(p) => p,
-                None => {
-                    let reports = dir.join("reports");
-                    std::fs::create_dir_all(&reports)?;
-                    reports.join(format!("{}-{}.json", scenario.name, report.started_ms))
-                }
+                None => dir
+                    .join("reports")
+                    .join(format!("{}-{}.json", scenario.name, report.started_ms)),
             };
             std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
                 .with_context(|| format!("cannot write {}", path.display()))?;

@@ -94,10 +94,14 @@ fn cumulative(histogram: &[Bucket]) -> Vec<(f64, f64)> {
     }
     let mut seen = 0;
     let mut points = Vec::new();
+    let mut previous = 0.1;
     for b in histogram {
         seen += b.count;
+        // The overflow bucket (over 100 s) is drawn one decade past the last bound.
+        let x = if b.le_ms.is_finite() { b.le_ms } else { previous * 10.0 };
+        previous = x;
         if b.count > 0 || (seen > 0 && seen < total) {
-            points.push((b.le_ms, seen as f64 / total as f64));
+            points.push((x, seen as f64 / total as f64));
         }
         if seen == total {
             break;
@@ -118,16 +122,24 @@ fn over_time(report: &Report, path: &Path) -> anyhow::Result<()> {
     let (top, bottom) = root.split_vertically(SIZE.1 / 2 - 20);
     let secs = report.series.len().max(1) as f64;
 
-    let rate = |ok: u64, issued: u64| (issued > 0).then(|| ok as f64 / issued as f64 * 100.0);
+    // The summaries' denominator: operations lost with a killed node are left out.
+    let rate = |ok: u64, issued: u64, lost: u64| {
+        let counted = issued.saturating_sub(lost);
+        (counted > 0).then(|| ok as f64 / counted as f64 * 100.0)
+    };
     let finds: Vec<(f64, f64)> = report
         .series
         .iter()
-        .filter_map(|s| rate(s.finds_answered, s.finds_issued).map(|r| (s.t as f64 + 0.5, r)))
+        .filter_map(|s| {
+            rate(s.finds_answered, s.finds_issued, s.finds_lost).map(|r| (s.t as f64 + 0.5, r))
+        })
         .collect();
     let calls: Vec<(f64, f64)> = report
         .series
         .iter()
-        .filter_map(|s| rate(s.calls_succeeded, s.calls_issued).map(|r| (s.t as f64 + 0.5, r)))
+        .filter_map(|s| {
+            rate(s.calls_succeeded, s.calls_issued, s.calls_lost).map(|r| (s.t as f64 + 0.5, r))
+        })
         .collect();
     let mut chart = ChartBuilder::on(&top)
         .margin(15)
@@ -240,6 +252,7 @@ mod tests {
             latency_ms: Latency::default(),
             max_late_ms: 0,
             histogram: histogram(&latencies),
+            answered_from: None,
             kad_requests_per_find: None,
         };
         let series = (0..10)
@@ -295,5 +308,7 @@ mod tests {
         ];
         assert_eq!(cumulative(&h), vec![(2.0, 0.25), (4.0, 1.0)]);
         assert!(cumulative(&[Bucket { le_ms: 1.0, count: 0 }]).is_empty());
+        let over = [Bucket { le_ms: 2.0, count: 1 }, Bucket { le_ms: f64::INFINITY, count: 1 }];
+        assert_eq!(cumulative(&over), vec![(2.0, 0.5), (20.0, 1.0)]);
     }
 }

@@ -9,7 +9,7 @@ use std::{
 use anyhow::Context;
 use capmesh_types::NodeKey;
 use nix::{
-    sys::signal::{Signal, kill},
+    sys::signal::{Signal, kill, killpg},
     unistd::Pid,
 };
 
@@ -74,14 +74,37 @@ fn toml_list(items: &[String]) -> String {
     format!("[{}]", quoted.join(", "))
 }
 
+/// Kills a node's process group when dropped, unless disarmed: a node that was started but
+/// never handed over (an error, a cancelled start, ctrl-c) does not outlive the start.
+struct StartGuard {
+    pid: Option<u32>,
+}
+
+impl StartGuard {
+    fn disarm(mut self) {
+        self.pid = None;
+    }
+}
+
+impl Drop for StartGuard {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid.and_then(|p| i32::try_from(p).ok()) {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
 /// Starts `capmesh run` for the node in `data_dir` (its own process group, so a ctrl-c in the
 /// terminal of `up` does not reach it; output to `node.log`), and waits until its API answers.
-/// Returns its pid and its status.
+/// Returns its pid and its status. If this fails, or the future is dropped before it returns,
+/// the process group is killed.
 pub async fn start_node(
     capmesh: &Path,
     data_dir: &Path,
 ) -> anyhow::Result<(u32, capmesh_api::Status)> {
-    let _ = std::fs::remove_file(data_dir.join("api.addr"));
+    for stale in ["api.addr", "api.token", "metrics.addr"] {
+        let _ = std::fs::remove_file(data_dir.join(stale));
+    }
     let log =
         std::fs::OpenOptions::new().create(true).append(true).open(data_dir.join("node.log"))?;
     let mut command = tokio::process::Command::new(capmesh);
@@ -97,12 +120,14 @@ pub async fn start_node(
     let mut child =
         command.spawn().with_context(|| format!("cannot start {}", capmesh.display()))?;
     let pid = child.id().context("the node exited at once")?;
+    let guard = StartGuard { pid: Some(pid) };
     let started = Instant::now();
     loop {
         if let Ok(client) = capmesh_api::Client::from_data_dir(data_dir)
             && let Ok(status) = client.status().await
         {
             // The child runs on: nobody waits for it but `down` (tokio does not kill it).
+            guard.disarm();
             drop(child);
             return Ok((pid, status));
         }
@@ -114,7 +139,6 @@ pub async fn start_node(
             );
         }
         if started.elapsed() > START_TIMEOUT {
-            let _ = child.start_kill();
             anyhow::bail!(
                 "the node in {} did not answer within {START_TIMEOUT:?}",
                 data_dir.display()
@@ -135,6 +159,14 @@ pub async fn up(dir: &Path, capmesh: &Path, layout: &Layout) -> anyhow::Result<M
         dir.display(),
         dir.display()
     );
+    // A node directory left from an earlier testnet would bring its key, replica and peer book
+    // (with stale ports) into this one.
+    if dir.join("node-000").exists() {
+        anyhow::bail!(
+            "{} holds node directories of an earlier testnet: remove them (or pick another --dir)",
+            dir.display()
+        );
+    }
     std::fs::create_dir_all(dir)?;
     let dir = dir.canonicalize()?;
     let mut manifest = Manifest {
@@ -214,6 +246,28 @@ async fn start_one(
     })
 }
 
+/// Waits until every node's replica holds at least `records` records (the providers' adverts
+/// have reached everyone), polling each node's API; returns how long that took, or `None` if
+/// it did not happen within `limit`.
+pub async fn settle(manifest: &Manifest, records: u64, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let clients: Vec<_> = manifest
+        .nodes
+        .iter()
+        .filter_map(|n| capmesh_api::Client::from_data_dir(&n.data_dir).ok())
+        .collect();
+    while started.elapsed() < limit {
+        let statuses = futures::future::join_all(clients.iter().map(|c| c.status())).await;
+        let done = statuses.len() == manifest.nodes.len()
+            && statuses.iter().all(|s| s.as_ref().is_ok_and(|s| s.replica.records >= records));
+        if done {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    None
+}
+
 /// Whether `pid` is a live `capmesh` process of `data_dir` (not a reused pid).
 pub fn alive(pid: u32, data_dir: &Path) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
@@ -229,9 +283,37 @@ pub fn alive(pid: u32, data_dir: &Path) -> bool {
     cmdline.split(|b| *b == 0).any(|arg| arg == needle)
 }
 
-/// Sends `signal` to node `pid` if it is still the node of `data_dir`.
+/// Sends `signal` to node `pid`'s process group (it leads one) if `pid` is still the node of
+/// `data_dir`.
 pub fn signal(pid: u32, data_dir: &Path, signal: Signal) -> bool {
-    alive(pid, data_dir) && kill(Pid::from_raw(pid as i32), signal).is_ok()
+    let Ok(raw) = i32::try_from(pid) else { return false };
+    alive(pid, data_dir)
+        && (killpg(Pid::from_raw(raw), signal).is_ok() || kill(Pid::from_raw(raw), signal).is_ok())
+}
+
+/// Processes whose command line runs a node of the testnet in `dir` (`--data-dir <dir>/node-…`),
+/// known to the manifest or not: the catch-all of `down`.
+pub fn strays(dir: &Path) -> Vec<(u32, PathBuf)> {
+    let prefix = dir.join("node-");
+    let prefix = prefix.as_os_str().as_encoded_bytes();
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return found };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        for pair in args.windows(2) {
+            if pair[0] == b"--data-dir" && pair[1].starts_with(prefix) {
+                let data_dir = PathBuf::from(String::from_utf8_lossy(pair[1]).into_owned());
+                if alive(pid, &data_dir) {
+                    found.push((pid, data_dir));
+                }
+            }
+        }
+    }
+    found
 }
 
 /// `down`: SIGTERM to every node, SIGKILL to those still there after [`STOP_TIMEOUT`]; then
@@ -239,28 +321,34 @@ pub fn signal(pid: u32, data_dir: &Path, signal: Signal) -> bool {
 /// many had to be killed.
 pub async fn down(dir: &Path) -> anyhow::Result<(usize, usize)> {
     let manifest = Manifest::load(dir)?;
-    let mut stopping = Vec::new();
-    for n in &manifest.nodes {
-        if signal(n.pid, &n.data_dir, Signal::SIGTERM) {
-            stopping.push(n);
+    // The manifest's nodes, and any node process of this testnet it does not know (one whose
+    // start was interrupted).
+    let mut targets: Vec<(u32, PathBuf)> =
+        manifest.nodes.iter().map(|n| (n.pid, n.data_dir.clone())).collect();
+    for stray in strays(&manifest.dir) {
+        if !targets.contains(&stray) {
+            targets.push(stray);
         }
     }
+    let stopping: Vec<&(u32, PathBuf)> =
+        targets.iter().filter(|(pid, dir)| signal(*pid, dir, Signal::SIGTERM)).collect();
     let deadline = Instant::now() + STOP_TIMEOUT;
-    while Instant::now() < deadline && stopping.iter().any(|n| alive(n.pid, &n.data_dir)) {
+    while Instant::now() < deadline && stopping.iter().any(|(pid, dir)| alive(*pid, dir)) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut killed = 0;
-    for n in &stopping {
-        if signal(n.pid, &n.data_dir, Signal::SIGKILL) {
+    for (pid, dir) in &stopping {
+        if signal(*pid, dir, Signal::SIGKILL) {
             killed += 1;
         }
     }
     let deadline = Instant::now() + STOP_TIMEOUT;
-    while Instant::now() < deadline && manifest.nodes.iter().any(|n| alive(n.pid, &n.data_dir)) {
+    while Instant::now() < deadline && targets.iter().any(|(pid, dir)| alive(*pid, dir)) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let left: Vec<u32> =
-        manifest.nodes.iter().filter(|n| alive(n.pid, &n.data_dir)).map(|n| n.pid).collect();
+    let mut left: Vec<u32> =
+        targets.iter().filter(|(pid, dir)| alive(*pid, dir)).map(|(pid, _)| *pid).collect();
+    left.extend(strays(&manifest.dir).into_iter().map(|(pid, _)| pid));
     anyhow::ensure!(left.is_empty(), "processes still running after SIGKILL: {left:?}");
     std::fs::remove_file(Manifest::path(dir))?;
     Ok((stopping.len(), killed))

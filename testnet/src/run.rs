@@ -34,6 +34,8 @@ struct Op {
     /// `None`: it succeeded; else the reason.
     failure: Option<String>,
     kad_requests: Option<u32>,
+    /// Finds: the hit came from the asked node's own replica (not from Kademlia).
+    from_replica: Option<bool>,
 }
 
 /// An event of the run (churn).
@@ -77,6 +79,10 @@ pub struct Summary {
     /// a decade), each counting latencies above the previous bound and at or under `le_ms`; the
     /// last bucket (`le_ms` infinite, written `null`) holds the rest.
     pub histogram: Vec<Bucket>,
+    /// Finds only: answered from the asked node's own replica, and through Kademlia (with gossip
+    /// on, most finds of a settled testnet are replica hits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_from: Option<BTreeMap<String, u64>>,
     /// Finds only: Kademlia requests per answered find (mean, p50, p99).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kad_requests_per_find: Option<serde_json::Value>,
@@ -111,20 +117,27 @@ pub fn histogram(latencies: &[f64]) -> Vec<Bucket> {
 /// One second of the run.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Second {
+    /// The second (from the start) the operations were *scheduled* in: one issued late
+    /// (concurrency cap reached) still counts here; see the summaries' `max_late_ms`.
     pub t: u64,
     pub finds_issued: u64,
     pub finds_answered: u64,
+    /// Finds whose node churn killed while they ran (not the mesh's failure).
+    pub finds_lost: u64,
     pub find_p50_ms: Option<f64>,
     pub find_p99_ms: Option<f64>,
     pub calls_issued: u64,
     pub calls_succeeded: u64,
+    /// Calls whose node churn killed while they ran.
+    pub calls_lost: u64,
     pub call_p50_ms: Option<f64>,
     pub call_p99_ms: Option<f64>,
     pub nodes_up: usize,
     /// Mean resident memory of the running nodes, MiB.
     pub rss_mib_mean: f64,
-    /// CPU of all nodes together, percent of one core.
-    pub cpu_percent: f64,
+    /// CPU of all nodes together, percent of one core (nodes just started, with no earlier
+    /// sample, are left out; `null` when no node had one).
+    pub cpu_percent: Option<f64>,
 }
 
 /// Resources of one node over the run.
@@ -184,6 +197,11 @@ pub async fn run(
 ) -> anyhow::Result<(Report, Manifest)> {
     scenario.check()?;
     let n = manifest.nodes.len();
+    anyhow::ensure!(n > 0, "the testnet has no nodes");
+    anyhow::ensure!(
+        manifest.nodes.iter().enumerate().all(|(i, node)| node.index == i),
+        "the manifest has gaps (an interrupted `up`?): `capmesh-testnet down`, then `up` again"
+    );
     let mut clients = Vec::with_capacity(n);
     for node in &manifest.nodes {
         anyhow::ensure!(
@@ -297,17 +315,19 @@ pub async fn run(
     let calls = take(calls);
     let secs = scenario.duration_secs;
     let mut series: Vec<Second> = (0..secs).map(|t| Second { t, ..Second::default() }).collect();
-    fill(&mut series, &finds, |s, issued, ok, p50, p99| {
-        s.finds_issued = issued;
-        s.finds_answered = ok;
-        s.find_p50_ms = p50;
-        s.find_p99_ms = p99;
+    fill(&mut series, &finds, |s, f| {
+        s.finds_issued = f.issued;
+        s.finds_answered = f.ok;
+        s.finds_lost = f.lost;
+        s.find_p50_ms = f.p50;
+        s.find_p99_ms = f.p99;
     });
-    fill(&mut series, &calls, |s, issued, ok, p50, p99| {
-        s.calls_issued = issued;
-        s.calls_succeeded = ok;
-        s.call_p50_ms = p50;
-        s.call_p99_ms = p99;
+    fill(&mut series, &calls, |s, f| {
+        s.calls_issued = f.issued;
+        s.calls_succeeded = f.ok;
+        s.calls_lost = f.lost;
+        s.call_p50_ms = f.p50;
+        s.call_p99_ms = f.p99;
     });
     for (s, (up, rss, cpu)) in series.iter_mut().zip(per_second) {
         s.nodes_up = up;
@@ -373,16 +393,23 @@ async fn find(client: &Client, cap: Cid, timeout_ms: u64, second: u64, late_ms: 
         let mut events = client.find(&req).await?;
         // The first event says it: a hit, or the end of a search that found nothing.
         match events.next().await.transpose()? {
-            Some(FindEvent::Hit(hit)) => Ok(Some(hit.kad_requests)),
+            Some(FindEvent::Hit(hit)) => {
+                Ok(Some((hit.kad_requests, hit.source == capmesh_api::Source::Replica)))
+            }
             Some(FindEvent::Done(_)) | None => Ok::<_, ClientError>(None),
         }
     };
     let outcome = tokio::time::timeout(bound, search).await;
     let latency_ms = begun.elapsed().as_secs_f64() * 1000.0;
     match outcome {
-        Ok(Ok(Some(kad))) => {
-            Op { second, late_ms, latency_ms, failure: None, kad_requests: Some(kad) }
-        }
+        Ok(Ok(Some((kad, replica)))) => Op {
+            second,
+            late_ms,
+            latency_ms,
+            failure: None,
+            kad_requests: Some(kad),
+            from_replica: Some(replica),
+        },
         Ok(Ok(None)) => failed(second, late_ms, "NotFound"),
         Ok(Err(e)) => failed(second, late_ms, &reason(&e)),
         Err(_) => failed(second, late_ms, "Timeout"),
@@ -403,13 +430,27 @@ async fn call(
     let outcome = client.call(&req).await;
     let latency_ms = begun.elapsed().as_secs_f64() * 1000.0;
     match outcome {
-        Ok(_) => Op { second, late_ms, latency_ms, failure: None, kad_requests: None },
+        Ok(_) => Op {
+            second,
+            late_ms,
+            latency_ms,
+            failure: None,
+            kad_requests: None,
+            from_replica: None,
+        },
         Err(e) => failed(second, late_ms, &reason(&e)),
     }
 }
 
 fn failed(second: u64, late_ms: u64, why: &str) -> Op {
-    Op { second, late_ms, latency_ms: 0.0, failure: Some(why.to_owned()), kad_requests: None }
+    Op {
+        second,
+        late_ms,
+        latency_ms: 0.0,
+        failure: Some(why.to_owned()),
+        kad_requests: None,
+        from_replica: None,
+    }
 }
 
 /// A failure's code: the call's own code, the API's, or the transport's.
@@ -439,7 +480,9 @@ async fn churn_loop(
 ) {
     let mut rng = Rng::new(seed ^ 0xc4u64);
     let n = lock(&nodes.up).len();
+    // At least one node a round when the fraction is above zero (a small testnet still churns).
     let per_round = ((n.saturating_sub(1)) as f64 * churn.fraction).round() as usize;
+    let per_round = if churn.fraction > 0.0 { per_round.max(1) } else { 0 };
     let mut restarts = tokio::task::JoinSet::new();
     let mut round = 1;
     loop {
@@ -490,12 +533,17 @@ async fn restart(
             Ok((pid, _)) => {
                 let client =
                     Client::from_data_dir(&dir).map(|c| c.with_timeout(Duration::from_secs(30)));
-                let mut m = lock(&nodes.manifest);
-                m.nodes[i].pid = pid;
-                if let Err(e) = m.save() {
+                let snapshot = {
+                    let mut m = lock(&nodes.manifest);
+                    m.nodes[i].pid = pid;
+                    m.clone()
+                };
+                // Saved at once (off the runtime's threads), so `down` knows the new pid even if
+                // the run is interrupted.
+                let saved = tokio::task::spawn_blocking(move || snapshot.save()).await;
+                if let Ok(Err(e)) = saved {
                     tracing::warn!(error = %e, "cannot save the manifest");
                 }
-                drop(m);
                 lock(&nodes.up)[i] = client.ok();
                 push(&events, started, "restart", i, None);
                 return;
@@ -528,7 +576,7 @@ async fn sample(
     nodes: Arc<Nodes>,
     started: Instant,
     duration: Duration,
-) -> (Vec<(usize, f64, f64)>, Vec<NodeResources>) {
+) -> (Vec<(usize, f64, Option<f64>)>, Vec<NodeResources>) {
     let ticks = procs::ticks_per_second() as f64;
     let n = lock(&nodes.up).len();
     let mut last: Vec<Option<(u32, u64)>> = vec![None; n];
@@ -541,11 +589,17 @@ async fn sample(
         let pids: Vec<(u32, bool)> = {
             let m = lock(&nodes.manifest);
             let up = lock(&nodes.up);
-            m.nodes.iter().map(|node| (node.pid, up[node.index].is_some())).collect()
+            m.nodes.iter().zip(up.iter()).map(|(node, up)| (node.pid, up.is_some())).collect()
         };
-        let (mut up_count, mut rss_sum, mut cpu_sum) = (0, 0.0, 0.0);
-        for (i, (pid, up)) in pids.into_iter().enumerate() {
-            let u = if up { procs::usage(pid) } else { None };
+        // /proc reads, off the runtime's threads (a hundred nodes, twice a second each).
+        let usages: Vec<Option<procs::Usage>> = tokio::task::spawn_blocking(move || {
+            pids.iter().map(|&(pid, up)| if up { procs::usage(pid) } else { None }).collect()
+        })
+        .await
+        .unwrap_or_default();
+        let pids: Vec<u32> = lock(&nodes.manifest).nodes.iter().map(|n| n.pid).collect();
+        let (mut up_count, mut rss_sum, mut cpu_sum, mut cpu_known) = (0, 0.0, 0.0, false);
+        for (i, (pid, u)) in pids.into_iter().zip(usages).enumerate() {
             let rss = u.map(|u| u.rss_kib as f64 / 1024.0);
             let cpu = match (u, last[i]) {
                 (Some(u), Some((p, before))) if p == pid => {
@@ -558,27 +612,50 @@ async fn sample(
                 up_count += 1;
                 rss_sum += r;
             }
-            cpu_sum += cpu.unwrap_or(0.0);
+            if let Some(c) = cpu {
+                cpu_sum += c;
+                cpu_known = true;
+            }
             resources[i].rss_mib.push(rss);
             resources[i].cpu_percent.push(cpu);
         }
         let mean_rss = if up_count > 0 { rss_sum / up_count as f64 } else { 0.0 };
-        per_second.push((up_count, mean_rss, cpu_sum));
+        per_second.push((up_count, mean_rss, cpu_known.then_some(cpu_sum)));
     }
     (per_second, resources)
 }
 
-fn fill(
-    series: &mut [Second],
-    ops: &[Op],
-    mut set: impl FnMut(&mut Second, u64, u64, Option<f64>, Option<f64>),
-) {
-    for s in series.iter_mut() {
-        let here: Vec<&Op> = ops.iter().filter(|o| o.second == s.t).collect();
-        let mut ok: Vec<f64> =
-            here.iter().filter(|o| o.failure.is_none()).map(|o| o.latency_ms).collect();
+/// What one second's operations did: issued, succeeded, lost with their node, p50, p99.
+struct PerSecond {
+    issued: u64,
+    ok: u64,
+    lost: u64,
+    p50: Option<f64>,
+    p99: Option<f64>,
+}
+
+/// Groups `ops` by second in one pass and hands each second's figures to `set`.
+fn fill(series: &mut [Second], ops: &[Op], mut set: impl FnMut(&mut Second, PerSecond)) {
+    let mut by_second: Vec<(u64, u64, Vec<f64>)> = vec![(0, 0, Vec::new()); series.len()];
+    for o in ops {
+        let Some(slot) = by_second.get_mut(o.second as usize) else { continue };
+        slot.0 += 1;
+        match o.failure.as_deref() {
+            None => slot.2.push(o.latency_ms),
+            Some(LOST) => slot.1 += 1,
+            Some(_) => {}
+        }
+    }
+    for (s, (issued, lost, mut ok)) in series.iter_mut().zip(by_second) {
         ok.sort_by(f64::total_cmp);
-        set(s, here.len() as u64, ok.len() as u64, percentile(&ok, 0.5), percentile(&ok, 0.99));
+        let figures = PerSecond {
+            issued,
+            ok: ok.len() as u64,
+            lost,
+            p50: percentile(&ok, 0.5),
+            p99: percentile(&ok, 0.99),
+        };
+        set(s, figures);
     }
 }
 
@@ -617,6 +694,11 @@ fn summary(ops: &[Op], asked: u64, finds: bool) -> Summary {
         },
         max_late_ms: ops.iter().map(|o| o.late_ms).max().unwrap_or(0),
         histogram: histogram(&ok),
+        answered_from: finds.then(|| {
+            let replica = ops.iter().filter(|o| o.from_replica == Some(true)).count() as u64;
+            let kademlia = ops.iter().filter(|o| o.from_replica == Some(false)).count() as u64;
+            BTreeMap::from([("replica".to_owned(), replica), ("kademlia".to_owned(), kademlia)])
+        }),
         kad_requests_per_find: kad,
     }
 }
@@ -700,6 +782,7 @@ mod tests {
             latency_ms,
             failure: failure.map(str::to_owned),
             kad_requests: Some(2),
+            from_replica: Some(true),
         };
         let ops = vec![
             op(0, None, 5.0),
@@ -716,16 +799,20 @@ mod tests {
         assert_eq!(s.failed_by_reason.get("Timeout"), Some(&1));
         assert_eq!(s.latency_ms.max, 7.0);
         let mut series: Vec<Second> = (0..2).map(|t| Second { t, ..Second::default() }).collect();
-        fill(&mut series, &ops, |s, issued, ok, p50, _| {
-            s.calls_issued = issued;
-            s.calls_succeeded = ok;
-            s.call_p50_ms = p50;
+        fill(&mut series, &ops, |s, f| {
+            s.calls_issued = f.issued;
+            s.calls_succeeded = f.ok;
+            s.calls_lost = f.lost;
+            s.call_p50_ms = f.p50;
         });
         assert_eq!(
             (series[0].calls_issued, series[0].calls_succeeded, series[0].call_p50_ms),
             (2, 1, Some(5.0))
         );
-        assert_eq!((series[1].calls_issued, series[1].calls_succeeded), (2, 1));
+        assert_eq!(
+            (series[1].calls_issued, series[1].calls_succeeded, series[1].calls_lost),
+            (2, 1, 1)
+        );
     }
 
     #[test]

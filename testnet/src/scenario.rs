@@ -67,6 +67,13 @@ pub struct Churn {
     pub down_secs: u64,
 }
 
+/// Longest scenario: a day.
+pub const MAX_DURATION_SECS: u64 = 86_400;
+/// Most operations a second of one workload.
+pub const MAX_RATE: u32 = 10_000;
+/// Longest find timeout or call deadline: ten minutes.
+pub const MAX_TIMEOUT_MS: u64 = 600_000;
+
 fn default_concurrency() -> usize {
     64
 }
@@ -91,21 +98,40 @@ impl Scenario {
     }
 
     pub fn check(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.duration_secs > 0, "duration_secs must be at least 1");
+        anyhow::ensure!(
+            !self.name.is_empty()
+                && self.name.len() <= 64
+                && self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "name must be 1 to 64 characters of [A-Za-z0-9_-] (it names the report file)"
+        );
+        anyhow::ensure!(
+            (1..=MAX_DURATION_SECS).contains(&self.duration_secs),
+            "duration_secs must be 1 to {MAX_DURATION_SECS}"
+        );
         anyhow::ensure!(
             self.discovery.is_some() || self.calls.is_some() || self.churn.is_some(),
             "the scenario has no workload: add [discovery], [calls] or [churn]"
         );
         if let Some(d) = &self.discovery {
             anyhow::ensure!(
-                d.concurrency > 0 && d.timeout_ms > 0,
-                "[discovery] concurrency and timeout_ms must be positive"
+                (1..=MAX_RATE).contains(&d.rate),
+                "[discovery] rate must be 1 to {MAX_RATE}"
+            );
+            anyhow::ensure!(d.concurrency > 0, "[discovery] concurrency must be positive");
+            anyhow::ensure!(
+                (1..=MAX_TIMEOUT_MS).contains(&d.timeout_ms),
+                "[discovery] timeout_ms must be 1 to {MAX_TIMEOUT_MS}"
             );
         }
         if let Some(c) = &self.calls {
             anyhow::ensure!(
-                c.concurrency > 0 && c.deadline_ms > 0,
-                "[calls] concurrency and deadline_ms must be positive"
+                (1..=MAX_RATE).contains(&c.rate),
+                "[calls] rate must be 1 to {MAX_RATE}"
+            );
+            anyhow::ensure!(c.concurrency > 0, "[calls] concurrency must be positive");
+            anyhow::ensure!(
+                (1..=MAX_TIMEOUT_MS).contains(&c.deadline_ms),
+                "[calls] deadline_ms must be 1 to {MAX_TIMEOUT_MS}"
             );
             anyhow::ensure!(
                 ["echo", "blake3"].contains(&c.capability.as_str()),
@@ -152,6 +178,10 @@ mod tests {
             "name = \"x\"\nduration_secs = 5\n",
             "name = \"x\"\nduration_secs = 5\n[calls]\nrate = 1\ncapability = \"fail\"\n",
             "name = \"x\"\nduration_secs = 5\n[churn]\nfraction = 2.0\nevery_secs = 10\n",
+            "name = \"x\"\nduration_secs = 5\n[discovery]\nrate = 0\n",
+            "name = \"../x\"\nduration_secs = 5\n[discovery]\nrate = 1\n",
+            "name = \"x\"\nduration_secs = 99999999\n[discovery]\nrate = 1\n",
+            "name = \"x\"\nduration_secs = 5\n[calls]\nrate = 1\ndeadline_ms = 18446744073709551615\n",
         ] {
             let s: Scenario = toml::from_str(bad).unwrap_or_else(|e| panic!("{e}"));
             assert!(s.check().is_err(), "{bad}");

@@ -139,6 +139,8 @@ impl Mesh {
                 break;
             }
             tokio::select! {
+                // Nobody listens any more: stop asking (and do not count the rest as find time).
+                () = tx.closed() => return None,
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     error.get_or_insert_with(|| "timed out".to_string());
                     break;
