@@ -45,7 +45,10 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::names::{self, ImportError};
+use crate::{
+    lock,
+    names::{self, ImportError},
+};
 
 /// Longest wait for the MCP handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -583,12 +586,7 @@ impl Foreign for McpTool {
                     }
                 }
                 if text.len() > MAX_ERROR_TEXT {
-                    let mut end = MAX_ERROR_TEXT;
-                    while !text.is_char_boundary(end) {
-                        end -= 1;
-                    }
-                    text.truncate(end);
-                    text.push('…');
+                    text = format!("{}…", names::cut(&text, MAX_ERROR_TEXT));
                 }
                 return Err(ExecError::Failed(format!("the MCP tool reported an error: {text}")));
             }
@@ -610,8 +608,4 @@ impl Foreign for McpTool {
             Ok(output)
         })
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

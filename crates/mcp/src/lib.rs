@@ -30,3 +30,8 @@ pub use server::{
     FIND_TOOL, META_CALL, META_CAPABILITY, META_ERROR, META_PROVIDER, META_RECEIPT, MeshTools,
     Selection, find_tool,
 };
+
+/// A poisoned lock is still usable here: every critical section leaves its state whole.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -110,7 +110,8 @@ fn is_object_schema(schema: &JsonObject) -> bool {
     schema.get("type").and_then(Value::as_str) == Some("object")
 }
 
-fn as_object(value: Value) -> JsonObject {
+/// `value`'s members if it is an object, else none.
+pub(crate) fn as_object(value: Value) -> JsonObject {
     match value {
         Value::Object(map) => map,
         _ => JsonObject::new(),
@@ -230,7 +231,7 @@ pub fn content_schema() -> Value {
 }
 
 /// At most `max` bytes of `text`, cut at a character boundary.
-fn cut(text: &str, max: usize) -> &str {
+pub(crate) fn cut(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
     }

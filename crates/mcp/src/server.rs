@@ -24,7 +24,7 @@ use rmcp::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::names;
+use crate::{lock, names};
 
 /// Name of the search tool every [`MeshTools`] lists besides the capabilities.
 pub const FIND_TOOL: &str = "capmesh_find";
@@ -532,16 +532,9 @@ pub fn find_tool() -> Tool {
     let description = "Search the capmesh mesh for capabilities (tools with JSON Schema contracts): by \
         capability id across the mesh, or by tags and words among the capabilities this node knows. \
         What it finds becomes callable as tools of this server.";
-    let mut tool = Tool::new(FIND_TOOL, description, Arc::new(as_object(input)));
-    tool.output_schema = Some(Arc::new(as_object(output)));
+    let mut tool = Tool::new(FIND_TOOL, description, Arc::new(names::as_object(input)));
+    tool.output_schema = Some(Arc::new(names::as_object(output)));
     tool
-}
-
-fn as_object(v: Value) -> rmcp::model::JsonObject {
-    match v {
-        Value::Object(m) => m,
-        _ => rmcp::model::JsonObject::new(),
-    }
 }
 
 /// The tool result of a successful call: structured content when the contract's output is an
@@ -598,10 +591,6 @@ fn tool_error(code: &str, message: String) -> CallToolResult {
     meta.0.insert(META_ERROR.into(), json!(code));
     result.meta = Some(meta);
     result
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl ServerHandler for MeshTools {

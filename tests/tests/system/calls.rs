@@ -6,25 +6,12 @@ use std::time::Duration;
 use capmesh_exec::Builtin;
 use capmesh_market::{CallError, CallRequest};
 use capmesh_store::{LedgerKind, verify_ledger};
-use capmesh_testkit::{TestNode, Testnet, wait_for};
+use capmesh_testkit::{Testnet, wait_for};
 use capmesh_types::Cid;
 use capmesh_wire::{CallStatus, Receipt, Signed, cbor::Limits};
 use serde_json::json;
 
-const T: Duration = Duration::from_secs(30);
-
-fn cap_of(b: Builtin) -> Cid {
-    capmesh_contract::check(&b.contract()).unwrap()
-}
-
-/// Waits until `node`'s replica holds `n` adverts for `cap` (gossip reached it).
-async fn sees(node: &TestNode, cap: Cid, n: usize) {
-    wait_for("adverts in the caller's replica", T, || async {
-        let have = node.adverts(&cap);
-        if have >= n { Ok(()) } else { Err(have) }
-    })
-    .await;
-}
+use crate::common::{T, cap_of, receipts_in, sees};
 
 /// A provider (node 0) serving `builtin` at `price` credit, and a caller (node 1) whose replica
 /// already holds the advert.
@@ -45,22 +32,6 @@ async fn running_past_its_window(provider: &capmesh_market::Market) {
         if s.tasks_deferred == 1 { Ok(()) } else { Err(s) }
     })
     .await;
-}
-
-fn receipts_in(node: &TestNode) -> Vec<Receipt> {
-    node.node
-        .store
-        .ledger()
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.kind == LedgerKind::Receipt)
-        .map(|e| {
-            Signed::<Receipt>::from_bytes(&e.signed, Limits::default())
-                .unwrap()
-                .decode(Limits::default())
-                .unwrap()
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@ mod call_cli;
 mod calls;
 mod cap;
 mod cli;
+mod common;
 mod mcp;
 mod mesh;
 mod metrics;

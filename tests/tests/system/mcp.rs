@@ -34,18 +34,12 @@ use rmcp::{
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use crate::common::{cap_of, receipts_in};
+
 const T: Duration = Duration::from_secs(60);
 
-fn cap_of(b: Builtin) -> Cid {
-    capmesh_contract::check(&b.contract()).unwrap()
-}
-
 async fn sees(node: &TestNode, cap: Cid) {
-    wait_for("the advert in the replica", T, || async {
-        let have = node.adverts(&cap);
-        if have >= 1 { Ok(()) } else { Err(have) }
-    })
-    .await;
+    crate::common::sees(node, cap, 1).await;
 }
 
 fn object(v: Value) -> JsonObject {
@@ -222,21 +216,8 @@ async fn mcp_over_http_needs_the_token_and_cancellation_cancels_the_mesh_call() 
         () = wait_for("the provider running the call", T, || async { if runs() == 1 { Ok(()) } else { Err(runs()) } }) => {}
     }
     let cancelled = wait_for("a cancelled receipt in the caller's ledger", T, || async {
-        let receipts: Vec<Receipt> = caller
-            .node
-            .store
-            .ledger()
-            .unwrap()
-            .into_iter()
-            .filter(|e| e.kind == LedgerKind::Receipt)
-            .map(|e| {
-                Signed::<Receipt>::from_bytes(&e.signed, Limits::default())
-                    .unwrap()
-                    .decode(Limits::default())
-                    .unwrap()
-            })
-            .filter(|r| r.capability == sleep)
-            .collect();
+        let receipts: Vec<Receipt> =
+            receipts_in(caller).into_iter().filter(|r| r.capability == sleep).collect();
         match receipts.first() {
             Some(r) => Ok(r.status),
             None => Err(receipts.len()),
@@ -505,15 +486,7 @@ async fn a_stdio_mcp_server_is_imported_and_called_through_the_mesh() {
     assert_eq!(outcome.output, Some(json!({"digest": digest})));
     assert_eq!(outcome.provider, importer.peer_id());
     // Two receipts in node 1's ledger: its call of the import, and the bridge's call of blake3.
-    let receipts = caller
-        .node
-        .store
-        .ledger()
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.kind == LedgerKind::Receipt)
-        .count();
-    assert_eq!(receipts, 2);
+    assert_eq!(receipts_in(caller).len(), 2);
     verify_ledger(&caller.node.store.ledger().unwrap()).unwrap();
     net.shutdown().await.unwrap();
 }

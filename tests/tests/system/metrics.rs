@@ -7,9 +7,10 @@ use capmesh_exec::Builtin;
 use capmesh_market::CallRequest;
 use capmesh_mesh::FindEvent;
 use capmesh_testkit::{TestNode, Testnet, wait_for};
-use capmesh_types::Cid;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::cap_of;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -46,10 +47,6 @@ fn total(text: &str, prefix: &str) -> f64 {
         .filter(|l| l.starts_with(prefix))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
-}
-
-fn cap_of(b: Builtin) -> Cid {
-    capmesh_contract::check(&b.contract()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
