@@ -7,10 +7,10 @@ use std::{
 };
 
 use capmesh_api::{
-    ApiError, AttestRequest, Attested, Backend, CallFailure, CallRequest, CallResult, ContractInfo,
-    ErrorCode, FindDone, FindEvent, FindHit, FindRequest, GossipStatus, LedgerEntryJson,
-    LedgerPage, MAX_STREAM_BYTES, Optimize, PeerInfo, PublishRequest, Published, QueryPage,
-    QueryRequest, ReceiptEntries, ReplicaStatus, Retired, Source, Status,
+    ApiError, AttestRequest, Attested, Backend, BlockRequest, Blocked, CallFailure, CallRequest,
+    CallResult, ContractInfo, ErrorCode, FindDone, FindEvent, FindHit, FindRequest, GossipStatus,
+    LedgerEntryJson, LedgerPage, MAX_STREAM_BYTES, Optimize, PeerInfo, PublishRequest, Published,
+    QueryPage, QueryRequest, ReceiptEntries, ReplicaStatus, Retired, Source, Status,
 };
 use capmesh_market::{CallError, CallOutcome, Market, Weights};
 use capmesh_mesh::{Mesh, MeshError};
@@ -107,6 +107,20 @@ impl Backend for NodeApi {
                 last_seen: if p.connected { now } else { 0 },
             })
             .collect())
+    }
+
+    async fn blocked(&self) -> Result<Blocked, ApiError> {
+        self.block(BlockRequest::default()).await
+    }
+
+    async fn block(&self, req: BlockRequest) -> Result<Blocked, ApiError> {
+        match self.mesh.net().block(req.block, req.unblock).await {
+            Ok(peers) => Ok(Blocked { peers }),
+            Err(e @ capmesh_net::NetError::TooManyBlocked { .. }) => {
+                Err(ApiError::bad_request(e.to_string()))
+            }
+            Err(e) => Err(ApiError::unavailable(e.to_string())),
+        }
     }
 
     async fn publish(&self, req: PublishRequest) -> Result<Published, ApiError> {

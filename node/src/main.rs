@@ -71,6 +71,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Block peers on the running node (connections closed and refused both ways, until
+    /// `unblock` or a restart); with no peer, list the blocked ones.
+    Block { peers: Vec<capmesh_types::PeerId> },
+    /// Lift blocks (peers a block disconnected are dialed again); prints the peers still blocked.
+    Unblock {
+        #[arg(required = true)]
+        peers: Vec<capmesh_types::PeerId>,
+    },
     /// Find providers: by capability id (replica and Kademlia), or search the replica by tag/text.
     Find(FindArgs),
     /// Call a capability through the running node: it checks the arguments, picks a provider by
@@ -389,6 +397,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Block { peers } => {
+            block(&data_dir()?, capmesh_api::BlockRequest { block: peers, unblock: vec![] })?
+        }
+        Command::Unblock { peers } => {
+            block(&data_dir()?, capmesh_api::BlockRequest { block: vec![], unblock: peers })?
+        }
         Command::Find(args) => return find(data_dir()?, args),
         Command::Call(args) => return call::call(&data_dir()?, args),
         Command::Attest(args) => return call::attest(&data_dir()?, args),
@@ -512,6 +526,27 @@ async fn wait_for_signal(policy: capmesh_policy::PolicyHandle) -> anyhow::Result
         tokio::signal::ctrl_c().await?;
         Ok(())
     }
+}
+
+/// Changes the running node's block list (an empty request only reads it) and prints it.
+#[allow(clippy::print_stdout)]
+fn block(dir: &DataDir, req: capmesh_api::BlockRequest) -> anyhow::Result<()> {
+    let blocked = block_on(async {
+        let client = remote::client(dir)?;
+        let blocked = if req == capmesh_api::BlockRequest::default() {
+            client.blocked().await
+        } else {
+            client.block(&req).await
+        };
+        blocked.map_err(remote::explain)
+    })?;
+    for peer in &blocked.peers {
+        println!("{peer}");
+    }
+    if blocked.peers.is_empty() {
+        eprintln!("no peer blocked");
+    }
+    Ok(())
 }
 
 #[allow(clippy::print_stdout)]

@@ -14,9 +14,9 @@ use crate::{
     files::{ADDR_FILE, TOKEN_FILE},
     ndjson::{LineTooLong, Lines, MAX_LINE_BYTES},
     types::{
-        AttestRequest, Attested, CallRequest, CallResult, Cancelled, ContractInfo, FindEvent,
-        FindRequest, LedgerPage, LedgerRequest, PeerInfo, PublishRequest, Published, QueryPage,
-        QueryRequest, ReceiptEntries, Retired, Status,
+        AttestRequest, Attested, BlockRequest, Blocked, CallRequest, CallResult, Cancelled,
+        ContractInfo, FindEvent, FindRequest, LedgerPage, LedgerRequest, PeerInfo, PublishRequest,
+        Published, QueryPage, QueryRequest, ReceiptEntries, Retired, Status,
     },
 };
 
@@ -104,6 +104,16 @@ impl Client {
     /// `GET /v1/peers`. Cancel-safe (it changes nothing).
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, ClientError> {
         self.call_json(self.request(Method::GET, "/v1/peers")).await
+    }
+
+    /// `GET /v1/blocked`. Cancel-safe (it changes nothing).
+    pub async fn blocked(&self) -> Result<Blocked, ClientError> {
+        self.call_json(self.request(Method::GET, "/v1/blocked")).await
+    }
+
+    /// `POST /v1/blocked`. Repeating it has the same effect, so a dropped future can be retried.
+    pub async fn block(&self, req: &BlockRequest) -> Result<Blocked, ClientError> {
+        self.call_json(self.request(Method::POST, "/v1/blocked").json(req)).await
     }
 
     /// `POST /v1/capabilities`. Not cancel-safe: once sent, the node may publish even if the

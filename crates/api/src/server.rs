@@ -30,9 +30,10 @@ use crate::{
     ApiError,
     error::ErrorBody,
     types::{
-        AttestRequest, Attested, CallRequest, CallResult, Cancelled, ContractInfo, FindEvent,
-        FindRequest, LEDGER_PAGE_DEFAULT, LEDGER_PAGE_MAX, LedgerPage, LedgerRequest, PeerInfo,
-        PublishRequest, Published, QueryPage, QueryRequest, ReceiptEntries, Retired, Status,
+        AttestRequest, Attested, BlockRequest, Blocked, CallRequest, CallResult, Cancelled,
+        ContractInfo, FindEvent, FindRequest, LEDGER_PAGE_DEFAULT, LEDGER_PAGE_MAX, LedgerPage,
+        LedgerRequest, PeerInfo, PublishRequest, Published, QueryPage, QueryRequest,
+        ReceiptEntries, Retired, Status,
     },
 };
 
@@ -47,6 +48,13 @@ pub trait Backend: Send + Sync + 'static {
     fn status(&self) -> impl Future<Output = Result<Status, ApiError>> + Send;
     /// `GET /v1/peers`.
     fn peers(&self) -> impl Future<Output = Result<Vec<PeerInfo>, ApiError>> + Send;
+    /// `GET /v1/blocked`.
+    fn blocked(&self) -> impl Future<Output = Result<Blocked, ApiError>> + Send;
+    /// Changes the block list and answers the peers blocked afterwards. All or nothing: a list
+    /// over the node's cap is `BadRequest` and changes nothing.
+    ///
+    /// `POST /v1/blocked`.
+    fn block(&self, req: BlockRequest) -> impl Future<Output = Result<Blocked, ApiError>> + Send;
     /// `POST /v1/capabilities`.
     fn publish(
         &self,
@@ -200,6 +208,7 @@ fn router<B: Backend>(backend: Arc<B>, token: Token, shutdown: CancellationToken
     Router::new()
         .route("/v1/status", get(status::<B>))
         .route("/v1/peers", get(peers::<B>))
+        .route("/v1/blocked", get(blocked::<B>).post(block::<B>))
         .route("/v1/capabilities", post(publish::<B>))
         .route("/v1/capabilities/{capability}", delete(retire::<B>))
         .route("/v1/find/{capability}", get(find::<B>))
@@ -283,6 +292,17 @@ async fn status<B: Backend>(State(app): State<App<B>>) -> Result<Json<Status>, A
 
 async fn peers<B: Backend>(State(app): State<App<B>>) -> Result<Json<Vec<PeerInfo>>, ApiError> {
     app.backend.peers().await.map(Json)
+}
+
+async fn blocked<B: Backend>(State(app): State<App<B>>) -> Result<Json<Blocked>, ApiError> {
+    app.backend.blocked().await.map(Json)
+}
+
+async fn block<B: Backend>(
+    State(app): State<App<B>>,
+    Json(req): Json<BlockRequest>,
+) -> Result<Json<Blocked>, ApiError> {
+    app.backend.block(req).await.map(Json)
 }
 
 async fn publish<B: Backend>(

@@ -123,6 +123,26 @@ pub struct PeerInfo {
     pub last_seen: u64,
 }
 
+/// Changes the block list: `POST /v1/blocked`. Unblocking comes first, so a peer in both
+/// lists ends blocked.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockRequest {
+    /// Peers to block: their connections are closed and new ones refused, both ways.
+    #[serde(default, with = "repr")]
+    pub block: Vec<PeerId>,
+    /// Peers to unblock: those a block disconnected are dialed again.
+    #[serde(default, with = "repr")]
+    pub unblock: Vec<PeerId>,
+}
+
+/// The peers blocked now: `GET /v1/blocked`, and the answer to `POST /v1/blocked`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Blocked {
+    #[serde(with = "repr")]
+    pub peers: Vec<PeerId>,
+}
+
 /// Publish a capability from its contract: `POST /v1/capabilities`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use libp2p::{
-    StreamProtocol, autonat, connection_limits, dcutr, gossipsub, identify, identity, kad, ping,
-    relay, request_response, swarm::NetworkBehaviour, swarm::behaviour::toggle::Toggle,
+    StreamProtocol, allow_block_list, autonat, connection_limits, dcutr, gossipsub, identify,
+    identity, kad, ping, relay, request_response, swarm::NetworkBehaviour,
+    swarm::behaviour::toggle::Toggle,
 };
 
 use crate::{Config, codec};
@@ -19,6 +20,8 @@ pub const IDENTIFY_PROTOCOL: &str = "/capmesh/1.0.0";
 
 #[derive(NetworkBehaviour)]
 pub(crate) struct Behaviour {
+    /// Peers the operator blocked (a partition in a testnet): refused before anything else.
+    pub(crate) blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
     pub(crate) limits: connection_limits::Behaviour,
     pub(crate) identify: identify::Behaviour,
     pub(crate) ping: ping::Behaviour,
@@ -56,40 +59,7 @@ impl Behaviour {
                 .with_push_listen_addr_updates(true),
         );
 
-        let mut kad_config = kad::Config::new(KAD_PROTOCOL);
-        kad_config
-            .set_query_timeout(config.query_timeout)
-            // Provider records carry many addresses (relay circuits are long); 16 KiB, libp2p's
-            // default, fails GET_PROVIDERS answers for popular capabilities.
-            .set_max_packet_size(config.kad_max_packet)
-            .set_provider_record_ttl(Some(config.provider_ttl))
-            // The node re-announces with each advert refresh; no second timer.
-            .set_provider_publication_interval(None)
-            // Inbound records reach the service first: provider records are stored there,
-            // values never (v1 stores no values in the DHT).
-            .set_record_filtering(kad::StoreInserts::FilterBoth)
-            .set_periodic_bootstrap_interval(Some(Duration::from_secs(300)));
-        let store = kad::store::MemoryStore::with_config(
-            peer_id,
-            kad::store::MemoryStoreConfig {
-                max_records: 0,
-                max_value_bytes: 0,
-                max_providers_per_key: config.max_providers_per_key,
-                // Counts every key in the provider map, ours and those stored for others
-                // (libp2p's default, 1 024, would make our own `start_providing` fail once
-                // others' records fill it). Sized for both.
-                max_provided_keys: config.max_provided_keys,
-            },
-        );
-        let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
-        // Explicit mode (libp2p's default is client until an external address is confirmed,
-        // and a client neither answers queries nor is put in others' routing tables).
-        kad.set_mode(match config.kad_mode {
-            crate::KadMode::Server => Some(kad::Mode::Server),
-            crate::KadMode::Client => Some(kad::Mode::Client),
-            crate::KadMode::Auto if config.announces_addresses() => Some(kad::Mode::Server),
-            crate::KadMode::Auto => None,
-        });
+        let kad = kademlia(peer_id, config);
 
         let message_id = config.message_id.clone();
         let gossip_config = gossipsub::ConfigBuilder::default()
@@ -132,6 +102,7 @@ impl Behaviour {
             .then(|| relay::Behaviour::new(peer_id, relay::Config::default()))
             .into();
         Ok(Self {
+            blocked: allow_block_list::Behaviour::default(),
             limits,
             identify,
             ping: ping::Behaviour::new(ping::Config::new()),
@@ -144,4 +115,47 @@ impl Behaviour {
             dcutr: dcutr::Behaviour::new(peer_id),
         })
     }
+}
+
+/// The node's Kademlia behaviour, built from `config` (protocol, timeouts, record limits, mode).
+/// Public so the in-process simulator (capmesh-testnet) measures the same DHT the node runs.
+pub fn kademlia(
+    peer_id: libp2p::PeerId,
+    config: &Config,
+) -> kad::Behaviour<kad::store::MemoryStore> {
+    let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+    kad_config
+        .set_query_timeout(config.query_timeout)
+        // Provider records carry many addresses (relay circuits are long); 16 KiB, libp2p's
+        // default, fails GET_PROVIDERS answers for popular capabilities.
+        .set_max_packet_size(config.kad_max_packet)
+        .set_provider_record_ttl(Some(config.provider_ttl))
+        // The node re-announces with each advert refresh; no second timer.
+        .set_provider_publication_interval(None)
+        // Inbound records reach the service first: provider records are stored there,
+        // values never (v1 stores no values in the DHT).
+        .set_record_filtering(kad::StoreInserts::FilterBoth)
+        .set_periodic_bootstrap_interval(Some(Duration::from_secs(300)));
+    let store = kad::store::MemoryStore::with_config(
+        peer_id,
+        kad::store::MemoryStoreConfig {
+            max_records: 0,
+            max_value_bytes: 0,
+            max_providers_per_key: config.max_providers_per_key,
+            // Counts every key in the provider map, ours and those stored for others
+            // (libp2p's default, 1 024, would make our own `start_providing` fail once
+            // others' records fill it). Sized for both.
+            max_provided_keys: config.max_provided_keys,
+        },
+    );
+    let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
+    // Explicit mode (libp2p's default is client until an external address is confirmed,
+    // and a client neither answers queries nor is put in others' routing tables).
+    kad.set_mode(match config.kad_mode {
+        crate::KadMode::Server => Some(kad::Mode::Server),
+        crate::KadMode::Client => Some(kad::Mode::Client),
+        crate::KadMode::Auto if config.announces_addresses() => Some(kad::Mode::Server),
+        crate::KadMode::Auto => None,
+    });
+    kad
 }

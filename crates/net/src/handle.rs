@@ -26,6 +26,7 @@ pub(crate) enum Command {
     Bootstrap { reply: Reply<()> },
     Info { reply: Reply<NetInfo> },
     Peers { reply: Reply<Vec<PeerSummary>> },
+    Block { block: Vec<PeerId>, unblock: Vec<PeerId>, reply: Reply<Vec<PeerId>> },
 }
 
 /// Progress of a provider lookup. Kademlia reports providers step by step; the lookup ends
@@ -175,5 +176,18 @@ impl NetworkHandle {
 
     pub async fn peers(&self) -> Result<Vec<PeerSummary>, NetError> {
         self.call(|reply| Command::Peers { reply }).await
+    }
+
+    /// Blocks the peers in `block` (their connections are closed, new ones refused both ways)
+    /// and lifts the block on those in `unblock` (redialing those a block had disconnected);
+    /// returns the peers blocked afterwards. The list lives in memory only: a restart clears
+    /// it. At most [`MAX_BLOCKED`](crate::MAX_BLOCKED) peers; beyond, nothing changes and the
+    /// answer is [`NetError::TooManyBlocked`].
+    pub async fn block(
+        &self,
+        block: Vec<PeerId>,
+        unblock: Vec<PeerId>,
+    ) -> Result<Vec<PeerId>, NetError> {
+        self.call(|reply| Command::Block { block, unblock, reply }).await
     }
 }

@@ -31,12 +31,15 @@ use std::{
     time::Duration,
 };
 
-pub use behaviour::{IDENTIFY_PROTOCOL, KAD_PROTOCOL, REGISTRY_TOPIC};
+pub use behaviour::{IDENTIFY_PROTOCOL, KAD_PROTOCOL, REGISTRY_TOPIC, kademlia};
 pub use handle::{GossipCounters, NetInfo, NetworkHandle, PeerSummary, ProviderEvent};
 pub use libp2p::{Multiaddr, metrics::Registry, multiaddr::Protocol};
 pub use service::NetworkService;
 
 use capmesh_types::PeerId;
+
+/// Most peers on a node's block list ([`NetworkHandle::block`]).
+pub const MAX_BLOCKED: usize = 16_384;
 
 /// A Prometheus registry shared between the network service, which registers libp2p's metrics
 /// in it at start, and whoever serves it (the node encodes it at each scrape).
@@ -301,4 +304,6 @@ pub enum NetError {
     Kad(String),
     #[error("{0}")]
     Config(String),
+    #[error("at most {max} peers can be blocked")]
+    TooManyBlocked { max: usize },
 }

@@ -54,6 +54,8 @@ pub struct NetworkService {
     tasks: JoinSet<()>,
     /// libp2p's event metrics, when the config names a registry.
     metrics: Option<Metrics>,
+    /// Blocked peers a block disconnected: redialed when the block is lifted.
+    cut: HashSet<PeerId>,
 }
 
 impl std::fmt::Debug for NetworkService {
@@ -185,6 +187,7 @@ impl NetworkService {
                 done_rx,
                 tasks: JoinSet::new(),
                 metrics,
+                cut: HashSet::new(),
                 config,
             },
             handle,
@@ -313,6 +316,9 @@ impl NetworkService {
             }
             Command::Peers { reply } => {
                 let _ = reply.send(Ok(self.peers()));
+            }
+            Command::Block { block, unblock, reply } => {
+                let _ = reply.send(self.block(block, unblock));
             }
         }
     }
@@ -728,6 +734,54 @@ impl NetworkService {
             rpc_dropped: self.rpc_dropped,
             providers_dropped: self.providers_dropped,
         }
+    }
+
+    /// Unblocks first, so a peer in both lists ends blocked. All or nothing: over
+    /// [`MAX_BLOCKED`](crate::MAX_BLOCKED) peers, nothing changes.
+    fn block(
+        &mut self,
+        block: Vec<capmesh_types::PeerId>,
+        unblock: Vec<capmesh_types::PeerId>,
+    ) -> Result<Vec<capmesh_types::PeerId>, NetError> {
+        let me = *self.swarm.local_peer_id();
+        let block: HashSet<PeerId> =
+            block.iter().map(convert::to_libp2p).filter(|p| *p != me).collect();
+        let unblock: HashSet<PeerId> = unblock.iter().map(convert::to_libp2p).collect();
+        let blocked = self.swarm.behaviour().blocked.blocked_peers();
+        let after = blocked.difference(&unblock).chain(block.iter()).collect::<HashSet<_>>().len();
+        if after > crate::MAX_BLOCKED {
+            return Err(NetError::TooManyBlocked { max: crate::MAX_BLOCKED });
+        }
+        for peer in unblock {
+            if self.swarm.behaviour_mut().blocked.unblock_peer(peer) && self.cut.remove(&peer) {
+                // What the block cut comes back; Kademlia and gossip take it from there.
+                let opts = DialOpts::peer_id(peer)
+                    .addresses(self.book.get(&peer))
+                    .extend_addresses_through_behaviour()
+                    .build();
+                if let Err(e) = self.swarm.dial(opts) {
+                    tracing::debug!(%peer, error = %e, "redial after unblock");
+                }
+            }
+        }
+        for peer in block {
+            if self.swarm.behaviour_mut().blocked.block_peer(peer) {
+                tracing::info!(%peer, "peer blocked");
+                if self.swarm.is_connected(&peer) {
+                    self.cut.insert(peer);
+                }
+            }
+        }
+        let mut now: Vec<capmesh_types::PeerId> = self
+            .swarm
+            .behaviour()
+            .blocked
+            .blocked_peers()
+            .iter()
+            .filter_map(convert::from_libp2p)
+            .collect();
+        now.sort_by_key(|p| p.to_string());
+        Ok(now)
     }
 
     fn peers(&self) -> Vec<PeerSummary> {

@@ -10,6 +10,7 @@ mod common;
 mod mcp;
 mod mesh;
 mod metrics;
+mod partition;
 mod processes;
 mod receipts;
 mod registry;

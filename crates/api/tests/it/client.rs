@@ -1,7 +1,7 @@
 //! Every endpoint through the typed client: the request the backend sees and the answer the
 //! client gets are the ones sent.
 
-use capmesh_api::{Client, PublishRequest, QueryRequest, remove_files};
+use capmesh_api::{BlockRequest, Blocked, Client, PublishRequest, QueryRequest, remove_files};
 use capmesh_wire::{CallLimits, Filter, Price};
 use serde_json::json;
 
@@ -63,6 +63,37 @@ async fn every_endpoint_round_trips() {
             Call::Query(QueryRequest::default()),
         ]
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_block_list_changes_all_or_nothing() {
+    let server = Server::start().await;
+    let client = server.client();
+    let block = |block: Vec<u8>, unblock: Vec<u8>| BlockRequest {
+        block: block.into_iter().map(peer).collect(),
+        unblock: unblock.into_iter().map(peer).collect(),
+    };
+    let peers = |b: Blocked| b.peers;
+
+    let first = guard("block", client.block(&block(vec![2, 3], vec![]))).await.unwrap();
+    assert_eq!(peers(first), [peer(2), peer(3)]);
+    // Unblocking comes first: 2 goes, 4 comes, 3 stays.
+    let second = guard("block", client.block(&block(vec![4], vec![2]))).await.unwrap();
+    assert_eq!(peers(second), [peer(3), peer(4)]);
+    // Over the cap: refused, nothing changes.
+    let over = guard("block", client.block(&block(vec![5, 6], vec![]))).await.unwrap_err();
+    assert!(over.to_string().contains("at most"), "{over}");
+    assert_eq!(peers(guard("blocked", client.blocked()).await.unwrap()), [peer(3), peer(4)]);
+
+    // The wire shape other clients see: peer ids as strings, both lists optional.
+    let post = crate::http::raw()
+        .post(server.url("/v1/blocked"))
+        .bearer_auth(server.token.as_str())
+        .json(&json!({"unblock": [peer(3).to_string()]}))
+        .send();
+    let raw: serde_json::Value = guard("raw block", post).await.unwrap().json().await.unwrap();
+    assert_eq!(raw, json!({"peers": [peer(4).to_string()]}));
     server.stop().await;
 }
 

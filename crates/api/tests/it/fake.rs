@@ -9,11 +9,11 @@ use std::{
 };
 
 use capmesh_api::{
-    ApiError, Attempt, AttestRequest, Attested, Backend, CallFailure, CallRequest, CallResult,
-    Client, ContractInfo, ErrorCode, FindDone, FindEvent, FindHit, FindRequest, GossipStatus,
-    LedgerEntryJson, LedgerKind, LedgerPage, PeerInfo, PublishRequest, Published, QueryHit,
-    QueryPage, QueryRequest, ReceiptEntries, ReplicaStatus, Retired, Source, Status, Token, bind,
-    serve, write_files,
+    ApiError, Attempt, AttestRequest, Attested, Backend, BlockRequest, Blocked, CallFailure,
+    CallRequest, CallResult, Client, ContractInfo, ErrorCode, FindDone, FindEvent, FindHit,
+    FindRequest, GossipStatus, LedgerEntryJson, LedgerKind, LedgerPage, PeerInfo, PublishRequest,
+    Published, QueryHit, QueryPage, QueryRequest, ReceiptEntries, ReplicaStatus, Retired, Source,
+    Status, Token, bind, serve, write_files,
 };
 use capmesh_types::{Cid, Codec, Digest, NodeKey, PeerId};
 use capmesh_wire::{
@@ -59,6 +59,8 @@ pub(crate) enum Call {
     Invoke(CallId, CallRequest),
     Cancel(CallId),
     Attest(AttestRequest),
+    Blocked,
+    Block(BlockRequest),
 }
 
 /// Between the first and the second hit of a find, the fake waits for this gate (if set).
@@ -72,7 +74,12 @@ pub(crate) struct Fake {
     pub(crate) find_hold: Mutex<Option<Gate>>,
     /// Calls of [`waits`] in flight, ended by `cancel`.
     pub(crate) in_flight: Mutex<HashMap<CallId, oneshot::Sender<()>>>,
+    /// The block list, capped at [`MAX_BLOCKED`] like a node's.
+    pub(crate) blocked: Mutex<Vec<PeerId>>,
 }
+
+/// The fake's block-list cap.
+pub(crate) const MAX_BLOCKED: usize = 3;
 
 impl Fake {
     fn record(&self, call: Call) {
@@ -275,6 +282,26 @@ impl Backend for Fake {
     async fn peers(&self) -> Result<Vec<PeerInfo>, ApiError> {
         self.record(Call::Peers);
         Ok(peers())
+    }
+
+    async fn blocked(&self) -> Result<Blocked, ApiError> {
+        self.record(Call::Blocked);
+        Ok(Blocked { peers: self.blocked.lock().unwrap().clone() })
+    }
+
+    async fn block(&self, req: BlockRequest) -> Result<Blocked, ApiError> {
+        self.record(Call::Block(req.clone()));
+        let mut blocked = self.blocked.lock().unwrap();
+        let mut after: Vec<PeerId> =
+            blocked.iter().filter(|p| !req.unblock.contains(p)).copied().collect();
+        after.extend(req.block.iter().filter(|p| !after.contains(p)).collect::<Vec<_>>());
+        if after.len() > MAX_BLOCKED {
+            return Err(ApiError::bad_request(format!(
+                "at most {MAX_BLOCKED} peers can be blocked"
+            )));
+        }
+        *blocked = after.clone();
+        Ok(Blocked { peers: after })
     }
 
     async fn publish(&self, req: PublishRequest) -> Result<Published, ApiError> {
