@@ -214,6 +214,10 @@ pub struct NetworkConfig {
     /// Most established connections, and per peer. Defaults 256 and 2.
     pub max_connections: u32,
     pub max_connections_per_peer: u32,
+    /// Connection trimming: above `peers_high` connected peers, the quietest ones outside the
+    /// gossip mesh are disconnected down to `peers_low`. Defaults 32 and 48.
+    pub peers_low: u32,
+    pub peers_high: u32,
 }
 
 /// `[api]`: the local HTTP API.
@@ -297,6 +301,8 @@ impl Default for NetworkConfig {
             gossip: true,
             max_connections: 256,
             max_connections_per_peer: 2,
+            peers_low: 32,
+            peers_high: 48,
         }
     }
 }
@@ -414,6 +420,12 @@ impl Config {
             addr.parse::<capmesh_net::Multiaddr>()
                 .with_context(|| format!("network: {addr:?} is not a multiaddr"))?;
         }
+        anyhow::ensure!(
+            self.network.peers_low <= self.network.peers_high && self.network.peers_high >= 1,
+            "network.peers_low = {} must be at most network.peers_high = {} (at least 1)",
+            self.network.peers_low,
+            self.network.peers_high
+        );
         anyhow::ensure!(
             ["auto", "client", "server"].contains(&self.network.kad_mode.as_str()),
             "network.kad_mode = {:?}: use \"auto\", \"client\" or \"server\"",

@@ -332,6 +332,7 @@ fn net_config(config: &Config, tuning: &Tuning) -> anyhow::Result<capmesh_net::C
         .with_relay_server(n.relay_server)
         .with_gossip(n.gossip)
         .with_max_connections(n.max_connections, n.max_connections_per_peer)
+        .with_peer_trim(n.peers_low, n.peers_high, Duration::from_secs(60))
         .with_max_frame(rules.limits.max_size)
         .with_message_id(Arc::new(capmesh_mesh::message_id));
     if let Some(h) = tuning.gossip_heartbeat {

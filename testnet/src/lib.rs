@@ -5,15 +5,25 @@
 //!   share of them serving the builtins), `down` stops them and checks none is left, and what
 //!   `/proc` says each uses;
 //! - [`manifest`]: `<dir>/testnet.json`, which processes run which nodes;
-//! - [`scenario`]: the `SCENARIO.toml` format (discovery load, call load, churn);
+//! - [`scenario`]: the `SCENARIO.toml` format (discovery load, call load, churn, publish,
+//!   partition);
 //! - [`run`]: drives a scenario through the nodes' local APIs and reports, second by second;
-//! - [`plots`]: the report's PNG plots (latency distribution; success and latency over time).
+//! - [`replicas`]: publish-to-visible times, and partitions (the nodes' block lists) with the
+//!   replica convergence time after the heal;
+//! - [`baseline`]: bare libp2p request-response, measured in each run beside its figures;
+//! - [`plots`]: the report's PNG plots (latency distribution; success and latency over time);
+//! - [`sim`]: the in-process Kademlia simulator (up to 1 000 nodes in one process, the node's
+//!   Kademlia on libp2p's memory transport): requests, hops and latency per provider lookup.
 //!
 //! **Invariant:** nothing reaches beyond the loopback: the nodes listen on 127.0.0.1 and dial
-//! only each other; the driver talks to their APIs on 127.0.0.1.
+//! only each other; the driver talks to their APIs on 127.0.0.1. The simulator's nodes never
+//! leave the process (memory transport); the baseline's two services listen on 127.0.0.1.
 
+pub mod baseline;
 pub mod manifest;
 pub mod plots;
 pub mod procs;
+pub mod replicas;
 pub mod run;
 pub mod scenario;
+pub mod sim;

@@ -60,6 +60,30 @@ enum Command {
     Plot { report: PathBuf },
     /// Stop every node (SIGTERM, then SIGKILL after 15 s) and check that none is left.
     Down,
+    /// In-process Kademlia simulator (no node processes): N swarms on libp2p's memory transport
+    /// running the node's Kademlia; reports requests per provider lookup, peers on the path to
+    /// the first provider, and latency beside a one-request baseline (JSON report, table).
+    Sim {
+        /// Network sizes, simulated in turn.
+        #[arg(long, value_delimiter = ',', default_value = "100,300,1000")]
+        nodes: Vec<usize>,
+        /// Lookups per network.
+        #[arg(long, default_value_t = 200)]
+        lookups: usize,
+        /// Nodes announcing each lookup's key.
+        #[arg(long, default_value_t = 3)]
+        providers: usize,
+        /// Seed of the node keys and of every random choice.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// How routing tables are filled: `table` (converged tables, no traffic) or `bootstrap`
+        /// (every node joins with a Kademlia bootstrap; slow past a few hundred nodes).
+        #[arg(long, default_value = "table")]
+        join: capmesh_testnet::sim::Join,
+        /// Where the report goes (default: <dir>/reports/sim-<unix ms>.json).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -213,6 +237,44 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
                     );
                 }
             }
+            if let Some(p) = &report.publish {
+                println!(
+                    "publish: asked {} published {}; visible at {} of {} watchers (not within the timeout {}) p50 {:.1} ms p99 {:.1} ms; on all watchers p50 {:.1} ms",
+                    p.asked,
+                    p.published,
+                    p.visible,
+                    p.watched,
+                    p.not_visible,
+                    p.visible_ms.p50,
+                    p.visible_ms.p99,
+                    p.all_visible_ms.p50
+                );
+            }
+            if let Some(p) = &report.partition {
+                let all = p
+                    .all_converged_ms
+                    .map_or("never (see not_converged)".into(), |ms| format!("{:.0} ms", ms));
+                println!(
+                    "partition: groups {:?} split at {:.1} s, healed at {:.1} s; {} adverts on {} of {} nodes, p50 {:.0} ms after the heal, all {all}",
+                    p.groups,
+                    p.split_at,
+                    p.healed_at,
+                    p.expected_adverts,
+                    p.converged,
+                    p.converged + p.not_converged.len(),
+                    p.convergence_ms.p50
+                );
+            }
+            if let Some(b) = &report.baseline {
+                let ratios: Vec<String> =
+                    report.ratios.iter().map(|(k, v)| format!("{k} {v:.1}")).collect();
+                println!(
+                    "baseline: bare request-response p50 {:.3} ms p99 {:.3} ms; {}",
+                    b.bare_rpc_ms.p50,
+                    b.bare_rpc_ms.p99,
+                    ratios.join(", ")
+                );
+            }
             println!("report {}", path.display());
             for plot in plots {
                 println!("plot {}", plot.display());
@@ -226,6 +288,17 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             for plot in capmesh_testnet::plots::draw(&parsed, &report)? {
                 println!("plot {}", plot.display());
             }
+        }
+        Command::Sim { nodes, lookups, providers, seed, join, out } => {
+            let path = out.unwrap_or_else(|| {
+                cli.dir.join("reports").join(format!("sim-{}.json", procs::now_ms()))
+            });
+            capmesh_testnet::sim::prepare(&path)?;
+            let options = capmesh_testnet::sim::Options { nodes, lookups, providers, seed, join };
+            let report = capmesh_testnet::sim::run(&options).await?;
+            capmesh_testnet::sim::save(&report, &path)?;
+            print!("{}", report.table());
+            println!("report {}", path.display());
         }
         Command::Down => {
             let (stopped, killed) = procs::down(&cli.dir).await?;

@@ -222,6 +222,9 @@ fn mark_events(chart: &mut Chart<'_, '_>, report: &Report, top: f64) -> anyhow::
         let color = match e.kind.as_str() {
             "kill" => RED.mix(0.5),
             "restart" => GREEN.mix(0.5),
+            "partition" => MAGENTA.mix(0.7),
+            "heal" => BLUE.mix(0.7),
+            "converged" => CYAN.mix(0.7),
             _ => BLACK.mix(0.5),
         };
         chart
@@ -274,7 +277,14 @@ mod tests {
             started_ms: 0,
             finds: None,
             calls: Some(summary),
-            events: vec![Event { t: 4.0, kind: "kill".into(), node: 2, detail: None }],
+            publish: None,
+            partition: None,
+            baseline: None,
+            ratios: Default::default(),
+            events: vec![
+                Event { t: 4.0, kind: "kill".into(), node: Some(2), detail: None },
+                Event { t: 5.0, kind: "partition".into(), node: None, detail: None },
+            ],
             series,
             resources: Vec::new(),
             rss_mib: serde_json::json!({}),

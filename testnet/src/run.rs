@@ -18,8 +18,10 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 
 use crate::{
+    baseline::Baseline,
     manifest::Manifest,
     procs,
+    replicas::{self, Fresh, PartitionSummary, PublishSummary},
     scenario::{Churn, Scenario},
 };
 
@@ -38,13 +40,16 @@ struct Op {
     from_replica: Option<bool>,
 }
 
-/// An event of the run (churn).
+/// An event of the run: churn (`kill`, `restart`, `restart_failed`) and partition (`partition`,
+/// `heal`, `converged`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Event {
     /// Seconds since the start.
     pub t: f64,
     pub kind: String,
-    pub node: usize,
+    /// The node it concerns; none for events of the whole testnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
@@ -138,6 +143,12 @@ pub struct Second {
     /// CPU of all nodes together, percent of one core (nodes just started, with no earlier
     /// sample, are left out; `null` when no node had one).
     pub cpu_percent: Option<f64>,
+    /// Fresh capabilities published (`[publish]`) this second, and the p50 of their
+    /// publish-to-visible times.
+    #[serde(default)]
+    pub published: u64,
+    #[serde(default)]
+    pub visible_p50_ms: Option<f64>,
 }
 
 /// Resources of one node over the run.
@@ -156,6 +167,16 @@ pub struct Report {
     pub started_ms: u64,
     pub finds: Option<Summary>,
     pub calls: Option<Summary>,
+    #[serde(default)]
+    pub publish: Option<PublishSummary>,
+    #[serde(default)]
+    pub partition: Option<PartitionSummary>,
+    /// Bare libp2p request-response on 127.0.0.1, measured just before the workload.
+    #[serde(default)]
+    pub baseline: Option<Baseline>,
+    /// p50 latencies over the baseline's p50 round trip.
+    #[serde(default)]
+    pub ratios: BTreeMap<String, f64>,
     pub events: Vec<Event>,
     pub series: Vec<Second>,
     pub resources: Vec<NodeResources>,
@@ -164,15 +185,17 @@ pub struct Report {
 }
 
 /// The nodes as the run sees them: up or not, and a client for the up ones.
-struct Nodes {
-    manifest: Mutex<Manifest>,
-    up: Mutex<Vec<Option<Client>>>,
+pub(crate) struct Nodes {
+    pub(crate) manifest: Mutex<Manifest>,
+    pub(crate) up: Mutex<Vec<Option<Client>>>,
     /// Bumped when a node is killed, so an op knows its node went away under it.
-    incarnation: Mutex<Vec<u64>>,
+    pub(crate) incarnation: Mutex<Vec<u64>>,
+    /// While partitioned: the group of each node (a restarted node blocks the others again).
+    pub(crate) groups: Mutex<Option<Vec<usize>>>,
 }
 
 impl Nodes {
-    fn random_up(&self, rng: &mut Rng) -> Option<(usize, Client, u64)> {
+    pub(crate) fn random_up(&self, rng: &mut Rng) -> Option<(usize, Client, u64)> {
         let up = lock(&self.up);
         let candidates: Vec<usize> = (0..up.len()).filter(|&i| up[i].is_some()).collect();
         if candidates.is_empty() {
@@ -183,8 +206,17 @@ impl Nodes {
         up[i].clone().map(|c| (i, c, incarnation))
     }
 
-    fn same_incarnation(&self, i: usize, incarnation: u64) -> bool {
+    pub(crate) fn same_incarnation(&self, i: usize, incarnation: u64) -> bool {
         lock(&self.incarnation)[i] == incarnation
+    }
+
+    /// The client of node `i` if it is up.
+    pub(crate) fn client(&self, i: usize) -> Option<Client> {
+        lock(&self.up).get(i).cloned().flatten()
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.up).len()
     }
 }
 
@@ -218,12 +250,14 @@ pub async fn run(
         manifest: Mutex::new(manifest),
         up: Mutex::new(clients),
         incarnation: Mutex::new(vec![0; n]),
+        groups: Mutex::new(None),
     });
     let caps: Vec<Cid> = procs::SERVED
         .iter()
         .filter_map(|name| builtin(name))
         .map(|b| capmesh_contract::check(&b.contract()))
         .collect::<Result<_, _>>()?;
+    let baseline = crate::baseline::measure().await?;
     let started = Instant::now();
     let started_ms = procs::now_ms();
     let duration = Duration::from_secs(scenario.duration_secs);
@@ -296,6 +330,15 @@ pub async fn run(
             .await;
         });
     }
+    let fresh = Arc::new(Fresh::new(started_ms));
+    let publishes = scenario.publish.clone().map(|p| {
+        let (nodes, fresh) = (nodes.clone(), fresh.clone());
+        tokio::spawn(replicas::publish_loop(p, nodes, fresh, started, duration, seed))
+    });
+    let partition = scenario.partition.clone().map(|p| {
+        let (nodes, fresh, events) = (nodes.clone(), fresh.clone(), events.clone());
+        tokio::spawn(replicas::partition(p, nodes, fresh, events, started, seed))
+    });
     if let Some(churn) = scenario.churn.clone() {
         let (nodes, events) = (nodes.clone(), events.clone());
         tasks.spawn(async move { churn_loop(churn, nodes, events, started, duration, seed).await });
@@ -307,6 +350,14 @@ pub async fn run(
     while let Some(r) = tasks.join_next().await {
         r?;
     }
+    let publishes = match publishes {
+        Some(task) => task.await?,
+        None => Vec::new(),
+    };
+    let partition = match partition {
+        Some(task) => Some(task.await??),
+        None => None,
+    };
     let (per_second, resources) = usage.await?;
     let nodes =
         Arc::try_unwrap(nodes).map_err(|_| anyhow::anyhow!("a task still holds the nodes"))?;
@@ -329,6 +380,20 @@ pub async fn run(
         s.call_p50_ms = f.p50;
         s.call_p99_ms = f.p99;
     });
+    for op in publishes.iter().filter(|o| o.failure.is_none()) {
+        if let Some(s) = series.get_mut(op.second as usize) {
+            s.published += 1;
+        }
+    }
+    for (s, second) in series.iter_mut().zip(0..) {
+        let mut v: Vec<f64> = publishes
+            .iter()
+            .filter(|o| o.second == second)
+            .flat_map(|o| o.visible.iter().copied())
+            .collect();
+        v.sort_by(f64::total_cmp);
+        s.visible_p50_ms = percentile(&v, 0.5);
+    }
     for (s, (up, rss, cpu)) in series.iter_mut().zip(per_second) {
         s.nodes_up = up;
         s.rss_mib_mean = rss;
@@ -340,12 +405,34 @@ pub async fn run(
         "mean": mean(&all_rss),
         "max": all_rss.iter().copied().fold(0.0, f64::max),
     });
+    let finds =
+        scenario.discovery.as_ref().map(|d| summary(&finds, u64::from(d.rate) * secs, true));
+    let calls = scenario.calls.as_ref().map(|c| summary(&calls, u64::from(c.rate) * secs, false));
+    let publish = scenario
+        .publish
+        .as_ref()
+        .map(|p| replicas::publish_summary(&publishes, secs * 1000 / p.every_ms, p.poll_ms));
+    let bare = baseline.bare_rpc_ms.p50;
+    let mut ratios = BTreeMap::new();
+    for (name, p50) in [
+        ("find_p50_over_bare_rpc_p50", finds.as_ref().map(|f| f.latency_ms.p50)),
+        ("call_p50_over_bare_rpc_p50", calls.as_ref().map(|c| c.latency_ms.p50)),
+        ("visible_p50_over_bare_rpc_p50", publish.as_ref().map(|p| p.visible_ms.p50)),
+    ] {
+        if let Some(p50) = p50.filter(|&v| v > 0.0 && bare > 0.0) {
+            ratios.insert(name.to_owned(), p50 / bare);
+        }
+    }
     let report = Report {
         scenario: scenario.clone(),
         nodes: n,
         started_ms,
-        finds: scenario.discovery.as_ref().map(|d| summary(&finds, u64::from(d.rate) * secs, true)),
-        calls: scenario.calls.as_ref().map(|c| summary(&calls, u64::from(c.rate) * secs, false)),
+        finds,
+        calls,
+        publish,
+        partition,
+        baseline: Some(baseline),
+        ratios,
         events: take(events),
         series,
         resources,
@@ -454,7 +541,7 @@ fn failed(second: u64, late_ms: u64, why: &str) -> Op {
 }
 
 /// A failure's code: the call's own code, the API's, or the transport's.
-fn reason(e: &ClientError) -> String {
+pub(crate) fn reason(e: &ClientError) -> String {
     match e {
         ClientError::Api(api) => match &api.call {
             Some(failure) => failure.code.clone(),
@@ -505,7 +592,7 @@ async fn churn_loop(
             lock(&nodes.up)[i] = None;
             lock(&nodes.incarnation)[i] += 1;
             procs::signal(pid, &dir, Signal::SIGKILL);
-            push(&events, started, "kill", i, None);
+            push(&events, started, "kill", Some(i), None);
             let (nodes, events, capmesh) =
                 (nodes.clone(), events.clone(), lock(&nodes.manifest).capmesh.clone());
             let down = Duration::from_secs(churn.down_secs);
@@ -544,22 +631,25 @@ async fn restart(
                 if let Ok(Err(e)) = saved {
                     tracing::warn!(error = %e, "cannot save the manifest");
                 }
+                if let Ok(client) = &client {
+                    replicas::reblock(&nodes, i, client).await;
+                }
                 lock(&nodes.up)[i] = client.ok();
-                push(&events, started, "restart", i, None);
+                push(&events, started, "restart", Some(i), None);
                 return;
             }
             Err(e) => last = Some(e),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    push(&events, started, "restart_failed", i, last.map(|e| format!("{e:#}")));
+    push(&events, started, "restart_failed", Some(i), last.map(|e| format!("{e:#}")));
 }
 
-fn push(
+pub(crate) fn push(
     events: &Mutex<Vec<Event>>,
     started: Instant,
     kind: &'static str,
-    node: usize,
+    node: Option<usize>,
     detail: Option<String>,
 ) {
     lock(events).push(Event {
@@ -712,7 +802,7 @@ pub fn percentile(v: &[f64], p: f64) -> Option<f64> {
     Some(v[rank - 1])
 }
 
-fn mean(v: &[f64]) -> f64 {
+pub(crate) fn mean(v: &[f64]) -> f64 {
     if v.is_empty() { 0.0 } else { v.iter().sum::<f64>() / v.len() as f64 }
 }
 
@@ -720,20 +810,20 @@ fn builtin(name: &str) -> Option<Builtin> {
     Builtin::ALL.iter().copied().find(|b| b.name() == name)
 }
 
-fn take<T>(m: Arc<Mutex<Vec<T>>>) -> Vec<T> {
+pub(crate) fn take<T>(m: Arc<Mutex<Vec<T>>>) -> Vec<T> {
     std::mem::take(&mut *lock(&m))
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A small deterministic generator (xorshift64*): a scenario with the same seed picks the same
 /// nodes.
-struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Self {
+    pub(crate) fn new(seed: u64) -> Self {
         Self(seed | 1)
     }
 
@@ -746,12 +836,12 @@ impl Rng {
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next() % n.max(1) as u64) as usize
     }
 
     /// `k` distinct items of `items`.
-    fn choose(&mut self, items: &[usize], k: usize) -> Vec<usize> {
+    pub(crate) fn choose(&mut self, items: &[usize], k: usize) -> Vec<usize> {
         let mut pool = items.to_vec();
         let mut out = Vec::new();
         while out.len() < k && !pool.is_empty() {

@@ -22,6 +22,12 @@ pub struct Scenario {
     /// Nodes killed and restarted.
     #[serde(default)]
     pub churn: Option<Churn>,
+    /// Fresh capabilities published, and the time until other nodes see them.
+    #[serde(default)]
+    pub publish: Option<Publish>,
+    /// The nodes split into groups that refuse each other's connections, then healed.
+    #[serde(default)]
+    pub partition: Option<Partition>,
 }
 
 /// Discovery load: `rate` finds a second, each from a random node for a random served builtin.
@@ -67,6 +73,41 @@ pub struct Churn {
     pub down_secs: u64,
 }
 
+/// Publish-to-visible: every `every_ms`, a random node publishes a fresh capability and
+/// `watchers` random other nodes (of its group, while partitioned) are polled every `poll_ms`
+/// until their replica holds the advert, for at most `timeout_ms`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Publish {
+    pub every_ms: u64,
+    #[serde(default = "default_watchers")]
+    pub watchers: usize,
+    /// The resolution of the figures: polling more often loads the nodes more.
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
+    #[serde(default = "default_visible_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// Partition: at `at_secs`, the nodes are split at random into `groups` groups of equal size
+/// (node 0 in the first) whose members block every node of the other groups (each node's block
+/// list, through its API); one node of each group then publishes a fresh capability, so the
+/// replicas differ. At `heal_secs` the blocks are lifted, and every node is polled every
+/// `poll_ms` until its replica holds every advert published anywhere before the heal — the
+/// replica convergence time — for at most `converge_timeout_secs`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Partition {
+    #[serde(default = "two")]
+    pub groups: usize,
+    pub at_secs: u64,
+    pub heal_secs: u64,
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
+    #[serde(default = "default_converge_timeout_secs")]
+    pub converge_timeout_secs: u64,
+}
+
 /// Longest scenario: a day.
 pub const MAX_DURATION_SECS: u64 = 86_400;
 /// Most operations a second of one workload.
@@ -82,6 +123,21 @@ fn default_timeout_ms() -> u64 {
 }
 fn default_down_secs() -> u64 {
     2
+}
+fn default_watchers() -> usize {
+    8
+}
+fn default_poll_ms() -> u64 {
+    50
+}
+fn default_visible_timeout_ms() -> u64 {
+    30_000
+}
+fn two() -> usize {
+    2
+}
+fn default_converge_timeout_secs() -> u64 {
+    120
 }
 fn echo() -> String {
     "echo".into()
@@ -109,8 +165,12 @@ impl Scenario {
             "duration_secs must be 1 to {MAX_DURATION_SECS}"
         );
         anyhow::ensure!(
-            self.discovery.is_some() || self.calls.is_some() || self.churn.is_some(),
-            "the scenario has no workload: add [discovery], [calls] or [churn]"
+            self.discovery.is_some()
+                || self.calls.is_some()
+                || self.churn.is_some()
+                || self.publish.is_some()
+                || self.partition.is_some(),
+            "the scenario has no workload: add [discovery], [calls], [churn], [publish] or [partition]"
         );
         if let Some(d) = &self.discovery {
             anyhow::ensure!(
@@ -149,6 +209,31 @@ impl Scenario {
             );
             anyhow::ensure!(c.every_secs > 0, "[churn] every_secs must be positive");
         }
+        let poll = 10..=10_000;
+        if let Some(p) = &self.publish {
+            anyhow::ensure!(
+                (10..=MAX_TIMEOUT_MS).contains(&p.every_ms),
+                "[publish] every_ms must be 10 to {MAX_TIMEOUT_MS}"
+            );
+            anyhow::ensure!((1..=64).contains(&p.watchers), "[publish] watchers must be 1 to 64");
+            anyhow::ensure!(poll.contains(&p.poll_ms), "[publish] poll_ms must be 10 to 10000");
+            anyhow::ensure!(
+                (1..=MAX_TIMEOUT_MS).contains(&p.timeout_ms),
+                "[publish] timeout_ms must be 1 to {MAX_TIMEOUT_MS}"
+            );
+        }
+        if let Some(p) = &self.partition {
+            anyhow::ensure!((2..=16).contains(&p.groups), "[partition] groups must be 2 to 16");
+            anyhow::ensure!(
+                p.at_secs < p.heal_secs && p.heal_secs <= self.duration_secs,
+                "[partition] needs at_secs < heal_secs <= duration_secs"
+            );
+            anyhow::ensure!(poll.contains(&p.poll_ms), "[partition] poll_ms must be 10 to 10000");
+            anyhow::ensure!(
+                (1..=3_600).contains(&p.converge_timeout_secs),
+                "[partition] converge_timeout_secs must be 1 to 3600"
+            );
+        }
         Ok(())
     }
 }
@@ -168,7 +253,7 @@ mod tests {
                 n += 1;
             }
         }
-        assert!(n >= 3, "scenarios shipped: {n}");
+        assert!(n >= 4, "scenarios shipped: {n}");
     }
 
     #[test]
@@ -182,6 +267,11 @@ mod tests {
             "name = \"../x\"\nduration_secs = 5\n[discovery]\nrate = 1\n",
             "name = \"x\"\nduration_secs = 99999999\n[discovery]\nrate = 1\n",
             "name = \"x\"\nduration_secs = 5\n[calls]\nrate = 1\ndeadline_ms = 18446744073709551615\n",
+            "name = \"x\"\nduration_secs = 5\n[partition]\nat_secs = 3\nheal_secs = 2\n",
+            "name = \"x\"\nduration_secs = 5\n[partition]\nat_secs = 1\nheal_secs = 6\n",
+            "name = \"x\"\nduration_secs = 5\n[partition]\ngroups = 1\nat_secs = 1\nheal_secs = 2\n",
+            "name = \"x\"\nduration_secs = 5\n[publish]\nevery_ms = 1000\nwatchers = 0\n",
+            "name = \"x\"\nduration_secs = 5\n[publish]\nevery_ms = 1\n",
         ] {
             let s: Scenario = toml::from_str(bad).unwrap_or_else(|e| panic!("{e}"));
             assert!(s.check().is_err(), "{bad}");

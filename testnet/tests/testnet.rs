@@ -1,6 +1,6 @@
 //! `capmesh-testnet` as a researcher runs it: a small testnet of real `capmesh` processes on
-//! 127.0.0.1 comes up, runs a short scenario with churn, reports counts that match the workload,
-//! and goes down leaving no process behind.
+//! 127.0.0.1 comes up, runs a short scenario with churn and one with a partition, reports counts
+//! that match the workload, and goes down leaving no process behind.
 #![allow(clippy::unwrap_used)]
 
 use std::{
@@ -64,7 +64,7 @@ fn running(pid: u64) -> bool {
 }
 
 #[test]
-fn a_small_testnet_comes_up_runs_a_scenario_with_churn_and_goes_down_with_no_process_left() {
+fn a_small_testnet_comes_up_runs_churn_and_a_partition_and_goes_down_with_no_process_left() {
     let capmesh = capmesh_bin();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("tn");
@@ -148,6 +148,69 @@ down_secs = 1
     let resources = report["resources"].as_array().unwrap();
     assert_eq!(resources.len(), 4);
     assert!(resources[0]["rss_mib"].as_array().unwrap().iter().all(|r| r.as_f64().unwrap() > 1.0));
+
+    // A partition and its heal on the same testnet, with fresh capabilities published
+    // throughout: every replica ends up holding every one published before the heal.
+    let partition = tmp.path().join("partition.toml");
+    std::fs::write(
+        &partition,
+        r#"
+name = "split"
+duration_secs = 8
+
+[publish]
+every_ms = 500
+watchers = 2
+
+[partition]
+at_secs = 2
+heal_secs = 5
+converge_timeout_secs = 60
+"#,
+    )
+    .unwrap();
+    let split_path = tmp.path().join("split.json");
+    testnet(&dir, &["run", partition.to_str().unwrap(), "--out", split_path.to_str().unwrap()]);
+    let split: Value = serde_json::from_slice(&std::fs::read(&split_path).unwrap()).unwrap();
+    let p = &split["partition"];
+    assert_eq!(p["groups"], serde_json::json!([2, 2]), "{p:#}");
+    assert_eq!((p["block_failures"].as_u64(), p["markers_failed"].as_u64()), (Some(0), Some(0)));
+    // Both groups' markers and the publishes acknowledged before the heal (about 6 of them).
+    assert!(p["expected_adverts"].as_u64().unwrap() >= 4, "{p:#}");
+    assert_eq!(p["converged"], 4, "{p:#}");
+    assert!(p["all_converged_ms"].as_f64().is_some(), "{p:#}");
+    let kinds: Vec<&str> =
+        split["events"].as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
+    assert_eq!(kinds, ["partition", "heal", "converged"]);
+    let publish = &split["publish"];
+    assert_eq!((publish["asked"].as_u64(), publish["published"].as_u64()), (Some(16), Some(16)));
+    let (watched, visible) =
+        (publish["watched"].as_u64().unwrap(), publish["visible"].as_u64().unwrap());
+    assert_eq!(
+        watched,
+        visible
+            + publish["not_visible"].as_u64().unwrap()
+            + publish["lost_with_their_node"].as_u64().unwrap()
+    );
+    assert!(visible > 0 && publish["visible_ms"]["p50"].as_f64().unwrap() > 0.0, "{publish:#}");
+    let published: u64 =
+        split["series"].as_array().unwrap().iter().map(|x| x["published"].as_u64().unwrap()).sum();
+    assert_eq!(published, 16);
+    // Blocks were lifted everywhere.
+    for n in 0..4 {
+        let blocked = std::process::Command::new(&capmesh)
+            .arg("--data-dir")
+            .arg(dir.join(format!("node-{n:03}")))
+            .arg("block")
+            .output()
+            .unwrap();
+        assert!(blocked.status.success(), "{}", String::from_utf8_lossy(&blocked.stderr));
+        assert!(
+            blocked.stdout.is_empty(),
+            "node {n} still blocks: {}",
+            String::from_utf8_lossy(&blocked.stdout)
+        );
+    }
 
     // The manifest knows the restarted processes; down stops them all.
     let manifest: Value =

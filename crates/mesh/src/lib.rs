@@ -51,7 +51,8 @@ pub struct MeshConfig {
     /// Adverts and provider records are refreshed this often (well inside `advert_ttl`).
     /// Default 20 min.
     pub republish_every: Duration,
-    /// Catch up with each peer on connect and every `sync_every` with connected peers.
+    /// Catch up with each peer on connect, and every `sync_every` with the next few connected
+    /// peers in turn.
     /// Default on, every 60 s.
     pub sync: bool,
     pub sync_every: Duration,

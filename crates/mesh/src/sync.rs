@@ -193,10 +193,16 @@ fn items_of(
         .collect()
 }
 
-/// Catch-up on connect, and a periodic sync with every connected peer.
+/// Connected peers synced with each period. A few in turn, not all: anti-entropy needs only
+/// some, and a sync with every peer each minute would keep every connection busy (the network
+/// trims quiet connections only).
+const PERIODIC_PEERS: usize = 4;
+
+/// Catch-up on connect, and each period a sync with the next few connected peers in turn.
 pub(crate) async fn run(mesh: Mesh, mut queue: mpsc::Receiver<PeerId>) {
     let mut tick = tokio::time::interval(mesh.inner.config.sync_every);
     tick.tick().await;
+    let mut turn = 0usize;
     loop {
         let peers = tokio::select! {
             _ = mesh.inner.cancel.cancelled() => return,
@@ -206,10 +212,16 @@ pub(crate) async fn run(mesh: Mesh, mut queue: mpsc::Receiver<PeerId>) {
             },
             _ = tick.tick() => {
                 mesh.remember_peers().await;
-                match mesh.inner.net.peers().await {
+                let mut peers: Vec<PeerId> = match mesh.inner.net.peers().await {
                     Ok(peers) => peers.into_iter().filter(|p| p.connected).map(|p| p.peer).collect(),
                     Err(_) => return,
-                }
+                };
+                peers.sort_by_key(|p| p.to_string());
+                let n = peers.len();
+                let next: Vec<PeerId> =
+                    (0..PERIODIC_PEERS.min(n)).map(|k| peers[(turn + k) % n]).collect();
+                turn = turn.wrapping_add(PERIODIC_PEERS);
+                next
             }
         };
         for peer in peers {

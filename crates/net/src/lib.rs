@@ -25,6 +25,7 @@ pub mod convert;
 mod handle;
 mod rate;
 mod service;
+mod trim;
 
 use std::{
     sync::{Arc, Mutex},
@@ -143,6 +144,13 @@ pub struct Config {
     pub address_book_peers: usize,
     /// Idle connections are closed after this. Default 60 s.
     pub idle_timeout: Duration,
+    /// Connection trimming: above `peers_high` connected peers, the least recently active
+    /// ones outside the gossip mesh, with no request in flight and quiet for `trim_grace`, are
+    /// disconnected down to `peers_low` (gossipsub's open streams would otherwise keep every
+    /// connection ever made). Defaults 32 / 48, grace 60 s.
+    pub peers_low: u32,
+    pub peers_high: u32,
+    pub trim_grace: Duration,
     /// Commands queued to the swarm task. Default 1024.
     pub command_queue: usize,
     /// Where libp2p's metrics are registered (prefix `libp2p_`: swarm, identify, ping, Kademlia,
@@ -195,6 +203,9 @@ impl Default for Config {
             max_pending_outgoing: 64,
             address_book_peers: 4096,
             idle_timeout: Duration::from_secs(60),
+            peers_low: 32,
+            peers_high: 48,
+            trim_grace: Duration::from_secs(60),
             command_queue: 1024,
             metrics: None,
         }
@@ -274,6 +285,15 @@ impl Config {
     }
 
     /// Records libp2p's metrics into `registry` (see [`Config::metrics`]).
+    /// Trims connected peers above `high` down to `low` (see [`Config::peers_low`]); `low` is
+    /// raised to at most `high`.
+    pub fn with_peer_trim(mut self, low: u32, high: u32, grace: Duration) -> Self {
+        self.peers_low = low.min(high);
+        self.peers_high = high;
+        self.trim_grace = grace;
+        self
+    }
+
     pub fn with_metrics(mut self, registry: SharedRegistry) -> Self {
         self.metrics = Some(registry);
         self

@@ -27,12 +27,15 @@ use crate::{
     convert,
     handle::{Command, GossipCounters, NetInfo, NetworkHandle, PeerSummary, ProviderEvent, Reply},
     rate::RateLimiter,
+    trim::Activity,
 };
 
 /// Most addresses remembered per peer.
 const ADDRS_PER_PEER: usize = 16;
 /// How often pending entries are checked for their deadline.
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
+/// How often connected peers are trimmed (see `trim.rs`).
+const TRIM_EVERY: Duration = Duration::from_secs(5);
 
 /// Owns the swarm; consumed by [`NetworkService::run`].
 pub struct NetworkService {
@@ -56,6 +59,8 @@ pub struct NetworkService {
     metrics: Option<Metrics>,
     /// Blocked peers a block disconnected: redialed when the block is lifted.
     cut: HashSet<PeerId>,
+    activity: Activity,
+    last_trim: Instant,
 }
 
 impl std::fmt::Debug for NetworkService {
@@ -188,6 +193,8 @@ impl NetworkService {
                 tasks: JoinSet::new(),
                 metrics,
                 cut: HashSet::new(),
+                activity: Activity::default(),
+                last_trim: Instant::now(),
                 config,
             },
             handle,
@@ -436,6 +443,7 @@ impl NetworkService {
                         reason: "not an ed25519 peer".into(),
                     }));
                 }
+                self.activity.touch(peer_id, Instant::now());
                 if num_established.get() == 1 {
                     tracing::debug!(peer = %peer_id, "connected");
                     if let Some(p) = capmesh_peer {
@@ -452,6 +460,7 @@ impl NetworkService {
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 self.rate.remove(&peer_id);
+                self.activity.forget(&peer_id);
             }
             SwarmEvent::NewExternalAddrOfPeer { peer_id, address } => {
                 self.book.add(peer_id, address)
@@ -481,6 +490,7 @@ impl NetworkService {
                 message_id,
                 message,
             }) => {
+                self.activity.touch(propagation_source, Instant::now());
                 self.on_gossip(propagation_source, message_id, message.data, handler);
             }
             BehaviourEvent::Rpc(event) => self.on_rpc_event(event, handler),
@@ -544,6 +554,7 @@ impl NetworkService {
         use request_response::{Event, Message};
         match event {
             Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+                self.activity.touch(peer, Instant::now());
                 let Some(from) = convert::from_libp2p(&peer) else { return };
                 if self.inbound_rpc >= self.config.max_inbound_rpc {
                     // Dropping the channel resets the stream: the requester sees a failure.
@@ -561,7 +572,10 @@ impl NetworkService {
                     let _ = done.send(Done::Response { channel, body }).await;
                 });
             }
-            Event::Message { message: Message::Response { request_id, response }, .. } => {
+            Event::Message {
+                peer, message: Message::Response { request_id, response }, ..
+            } => {
+                self.activity.touch(peer, Instant::now());
                 if let Some((_, reply)) = self.pending.requests.remove(&request_id) {
                     let _ = reply.send(Ok(response));
                 }
@@ -673,8 +687,27 @@ impl NetworkService {
     }
 
     /// Times out whatever passed its deadline, and drops lookups nobody listens to.
+    /// Disconnects the peers [`Activity::victims`] names.
+    fn trim(&mut self, now: Instant) {
+        self.last_trim = now;
+        let connected: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        let mut protected: HashSet<PeerId> =
+            self.swarm.behaviour().gossipsub.all_mesh_peers().copied().collect();
+        protected.extend(self.pending.requests.values().map(|(p, _)| convert::to_libp2p(p)));
+        let bounds = (self.config.peers_low as usize, self.config.peers_high as usize);
+        for peer in
+            self.activity.victims(&connected, &protected, bounds, self.config.trim_grace, now)
+        {
+            tracing::debug!(%peer, "trimmed");
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+    }
+
     fn expire(&mut self) {
         let now = Instant::now();
+        if now.duration_since(self.last_trim) >= TRIM_EVERY {
+            self.trim(now);
+        }
         let timeout = NetError::Timeout(self.config.query_timeout);
         let p = &mut self.pending;
         expire_map(&mut p.listen, now, &timeout);

@@ -8,6 +8,7 @@ mod kad;
 mod metrics;
 mod relay;
 mod rpc;
+mod trim;
 mod util;
 
 /// Installs a log subscriber once when `RUST_LOG` is set.
