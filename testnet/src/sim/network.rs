@@ -233,7 +233,7 @@ async fn pair(
 async fn join_table(nodes: &[Handle], rng: &mut Rng) -> anyhow::Result<()> {
     let peers: Vec<PeerId> = nodes.iter().map(|h| h.peer).collect();
     let tables = table::converged(&peers, kad::K_VALUE.get(), rng);
-    try_join_all(nodes.iter().zip(tables).map(|(h, t)| h.add_peers(t))).await?;
+    try_join_all(nodes.iter().zip(tables).map(|(h, t)| h.seed_table(t))).await?;
     Ok(())
 }
 

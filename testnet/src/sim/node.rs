@@ -27,8 +27,8 @@ use tokio::{
     task::JoinSet,
 };
 
-/// Connections stay open for the whole run: a lookup that had to dial again would measure
-/// connection setup, not Kademlia.
+/// Connections stay open for the whole run: a peer once dialed is not dialed again, so
+/// connections do not flap between lookups.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Commands queued to one node.
 const COMMAND_QUEUE: usize = 16;
@@ -107,20 +107,20 @@ pub(crate) struct Stats {
     pub(crate) failures: u32,
 }
 
-/// One node's routing table and connections.
+/// One node's routing table, connections, and FIND_NODE requests answered so far.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct NodeStats {
     pub(crate) routing_table: usize,
     pub(crate) connected: usize,
+    pub(crate) find_node_served: u64,
 }
 
 #[derive(Debug)]
 enum Command {
-    Bootstrap { peers: Vec<PeerId>, reply: oneshot::Sender<Result<(), String>> },
+    Bootstrap { peers: Vec<PeerId>, muted: bool, reply: oneshot::Sender<Result<(), String>> },
     StartProviding { key: kad::RecordKey, reply: oneshot::Sender<Result<(), String>> },
     GetProviders { key: kad::RecordKey, reply: oneshot::Sender<Lookup> },
     Stats { reply: oneshot::Sender<NodeStats> },
-    AddPeers { peers: Vec<PeerId>, reply: oneshot::Sender<()> },
     Disconnect { peer: PeerId, reply: oneshot::Sender<()> },
 }
 
@@ -134,7 +134,7 @@ pub(crate) struct Handle {
 impl Handle {
     /// Adds `peers` (their addresses from the book) and runs a Kademlia bootstrap to its end.
     pub(crate) async fn bootstrap(&self, peers: Vec<PeerId>) -> anyhow::Result<()> {
-        self.ask(|reply| Command::Bootstrap { peers, reply })
+        self.ask(|reply| Command::Bootstrap { peers, muted: false, reply })
             .await?
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("bootstrap of {}", self.peer))
@@ -158,9 +158,15 @@ impl Handle {
         self.ask(|reply| Command::Stats { reply }).await
     }
 
-    /// Puts `peers` (their addresses from the book) in the routing table, without connecting.
-    pub(crate) async fn add_peers(&self, peers: Vec<PeerId>) -> anyhow::Result<()> {
-        self.ask(|reply| Command::AddPeers { peers, reply }).await
+    /// Puts `peers` (their addresses from the book) in the routing table, without connecting,
+    /// as if the node had joined long ago. Filling a table from empty schedules libp2p's
+    /// automatic bootstrap (its throttle is crate-private in libp2p-kad 0.49): a bootstrap
+    /// ended before it sends anything clears it, and restarts the periodic one's 5 minutes.
+    pub(crate) async fn seed_table(&self, peers: Vec<PeerId>) -> anyhow::Result<()> {
+        self.ask(|reply| Command::Bootstrap { peers, muted: true, reply })
+            .await?
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("table of {}", self.peer))
     }
 
     /// Closes the connection to `peer`; returns once Kademlia knows it closed.
@@ -222,6 +228,8 @@ pub(crate) fn spawn(
         lookups: HashMap::new(),
         dials: 0,
         disconnecting: HashMap::new(),
+        muted: HashSet::new(),
+        find_node_served: 0,
     };
     tasks.spawn(node.run(rx));
     Ok(Handle { peer, tx })
@@ -236,6 +244,10 @@ struct Node {
     /// Outbound connections established so far.
     dials: u64,
     disconnecting: HashMap<PeerId, oneshot::Sender<()>>,
+    /// Bootstraps ended as they start (`seed_table`).
+    muted: HashSet<kad::QueryId>,
+    /// FIND_NODE requests answered (joining, announcements).
+    find_node_served: u64,
 }
 
 struct PendingLookup {
@@ -265,44 +277,21 @@ impl Node {
     }
 
     fn on_command(&mut self, command: Command) {
-        let kad = self.swarm.behaviour_mut();
         match command {
-            Command::Bootstrap { peers, reply } => {
-                for peer in peers {
-                    if let Some(addr) = self.shared.book.get(&peer) {
-                        kad.add_address(&peer, addr.clone());
-                    }
-                }
-                match kad.bootstrap() {
+            Command::Bootstrap { peers, muted, reply } => self.bootstrap(peers, muted, reply),
+            Command::StartProviding { key, reply } => {
+                match self.swarm.behaviour_mut().start_providing(key) {
                     Ok(id) => {
-                        self.bootstraps.insert(id, reply);
+                        self.providing.insert(id, reply);
                     }
                     Err(e) => {
                         let _ = reply.send(Err(e.to_string()));
                     }
                 }
             }
-            Command::StartProviding { key, reply } => match kad.start_providing(key) {
-                Ok(id) => {
-                    self.providing.insert(id, reply);
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e.to_string()));
-                }
-            },
             Command::GetProviders { key, reply } => self.get_providers(key, reply),
             Command::Stats { reply } => {
-                let routing_table = kad.kbuckets().map(|b| b.num_entries()).sum();
-                let connected = self.swarm.connected_peers().count();
-                let _ = reply.send(NodeStats { routing_table, connected });
-            }
-            Command::AddPeers { peers, reply } => {
-                for peer in peers {
-                    if let Some(addr) = self.shared.book.get(&peer) {
-                        kad.add_address(&peer, addr.clone());
-                    }
-                }
-                let _ = reply.send(());
+                let _ = reply.send(self.stats());
             }
             Command::Disconnect { peer, reply } => {
                 if self.swarm.disconnect_peer_id(peer).is_ok() {
@@ -313,6 +302,40 @@ impl Node {
                 }
             }
         }
+    }
+
+    /// Adds `peers` from the book and starts a bootstrap; a `muted` one is ended at once.
+    fn bootstrap(
+        &mut self,
+        peers: Vec<PeerId>,
+        muted: bool,
+        reply: oneshot::Sender<Result<(), String>>,
+    ) {
+        let kad = self.swarm.behaviour_mut();
+        for peer in peers {
+            if let Some(addr) = self.shared.book.get(&peer) {
+                kad.add_address(&peer, addr.clone());
+            }
+        }
+        match kad.bootstrap() {
+            Ok(id) => {
+                if muted && let Some(mut query) = kad.query_mut(&id) {
+                    // Before the swarm polls it again: no request goes out.
+                    query.finish();
+                    self.muted.insert(id);
+                }
+                self.bootstraps.insert(id, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.to_string()));
+            }
+        }
+    }
+
+    fn stats(&mut self) -> NodeStats {
+        let routing_table = self.swarm.behaviour_mut().kbuckets().map(|b| b.num_entries()).sum();
+        let connected = self.swarm.connected_peers().count();
+        NodeStats { routing_table, connected, find_node_served: self.find_node_served }
     }
 
     /// Notes the query's first candidates (what `get_providers` starts from) and issues it.
@@ -343,13 +366,9 @@ impl Node {
     fn on_swarm_event(&mut self, event: SwarmEvent<kad::Event>) {
         match event {
             SwarmEvent::Behaviour(event) => self.on_kad_event(event),
-            // Stands in for identify (which the node runs and the simulator leaves out): the
-            // node adds every connected Kademlia peer's listen address to its routing table.
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
                 self.dials += u64::from(endpoint.is_dialer());
-                if let Some(addr) = self.shared.book.get(&peer_id) {
-                    self.swarm.behaviour_mut().add_address(&peer_id, addr.clone());
-                }
+                self.learn(peer_id);
             }
             // The swarm tells Kademlia first: it now counts the peer disconnected.
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
@@ -365,6 +384,9 @@ impl Node {
         match event {
             kad::Event::InboundRequest { request: kad::InboundRequest::GetProvider { .. } } => {
                 self.observe_get_providers();
+            }
+            kad::Event::InboundRequest { request: kad::InboundRequest::FindNode { .. } } => {
+                self.find_node_served += 1;
             }
             // `StoreInserts::FilterBoth`: the node stores inbound provider records itself (as
             // capmesh-net's service does).
@@ -411,12 +433,35 @@ impl Node {
                     let _ = reply.send(result.map(|_| ()).map_err(|e| e.to_string()));
                 }
             }
-            kad::QueryResult::Bootstrap(result) if last => {
+            // A muted bootstrap goes on with one lookup per bucket: each is ended as it starts.
+            kad::QueryResult::Bootstrap(_) if !last => {
+                if self.muted.contains(&id)
+                    && let Some(mut query) = self.swarm.behaviour_mut().query_mut(&id)
+                {
+                    query.finish();
+                }
+            }
+            kad::QueryResult::Bootstrap(result) => {
+                self.muted.remove(&id);
                 if let Some(reply) = self.bootstraps.remove(&id) {
                     let _ = reply.send(result.map(|_| ()).map_err(|e| e.to_string()));
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Stands in for identify (which the node runs and the simulator leaves out): the node
+    /// puts a connected peer's listen address in its routing table. Only into a bucket with
+    /// room: into a full one, libp2p dials the bucket's oldest disconnected peer to see if it
+    /// is still there, whose own bucket may be full… With connections that never close, that
+    /// chain reaction went on until most routing-table entries of the network were connected,
+    /// and took most of a run's CPU and memory.
+    fn learn(&mut self, peer: PeerId) {
+        let Some(addr) = self.shared.book.get(&peer) else { return };
+        let kad = self.swarm.behaviour_mut();
+        if kad.kbucket(peer).is_some_and(|b| b.num_entries() < kad::K_VALUE.get()) {
+            kad.add_address(&peer, addr.clone());
         }
     }
 
