@@ -24,6 +24,7 @@ pub mod manifest;
 pub mod plots;
 pub mod procs;
 pub mod replicas;
+mod rng;
 pub mod run;
 pub mod scenario;
 pub mod sim;

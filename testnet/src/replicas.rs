@@ -20,7 +20,8 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    run::{self, Bucket, Event, Latency, Nodes, Rng, lock, percentile, push},
+    rng::Rng,
+    run::{self, Bucket, Event, Latency, Nodes, lock, percentile, push},
     scenario::{Partition, Publish},
 };
 

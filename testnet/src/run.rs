@@ -22,6 +22,7 @@ use crate::{
     manifest::Manifest,
     procs,
     replicas::{self, Fresh, PartitionSummary, PublishSummary},
+    rng::Rng,
     scenario::{Churn, Scenario},
 };
 
@@ -380,17 +381,16 @@ pub async fn run(
         s.call_p50_ms = f.p50;
         s.call_p99_ms = f.p99;
     });
+    // One pass over the publishes (a day's run has tens of thousands).
+    let mut visible: Vec<Vec<f64>> = vec![Vec::new(); series.len()];
     for op in publishes.iter().filter(|o| o.failure.is_none()) {
-        if let Some(s) = series.get_mut(op.second as usize) {
+        let slot = op.second as usize;
+        if let (Some(s), Some(v)) = (series.get_mut(slot), visible.get_mut(slot)) {
             s.published += 1;
+            v.extend(&op.visible);
         }
     }
-    for (s, second) in series.iter_mut().zip(0..) {
-        let mut v: Vec<f64> = publishes
-            .iter()
-            .filter(|o| o.second == second)
-            .flat_map(|o| o.visible.iter().copied())
-            .collect();
+    for (s, mut v) in series.iter_mut().zip(visible) {
         v.sort_by(f64::total_cmp);
         s.visible_p50_ms = percentile(&v, 0.5);
     }
@@ -816,39 +816,6 @@ pub(crate) fn take<T>(m: Arc<Mutex<Vec<T>>>) -> Vec<T> {
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A small deterministic generator (xorshift64*): a scenario with the same seed picks the same
-/// nodes.
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    pub(crate) fn new(seed: u64) -> Self {
-        Self(seed | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    pub(crate) fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    /// `k` distinct items of `items`.
-    pub(crate) fn choose(&mut self, items: &[usize], k: usize) -> Vec<usize> {
-        let mut pool = items.to_vec();
-        let mut out = Vec::new();
-        while out.len() < k && !pool.is_empty() {
-            out.push(pool.swap_remove(self.below(pool.len())));
-        }
-        out
-    }
 }
 
 #[cfg(test)]

@@ -78,7 +78,7 @@ use anyhow::Context;
 use libp2p::{Multiaddr, kad, multiaddr::Protocol};
 use serde::{Deserialize, Serialize};
 
-use crate::procs;
+use crate::{procs, rng::Rng};
 use network::Network;
 
 /// What to simulate.
@@ -217,40 +217,6 @@ fn rss_mib() -> Option<f64> {
     procs::usage(std::process::id()).map(|u| u.rss_kib as f64 / 1024.0)
 }
 
-/// A small deterministic generator (xorshift64*), as `run`'s: the same seed gives the same
-/// wiring, keys and choices.
-#[derive(Debug)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed | 1)
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    /// `k` distinct numbers below `n`.
-    fn choose(&mut self, n: usize, k: usize) -> Vec<usize> {
-        let mut pool: Vec<usize> = (0..n).collect();
-        let mut out = Vec::with_capacity(k);
-        while out.len() < k && !pool.is_empty() {
-            out.push(pool.swap_remove(self.below(pool.len())));
-        }
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,9 +265,9 @@ mod tests {
     #[test]
     fn seeded_choices_repeat() {
         let (mut a, mut b) = (Rng::new(5), Rng::new(5));
-        assert_eq!(a.choose(100, 8), b.choose(100, 8));
+        assert_eq!(a.choose_below(100, 8), b.choose_below(100, 8));
         assert_eq!(random_key(&mut a), random_key(&mut b));
-        let picked = Rng::new(9).choose(10, 10);
+        let picked = Rng::new(9).choose_below(10, 10);
         let mut sorted = picked.clone();
         sorted.sort_unstable();
         assert_eq!(sorted, (0..10).collect::<Vec<_>>());

@@ -137,7 +137,7 @@ impl Network {
     ) -> anyhow::Result<Measured> {
         let n = self.nodes.len();
         let key = random_key(rng);
-        let chosen = rng.choose(n, providers.min(n - 1));
+        let chosen = rng.choose_below(n, providers.min(n - 1));
         let announced =
             join_all(chosen.iter().map(|&i| self.nodes[i].start_providing(key.clone()))).await;
         let failed = announced.iter().filter(|r| r.is_err()).count();
@@ -245,7 +245,7 @@ async fn join_bootstrap(nodes: &[Handle], rng: &mut Rng) -> anyhow::Result<()> {
         let end = (start + BATCH).min(n);
         let boots = (start.max(1)..end).map(|i| {
             let count = (BOOTSTRAP_MIN + rng.below(BOOTSTRAP_MAX - BOOTSTRAP_MIN + 1)).min(i);
-            let peers = rng.choose(i, count).into_iter().map(|j| nodes[j].peer).collect();
+            let peers = rng.choose_below(i, count).into_iter().map(|j| nodes[j].peer).collect();
             nodes[i].bootstrap(peers)
         });
         try_join_all(boots).await?;

@@ -27,7 +27,7 @@ fn table(
     buckets
         .into_iter()
         .flat_map(|bucket| {
-            let picked: Vec<usize> = rng.choose(bucket.len(), k);
+            let picked: Vec<usize> = rng.choose_below(bucket.len(), k);
             picked.into_iter().map(move |i| bucket[i])
         })
         .collect()
