@@ -1,46 +1,40 @@
 //! The local API's backend: maps API requests onto the mesh, the market and the replica, and
 //! their results and errors onto the API's JSON types.
 
-use std::{
-    future::Future,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
+use capmesh_agents::Agents;
 use capmesh_api::{
-    ApiError, AttestRequest, Attested, Backend, BlockRequest, Blocked, CallFailure, CallRequest,
-    CallResult, ContractInfo, ErrorCode, FindDone, FindEvent, FindHit, FindRequest, GossipStatus,
-    LedgerEntryJson, LedgerPage, MAX_STREAM_BYTES, Optimize, PeerInfo, PublishRequest, Published,
-    QueryPage, QueryRequest, ReceiptEntries, ReplicaStatus, Retired, Source, Status,
+    ApiError, AttestRequest, Attested, Backend, BlockRequest, Blocked, CallAccepted, CallRequest,
+    CallResult, CallStatus, ContractInfo, FindDone, FindEvent, FindHit, FindRequest, GossipStatus,
+    LedgerPage, PeerInfo, Principal, PublishRequest, Published,
+    QueryPage, QueryRequest, ReceiptEntries, ReplicaStatus, Retired, RuntimeLink, Sequenced,
+    SessionCreated, SessionId, SessionInfo, SessionList, SessionRequest, Source, Status, TraceId,
 };
-use capmesh_market::{CallError, CallOutcome, Market, Weights};
+use capmesh_market::Market;
 use capmesh_mesh::{Mesh, MeshError};
-use capmesh_store::{LedgerEntry, LedgerKind, Order, Query, Store};
+use capmesh_store::{LedgerEntry, Order, Query, Store};
 use capmesh_types::Cid;
-use capmesh_wire::{CallId, Contract, repr::Bytes};
+use capmesh_wire::{CallId, Contract};
 use tokio::sync::mpsc;
 
-use crate::registry;
-
-/// Longest deadline a call through the API may ask for: one day.
-pub(crate) const MAX_DEADLINE_MS: u64 = 86_400_000;
+use crate::registry::{self, ledger_entry_json as entry_json};
 
 /// Lifetime of an attestation that names no expiry: 30 days.
 pub(crate) const DEFAULT_ATTESTATION_MS: u64 = 30 * 86_400_000;
-
-/// Chunks of a streaming call buffered between the market and the collector.
-const CHUNK_QUEUE: usize = 64;
 
 #[derive(Debug)]
 pub(crate) struct NodeApi {
     mesh: Mesh,
     store: Store,
     market: Market,
+    agents: Agents,
     started: Instant,
 }
 
 impl NodeApi {
-    pub(crate) fn new(mesh: Mesh, store: Store, market: Market) -> Self {
-        Self { mesh, store, market, started: Instant::now() }
+    pub(crate) fn new(mesh: Mesh, store: Store, market: Market, agents: Agents) -> Self {
+        Self { mesh, store, market, agents, started: Instant::now() }
     }
 }
 
@@ -126,6 +120,21 @@ impl Backend for NodeApi {
     async fn publish(&self, req: PublishRequest) -> Result<Published, ApiError> {
         let contract: Contract = serde_json::from_value(req.contract)
             .map_err(|e| ApiError::bad_request(format!("not a contract: {e}")))?;
+        // An advert nothing serves is a dead end for every caller: only on purpose.
+        if !req.announce_only {
+            let id = capmesh_contract::capability_id(&contract)
+                .map_err(|e| ApiError::bad_request(e.to_string()))?;
+            if !self.market.served().contains(&id) {
+                return Err(ApiError::conflict(format!(
+                    "nothing on this node serves {id} ({:?}): serve it with a runtime — a \
+                     [[serve]] table in config.toml, or an agent's runtime attached to a session \
+                     (specs/api.md §4) — or set \"announce_only\": true (capmesh cap publish \
+                     --announce-only) to advertise it without serving it (calls to it then fail \
+                     with NotFound)",
+                    contract.name
+                )));
+            }
+        }
         let ttl = req.ttl_ms.map(Duration::from_millis);
         let p =
             self.mesh.publish(contract, req.price, req.limits, ttl).await.map_err(mesh_error)?;
@@ -240,60 +249,105 @@ impl Backend for NodeApi {
 
     async fn receipts(&self, from: u64, limit: u32) -> Result<LedgerPage, ApiError> {
         let store = self.store.clone();
-        let (entries, len) = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             // Length first: entries appended between the two reads are beyond `len` and left
             // for the next page, so `next` never skips one.
             let len = store.ledger_len()?;
             let end = len.min(from.saturating_add(u64::from(limit)));
             let entries = store.ledger_range(from, end.saturating_sub(from) as usize)?;
-            Ok::<_, capmesh_store::StoreError>((entries, len))
+            Ok::<_, capmesh_store::StoreError>(ledger_page(&store, &entries, from, len))
         })
         .await
         .map_err(internal)?
-        .map_err(internal)?;
-        Ok(ledger_page(&entries, from, len))
+        .map_err(internal)
     }
 
     async fn receipt(&self, id: Cid) -> Result<ReceiptEntries, ApiError> {
         let store = self.store.clone();
-        let (receipt, countersignature) =
-            tokio::task::spawn_blocking(move || store.ledger_find(&id))
-                .await
-                .map_err(internal)?
-                .map_err(internal)?;
-        let Some(receipt) = receipt else {
-            return Err(ApiError::not_found(format!(
+        let found = tokio::task::spawn_blocking(move || {
+            let (receipt, countersignature) = store.ledger_find(&id)?;
+            Ok::<_, capmesh_store::StoreError>(receipt.map(|receipt| ReceiptEntries {
+                receipt: entry_json(&store, &receipt),
+                countersignature: countersignature.as_ref().map(|c| entry_json(&store, c)),
+            }))
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+        found.ok_or_else(|| {
+            ApiError::not_found(format!(
                 "no receipt {id} in this node's ledger; `capmesh receipts list` shows what it holds"
-            )));
-        };
-        Ok(ReceiptEntries {
-            receipt: entry_json(&receipt),
-            countersignature: countersignature.as_ref().map(entry_json),
+            ))
         })
     }
 
-    async fn call(&self, call_id: CallId, req: CallRequest) -> Result<CallResult, ApiError> {
-        let (tx, rx) = mpsc::channel(CHUNK_QUEUE);
-        let call = market_request(call_id, req)?.with_chunks(tx);
-        // The call runs in its own task, so that a client going away cancels it (the guard)
-        // and the task still tells the provider, rather than abandoning it half-way.
-        let market = self.market.clone();
-        let task = tokio::spawn(async move { collect(market.call(call), rx).await });
-        let guard = CancelOnDrop { armed: Some((self.market.clone(), call_id)) };
-        let joined = task.await;
-        guard.disarm();
-        let (result, stream) = joined.map_err(internal)?;
-        match result {
-            Ok(outcome) => Ok(call_result(outcome, stream)),
-            Err(e) => {
-                tracing::debug!(?call_id, code = e.code(), error = %e, "call failed");
-                Err(call_error(call_id, &e))
-            }
-        }
+    async fn call(
+        &self,
+        principal: Principal,
+        call_id: CallId,
+        req: CallRequest,
+        trace: Option<TraceId>,
+    ) -> Result<CallResult, ApiError> {
+        self.agents.call(principal, call_id, req, trace).await
     }
 
-    async fn cancel(&self, call_id: CallId) -> Result<bool, ApiError> {
-        Ok(self.market.cancel(&call_id))
+    async fn cancel(&self, principal: Principal, call_id: CallId) -> Result<bool, ApiError> {
+        Ok(self.agents.cancel(principal, call_id))
+    }
+
+    async fn start_call(
+        &self,
+        principal: Principal,
+        call_id: CallId,
+        req: CallRequest,
+        trace: Option<TraceId>,
+    ) -> Result<CallAccepted, ApiError> {
+        self.agents.start_call(principal, call_id, req, trace)
+    }
+
+    async fn call_status(
+        &self,
+        principal: Principal,
+        call_id: CallId,
+    ) -> Result<CallStatus, ApiError> {
+        self.agents.call_status(principal, call_id)
+    }
+
+    async fn call_events(
+        &self,
+        principal: Principal,
+        call_id: CallId,
+        from: u64,
+    ) -> Result<mpsc::Receiver<Sequenced>, ApiError> {
+        self.agents.call_events(principal, call_id, from)
+    }
+
+    fn authenticate(&self, token: &[u8]) -> Option<SessionId> {
+        self.agents.authenticate(token)
+    }
+
+    async fn open_session(&self, req: SessionRequest) -> Result<SessionCreated, ApiError> {
+        self.agents.open_session(req)
+    }
+
+    async fn sessions(&self) -> Result<SessionList, ApiError> {
+        Ok(self.agents.sessions())
+    }
+
+    async fn session(&self, id: SessionId) -> Result<SessionInfo, ApiError> {
+        self.agents.session(id)
+    }
+
+    async fn heartbeat(&self, id: SessionId) -> Result<SessionInfo, ApiError> {
+        self.agents.heartbeat(id)
+    }
+
+    async fn end_session(&self, id: SessionId) -> Result<SessionInfo, ApiError> {
+        self.agents.end_session(id).await
+    }
+
+    async fn attach(&self, id: SessionId) -> Result<RuntimeLink, ApiError> {
+        self.agents.attach(id)
     }
 
     async fn attest(&self, req: AttestRequest) -> Result<Attested, ApiError> {
@@ -334,166 +388,6 @@ fn contract_info(
     Ok(ContractInfo { capability, contract, source })
 }
 
-/// Cancels a call when the API request that made it is dropped (its client went away) before
-/// the call ended; the call's task then tells the provider and keeps what it answers.
-struct CancelOnDrop {
-    armed: Option<(Market, CallId)>,
-}
-
-impl CancelOnDrop {
-    fn disarm(mut self) {
-        self.armed = None;
-    }
-}
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        if let Some((market, call)) = self.armed.take()
-            && market.cancel(&call)
-        {
-            tracing::debug!(?call, "the API client went away: call cancelled");
-        }
-    }
-}
-
-/// A streaming call's chunks as returned: at most [`MAX_STREAM_BYTES`] in all.
-#[derive(Debug, Default)]
-struct Stream {
-    chunks: Vec<Bytes>,
-    bytes: usize,
-    truncated: bool,
-}
-
-impl Stream {
-    fn push(&mut self, chunk: Vec<u8>) {
-        if self.truncated || self.bytes.saturating_add(chunk.len()) > MAX_STREAM_BYTES {
-            self.truncated = true;
-            return;
-        }
-        self.bytes += chunk.len();
-        self.chunks.push(Bytes(chunk));
-    }
-}
-
-/// Runs `call` while collecting the chunks it sends to `rx`.
-async fn collect<F: Future<Output = Result<CallOutcome, CallError>>>(
-    call: F,
-    mut rx: mpsc::Receiver<Vec<u8>>,
-) -> (Result<CallOutcome, CallError>, Stream) {
-    let mut stream = Stream::default();
-    let mut call = std::pin::pin!(call);
-    let result = loop {
-        tokio::select! {
-            result = &mut call => break result,
-            Some(chunk) = rx.recv() => stream.push(chunk),
-        }
-    };
-    while let Ok(chunk) = rx.try_recv() {
-        stream.push(chunk);
-    }
-    (result, stream)
-}
-
-/// The market's call request for an API request.
-fn market_request(
-    call_id: CallId,
-    req: CallRequest,
-) -> Result<capmesh_market::CallRequest, ApiError> {
-    let mut call = capmesh_market::CallRequest::new(req.capability, req.args).with_call_id(call_id);
-    if let Some(optimize) = req.optimize {
-        call = call.with_weights(weights(optimize)?);
-    }
-    if let Some(max) = req.max_price {
-        call = call.with_max_price(max);
-    }
-    if let Some(ms) = req.deadline_ms {
-        if ms == 0 || ms > MAX_DEADLINE_MS {
-            return Err(ApiError::bad_request(format!(
-                "deadline_ms must be 1 to {MAX_DEADLINE_MS} (one day), not {ms}"
-            )));
-        }
-        call = call.with_deadline(Duration::from_millis(ms));
-    }
-    Ok(call)
-}
-
-/// Selection weights: each finite and ≥ 0, not all 0; one left out is 0.
-fn weights(o: Optimize) -> Result<Weights, ApiError> {
-    let w = Weights {
-        price: o.price.unwrap_or(0.0),
-        latency: o.latency.unwrap_or(0.0),
-        reputation: o.reputation.unwrap_or(0.0),
-    };
-    let all = [("price", w.price), ("latency", w.latency), ("reputation", w.reputation)];
-    for (name, value) in all {
-        if !value.is_finite() || value < 0.0 {
-            return Err(ApiError::bad_request(format!(
-                "optimize.{name} must be a finite number ≥ 0, not {value}"
-            )));
-        }
-    }
-    if w.price + w.latency + w.reputation <= 0.0 {
-        return Err(ApiError::bad_request(
-            "optimize needs at least one weight above 0, e.g. {\"price\": 0.5, \"latency\": 0.5}",
-        ));
-    }
-    Ok(w)
-}
-
-fn attempt_json(a: &capmesh_market::Attempt) -> capmesh_api::Attempt {
-    capmesh_api::Attempt {
-        provider: a.provider,
-        code: a.code.clone(),
-        message: a.message.clone(),
-        stage: a.stage.to_string(),
-        retry_after_ms: a.retry_after_ms,
-    }
-}
-
-fn call_result(o: CallOutcome, stream: Stream) -> CallResult {
-    CallResult {
-        call_id: o.call,
-        capability: o.capability,
-        provider: o.provider,
-        output: o.output,
-        chunks: o.chunks,
-        stream_root: o.stream_root,
-        stream: stream.chunks,
-        stream_truncated: stream.truncated,
-        receipt_id: o.receipt_id,
-        receipt: o.receipt,
-        ledger_seq: o.ledger_seq,
-        price: o.price,
-        warm: o.warm,
-        requests: o.requests,
-        elapsed_ms: o.elapsed.as_millis() as u64,
-        attempts: o.attempts.iter().map(attempt_json).collect(),
-    }
-}
-
-/// A failed call as the API answers it: the code fixes the HTTP status (specs/api.md §5), the
-/// call's own code and every attempt ride along.
-fn call_error(call_id: CallId, e: &CallError) -> ApiError {
-    let code = match e {
-        CallError::Stopped => ErrorCode::Unavailable,
-        CallError::DuplicateCall => ErrorCode::Conflict,
-        CallError::Ledger(_) | CallError::Sign(_) | CallError::Entropy(_) => ErrorCode::Internal,
-        other => ErrorCode::of_call(other.code()),
-    };
-    let message = match e {
-        CallError::DuplicateCall => {
-            format!("{e}: wait for it to end, or send another call_id")
-        }
-        _ => e.to_string(),
-    };
-    let failure = CallFailure {
-        call_id,
-        code: e.code().to_string(),
-        attempts: e.attempts().iter().map(attempt_json).collect(),
-        retry_after_ms: e.retry_after_ms(),
-    };
-    ApiError::call(code, message, failure)
-}
 
 /// Whether `claim` matches `^[a-z0-9][a-z0-9_.:/-]{0,127}$` (protocol.md, Attestation).
 fn valid_claim(claim: &str) -> bool {
@@ -508,20 +402,11 @@ fn valid_claim(claim: &str) -> bool {
         })
 }
 
-/// A ledger entry as the API serves it (and `capmesh receipts` prints it offline).
-fn entry_json(e: &LedgerEntry) -> LedgerEntryJson {
-    let kind = match e.kind {
-        LedgerKind::Receipt => capmesh_api::LedgerKind::Receipt,
-        LedgerKind::Countersignature => capmesh_api::LedgerKind::Countersignature,
-    };
-    LedgerEntryJson::new(e.seq, e.hash, kind, e.signed.clone())
-}
-
 /// The page of `entries` read from `from` in a ledger of `len` entries.
-fn ledger_page(entries: &[LedgerEntry], from: u64, len: u64) -> LedgerPage {
+fn ledger_page(store: &Store, entries: &[LedgerEntry], from: u64, len: u64) -> LedgerPage {
     let end = from.saturating_add(entries.len() as u64);
     LedgerPage {
-        entries: entries.iter().map(entry_json).collect(),
+        entries: entries.iter().map(|e| entry_json(store, e)).collect(),
         next: (end < len && !entries.is_empty()).then_some(end),
         len,
     }

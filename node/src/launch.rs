@@ -26,6 +26,8 @@ pub struct Tuning {
     pub rpc_timeout: Option<Duration>,
     /// Offer lifetime (default `market.offer_ttl_secs`).
     pub offer_ttl: Option<Duration>,
+    /// How long an agent runtime's adverts outlive its socket (default 10 s).
+    pub runtime_grace: Option<Duration>,
 }
 
 /// A running node. Dropping it without [`Node::shutdown`] cancels its tasks but does not wait
@@ -45,6 +47,8 @@ pub struct Node {
     pub metrics_addr: Option<SocketAddr>,
     /// One per `[[import]]` table: MCP servers whose tools this node serves.
     pub importers: Vec<capmesh_mcp::Importer>,
+    /// Agent sessions, their attached runtimes and the calls made through the API.
+    pub agents: capmesh_agents::Agents,
     dir: DataDir,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
@@ -140,7 +144,15 @@ impl Node {
         let api_addr = listener.local_addr()?;
         let token = capmesh_api::Token::generate()
             .map_err(|e| anyhow::anyhow!("no randomness for the API token: {e}"))?;
-        let backend = Arc::new(NodeApi::new(mesh.clone(), store.clone(), market.clone()));
+        let mut agents_config = capmesh_agents::AgentsConfig::default()
+            .with_served_file(dir.root().join(AGENT_CAPABILITIES_FILE));
+        if let Some(grace) = tuning.runtime_grace {
+            agents_config = agents_config.with_runtime_grace(grace);
+        }
+        let agents =
+            capmesh_agents::Agents::new(market.clone(), agents_config, cancel.child_token());
+        let backend =
+            Arc::new(NodeApi::new(mesh.clone(), store.clone(), market.clone(), agents.clone()));
         {
             let (token, cancel) = (token.clone(), cancel.child_token());
             tasks.spawn(async move {
@@ -204,6 +216,9 @@ impl Node {
                 market.serve(spec).await.with_context(|| format!("cannot serve serve[{i}]"))?;
             tracing::info!(capability = %published.capability, "serving");
         }
+        // Sessions end with the node: adverts an earlier run served for them and could not
+        // retire (it was killed) are retired now.
+        agents.retire_leftovers().await;
         // Imports connect and publish in the background: a server that is down must not keep
         // the node from starting (its tools appear when it comes up).
         let importers =
@@ -225,6 +240,7 @@ impl Node {
             api_token: token.as_str().to_string(),
             metrics_addr,
             importers,
+            agents,
             dir,
             cancel,
             tasks,
@@ -242,6 +258,8 @@ impl Node {
     /// Stops every task, waits for them (bounded), removes the API files and closes the
     /// replica (everything acknowledged is already flushed).
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        // First, while the mesh still runs: sessions end and their adverts are retired.
+        self.agents.shutdown(Duration::from_secs(10)).await;
         self.mesh.remember_peers().await;
         self.cancel.cancel();
         let drain = async { while self.tasks.join_next().await.is_some() {} };
@@ -265,6 +283,9 @@ impl Node {
         Ok(())
     }
 }
+
+/// Capabilities served for agent sessions, one id a line (see `Agents::retire_leftovers`).
+const AGENT_CAPABILITIES_FILE: &str = "agent-capabilities";
 
 /// Most peers from the peer book dialed at start.
 const REMEMBERED_PEERS: usize = 32;
@@ -377,6 +398,7 @@ pub fn serve_spec(dir: &DataDir, entry: &crate::config::ServeEntry) -> anyhow::R
         },
         latency_ms: entry.latency_ms,
         ttl: None,
+        session: None,
     })
 }
 

@@ -71,6 +71,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the running node's agent sessions (they end when the node stops):
+    /// `<id>  <name>  <expires in>  <runtime>  <capabilities served>  <calls made>/<served>`.
+    Sessions {
+        #[arg(long)]
+        json: bool,
+    },
     /// Block peers on the running node (connections closed and refused both ways, until
     /// `unblock` or a restart); with no peer, list the blocked ones.
     Block { peers: Vec<capmesh_types::PeerId> },
@@ -184,7 +190,8 @@ enum CapCommand {
         #[arg(long)]
         output: bool,
     },
-    /// Publish a contract (JSON; FILE or -) through the running node.
+    /// Publish a contract (JSON; FILE or -) through the running node. The node must serve it
+    /// (a [[serve]] table, or an agent's runtime) unless --announce-only says otherwise.
     Publish {
         file: PathBuf,
         /// Price per call, e.g. 100:usd-micro (default free).
@@ -193,6 +200,10 @@ enum CapCommand {
         /// Advert lifetime in seconds (default the node's registry.advert_ttl_secs).
         #[arg(long, value_name = "SECS")]
         ttl: Option<u64>,
+        /// Advertise it although nothing on this node serves it (calls to it fail with
+        /// NotFound here): for contracts served elsewhere, or to test discovery.
+        #[arg(long)]
+        announce_only: bool,
     },
     /// Retire a capability this node publishes.
     Retire { id: Cid },
@@ -378,6 +389,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("published   {}", status.published.len());
                 for cap in &status.published {
                     println!("            {cap}");
+                }
+            }
+        }
+        Command::Sessions { json } => {
+            let list = block_on(async {
+                remote::client(&data_dir()?)?.sessions().await.map_err(remote::explain)
+            })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                let now = capmesh::now_ms();
+                for s in &list.sessions {
+                    let left = s.expires_ms.saturating_sub(now) / 1000;
+                    let runtime = if s.runtime_attached { "attached" } else { "detached" };
+                    println!(
+                        "{}  {}  {left}s  {runtime}  {}  {}/{}",
+                        s.id,
+                        s.name,
+                        s.capabilities.len(),
+                        s.calls_made,
+                        s.calls_served
+                    );
+                }
+                if list.sessions.is_empty() {
+                    eprintln!("no sessions");
                 }
             }
         }
@@ -635,7 +671,7 @@ fn cap_command(
                 }
             }
         }
-        CapCommand::Publish { file, price, ttl } => {
+        CapCommand::Publish { file, price, ttl, announce_only } => {
             let contract = remote::contract_json(&file, &read(&file)?)?;
             let client = remote::client(&data_dir()?)?;
             let req = capmesh_api::PublishRequest {
@@ -643,6 +679,7 @@ fn cap_command(
                 price,
                 limits: None,
                 ttl_ms: ttl.map(|s| s * 1000),
+                announce_only,
             };
             let published = block_on(client.publish(&req)).map_err(remote::explain)?;
             eprintln!(

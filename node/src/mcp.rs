@@ -104,6 +104,8 @@ pub fn selection(section: &McpSection, overrides: SelectionFlags) -> anyhow::Res
         max_tools: overrides.max_tools.unwrap_or(section.max_tools).max(1),
         deadline_ms: (deadline > 0).then_some(deadline),
         max_price: None,
+        // No `[mcp]` key for it yet: the default.
+        refresh: capmesh_mcp::DEFAULT_REFRESH,
     })
 }
 
@@ -130,36 +132,41 @@ pub async fn serve(
     // Bound to the data directory: a node restarted meanwhile is found again.
     let tools = MeshTools::for_data_dir(dir.root(), selection).map_err(crate::remote::explain)?;
     let cancel = CancellationToken::new();
-    let stop = {
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            shutdown_signal().await;
-            cancel.cancel();
-        })
-    };
-    let result = match http {
-        None => capmesh_mcp::serve_stdio(tools, cancel).await.map_err(anyhow::Error::from),
-        Some(addr) => {
-            let token = capmesh_mcp::token(dir.root()).with_context(|| {
-                format!(
-                    "cannot read or write {}",
+    let served = async {
+        match http {
+            None => {
+                capmesh_mcp::serve_stdio(tools, cancel.clone()).await.map_err(anyhow::Error::from)
+            }
+            Some(addr) => {
+                let token = capmesh_mcp::token(dir.root()).with_context(|| {
+                    format!(
+                        "cannot read or write {}",
+                        dir.root().join(capmesh_mcp::TOKEN_FILE).display()
+                    )
+                })?;
+                let listener = capmesh_mcp::bind(addr).await?;
+                let local = listener.local_addr()?;
+                announce(&format!(
+                    "capmesh mcp: MCP over streamable HTTP at http://{local}{} (bearer token in {})",
+                    capmesh_mcp::MCP_PATH,
                     dir.root().join(capmesh_mcp::TOKEN_FILE).display()
-                )
-            })?;
-            let listener = capmesh_mcp::bind(addr).await?;
-            let local = listener.local_addr()?;
-            announce(&format!(
-                "capmesh mcp: MCP over streamable HTTP at http://{local}{} (bearer token in {})",
-                capmesh_mcp::MCP_PATH,
-                dir.root().join(capmesh_mcp::TOKEN_FILE).display()
-            ));
-            capmesh_mcp::serve_http(listener, tools, token, cancel)
-                .await
-                .map_err(anyhow::Error::from)
+                ));
+                capmesh_mcp::serve_http(listener, tools, token, cancel.clone())
+                    .await
+                    .map_err(anyhow::Error::from)
+            }
         }
     };
-    stop.abort();
-    result
+    tokio::pin!(served);
+    // A signal cancels the session, which then ends (stdio: even with stdin left open).
+    tokio::select! {
+        result = &mut served => result,
+        () = shutdown_signal() => {
+            tracing::debug!("signal: stopping the MCP server");
+            cancel.cancel();
+            served.await
+        }
+    }
 }
 
 /// The one line `capmesh mcp --http` prints on stdout (stdio mode prints nothing there: stdout

@@ -44,6 +44,11 @@ pub(crate) enum ReceiptsCommand {
         /// Print one JSON entry per line (as `export` writes them).
         #[arg(long)]
         json: bool,
+        /// Only the entries of calls with this trace id (32 hex digits: the trace id of the
+        /// agent's `traceparent`, or the `trace` a call's result names), searched through the
+        /// whole ledger from --from on.
+        #[arg(long, value_name = "TRACE_ID")]
+        trace: Option<capmesh_api::TraceId>,
     },
     /// Show a receipt and its countersignature, and whether each verifies.
     ///
@@ -80,7 +85,31 @@ pub(crate) fn run(
     data_dir: impl Fn() -> anyhow::Result<DataDir>,
 ) -> anyhow::Result<ExitCode> {
     match command {
-        ReceiptsCommand::List { from, limit, json } => {
+        ReceiptsCommand::List { from, limit, json, trace: Some(trace) } => {
+            let ledger = Ledger::open(&data_dir()?)?;
+            let mut out = std::io::stdout().lock();
+            let mut printed = 0u32;
+            let mut closed = None;
+            ledger.for_each_from(from, |e| {
+                let matches = e.note.as_ref().and_then(|n| n.trace) == Some(trace);
+                if !matches || printed >= limit || closed.is_some() {
+                    return Ok(());
+                }
+                printed += 1;
+                let line = if json { serde_json::to_string(e)? } else { entry_line(e) };
+                if let Err(e) = writeln!(out, "{line}") {
+                    closed = Some(e);
+                }
+                Ok(())
+            })?;
+            if let Some(e) = closed {
+                return quiet_if_closed(e.into());
+            }
+            if printed == 0 {
+                eprintln!("no entries with trace {trace} from {from} on");
+            }
+        }
+        ReceiptsCommand::List { from, limit, json, trace: None } => {
             let page = Ledger::open(&data_dir()?)?.page(from, limit)?;
             let mut out = std::io::stdout().lock();
             for e in &page.entries {
@@ -193,7 +222,7 @@ impl Ledger {
                 let entries = store.ledger_range(from, end.saturating_sub(from) as usize)?;
                 let next = from.saturating_add(entries.len() as u64);
                 Ok(LedgerPage {
-                    entries: entries.iter().map(entry_json).collect(),
+                    entries: entries.iter().map(|e| capmesh::registry::ledger_entry_json(store, e)).collect(),
                     next: (next < len && !entries.is_empty()).then_some(next),
                     len,
                 })
@@ -212,8 +241,8 @@ impl Ledger {
             Ledger::Offline(store) => {
                 let (receipt, countersignature) = store.ledger_find(&id)?;
                 Ok(receipt.map(|receipt| ReceiptEntries {
-                    receipt: entry_json(&receipt),
-                    countersignature: countersignature.as_ref().map(entry_json),
+                    receipt: capmesh::registry::ledger_entry_json(store, &receipt),
+                    countersignature: countersignature.as_ref().map(|c| capmesh::registry::ledger_entry_json(store, c)),
                 }))
             }
         }
@@ -222,9 +251,18 @@ impl Ledger {
     /// Calls `each` with every entry in order, a page at a time; returns how many there were.
     fn for_each(
         &self,
+        each: impl FnMut(&LedgerEntryJson) -> anyhow::Result<()>,
+    ) -> anyhow::Result<u64> {
+        self.for_each_from(0, each)
+    }
+
+    /// [`Ledger::for_each`] from sequence `from` on.
+    fn for_each_from(
+        &self,
+        from: u64,
         mut each: impl FnMut(&LedgerEntryJson) -> anyhow::Result<()>,
     ) -> anyhow::Result<u64> {
-        let (mut from, mut n) = (0, 0);
+        let (mut from, mut n) = (from, 0);
         loop {
             let page = self.page(from, LEDGER_PAGE_MAX)?;
             for e in &page.entries {
@@ -261,15 +299,6 @@ impl Drop for Ledger {
             store.close();
         }
     }
-}
-
-/// A ledger entry in the API's shape.
-fn entry_json(e: &LedgerEntry) -> LedgerEntryJson {
-    let kind = match e.kind {
-        LedgerKind::Receipt => capmesh_api::LedgerKind::Receipt,
-        LedgerKind::Countersignature => capmesh_api::LedgerKind::Countersignature,
-    };
-    LedgerEntryJson::new(e.seq, e.hash, kind, e.signed.clone())
 }
 
 /// What verification reads of an entry (`id` and `record` are derived, never trusted).
@@ -446,9 +475,22 @@ fn entry_line(e: &LedgerEntryJson) -> String {
                 .map(|c| format!("of {}  by {}  {}", c.receipt, short(&c.caller), utc(c.signed)))
         }
     };
+    let note = match &e.note {
+        Some(n) => {
+            let mut text = String::new();
+            if let Some(t) = &n.trace {
+                text.push_str(&format!("  trace {t}"));
+            }
+            if let (Some(name), Some(id)) = (&n.session_name, &n.session_id) {
+                text.push_str(&format!("  session {name:?} {id}"));
+            }
+            text
+        }
+        None => String::new(),
+    };
     match tail {
-        Ok(tail) => format!("{head}  {tail}"),
-        Err(err) => format!("{head}  (does not decode: {})", err.code()),
+        Ok(tail) => format!("{head}  {tail}{note}"),
+        Err(err) => format!("{head}  (does not decode: {}){note}", err.code()),
     }
 }
 

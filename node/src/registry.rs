@@ -106,6 +106,29 @@ pub fn parse_price(text: &str) -> Result<Price, String> {
     Ok(Price { amount, unit: unit.to_owned() })
 }
 
+/// A ledger entry in the API's shape, with its local note (blocking: reads the replica). The
+/// API serves it so, and `capmesh receipts` prints it so offline.
+pub fn ledger_entry_json(store: &capmesh_store::Store, e: &capmesh_store::LedgerEntry) -> capmesh_api::LedgerEntryJson {
+    let kind = match e.kind {
+        capmesh_store::LedgerKind::Receipt => capmesh_api::LedgerKind::Receipt,
+        capmesh_store::LedgerKind::Countersignature => capmesh_api::LedgerKind::Countersignature,
+    };
+    let mut json = capmesh_api::LedgerEntryJson::new(e.seq, e.hash, kind, e.signed.clone());
+    match store.ledger_entry_note(e) {
+        Ok(note) => json.note = note.map(note_json),
+        Err(err) => tracing::warn!(seq = e.seq, error = %err, "unreadable ledger note"),
+    }
+    json
+}
+
+fn note_json(n: capmesh_store::LedgerNote) -> capmesh_api::LedgerNoteJson {
+    capmesh_api::LedgerNoteJson {
+        trace: n.trace.map(capmesh_api::TraceId),
+        session_id: n.session.as_ref().map(|s| s.id.clone()),
+        session_name: n.session.map(|s| s.name),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

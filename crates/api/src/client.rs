@@ -10,6 +10,10 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use crate::{
     ApiError, ClientError, ErrorCode,
+    agents::{
+        CallAccepted, CallStatus, SessionCreated, SessionId, SessionInfo, SessionList,
+        SessionRequest, Sequenced, TraceId,
+    },
     error::ErrorBody,
     files::{ADDR_FILE, TOKEN_FILE},
     ndjson::{LineTooLong, Lines, MAX_LINE_BYTES},
@@ -31,6 +35,8 @@ pub struct Client {
     base: String,
     token: String,
     timeout: Duration,
+    /// Sent as a W3C `traceparent` with calls.
+    trace: Option<TraceId>,
 }
 
 impl fmt::Debug for Client {
@@ -53,7 +59,14 @@ impl Client {
             .user_agent(concat!("capmesh-api/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(ClientError::Http)?;
-        Ok(Self { http, addr, base: format!("http://{addr}"), token, timeout: DEFAULT_TIMEOUT })
+        Ok(Self {
+            http,
+            addr,
+            base: format!("http://{addr}"),
+            token,
+            timeout: DEFAULT_TIMEOUT,
+            trace: None,
+        })
     }
 
     /// The client of the node running for `data_dir`, from its `api.addr` and `api.token`.
@@ -88,6 +101,19 @@ impl Client {
     /// Bounds each non-streaming call to `timeout` (default [`DEFAULT_TIMEOUT`]).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// The same client with another bearer token (a session's).
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = token.into();
+        self
+    }
+
+    /// Sends `trace` as the W3C `traceparent` of every call (`POST /v1/call`, `/v1/calls`), so
+    /// that the call's envelopes, result, events and both ledgers carry it.
+    pub fn with_trace(mut self, trace: TraceId) -> Self {
+        self.trace = Some(trace);
         self
     }
 
@@ -172,7 +198,7 @@ impl Client {
         // Without a deadline, no bound of ours: the node's default deadline ends the call.
         let bound =
             req.deadline_ms.map(|ms| Duration::from_millis(ms).saturating_add(self.timeout));
-        let mut builder = self.untimed(Method::POST, "/v1/call").json(req);
+        let mut builder = self.traced(self.untimed(Method::POST, "/v1/call").json(req));
         if let Some(bound) = bound {
             builder = builder.timeout(bound);
         }
@@ -189,6 +215,157 @@ impl Client {
     pub async fn cancel(&self, call_id: &CallId) -> Result<Cancelled, ClientError> {
         let id = data_encoding::BASE64URL_NOPAD.encode(&call_id.0);
         self.call_json(self.request(Method::POST, &format!("/v1/calls/{id}/cancel"))).await
+    }
+
+    /// `POST /v1/calls`: starts a call and returns at once (`202`); follow it with
+    /// [`call_status`](Self::call_status) or [`call_events`](Self::call_events). Not
+    /// cancel-safe: once sent, the call may run; send a `call_id` to be able to ask for it.
+    pub async fn start_call(&self, req: &CallRequest) -> Result<CallAccepted, ClientError> {
+        self.call_json(self.traced(self.request(Method::POST, "/v1/calls").json(req))).await
+    }
+
+    /// `GET /v1/calls/{call_id}`. Cancel-safe.
+    pub async fn call_status(&self, call_id: &CallId) -> Result<CallStatus, ClientError> {
+        let id = data_encoding::BASE64URL_NOPAD.encode(&call_id.0);
+        self.call_json(self.request(Method::GET, &format!("/v1/calls/{id}"))).await
+    }
+
+    /// `GET /v1/calls/{call_id}/events`: the events from id `from` on, as the node sends them
+    /// (Server-Sent Events), ending after the final one (`done`, `failed`, `cancelled`) or with
+    /// [`ClientError::Incomplete`] if the node closes the stream before. Not bounded by
+    /// [`with_timeout`](Self::with_timeout). Cancel-safe, and so is reading the stream.
+    pub async fn call_events(
+        &self,
+        call_id: &CallId,
+        from: u64,
+    ) -> Result<impl Stream<Item = Result<Sequenced, ClientError>> + Send + Unpin + 'static, ClientError>
+    {
+        let id = data_encoding::BASE64URL_NOPAD.encode(&call_id.0);
+        let response = self
+            .untimed(Method::GET, &format!("/v1/calls/{id}/events?from={from}"))
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        let response = self.check(response).await?;
+        Ok(self.sse_events(response.bytes_stream().boxed()))
+    }
+
+    /// `POST /v1/sessions`: opens a session (its token is in the answer, once).
+    pub async fn open_session(&self, req: &SessionRequest) -> Result<SessionCreated, ClientError> {
+        self.call_json(self.request(Method::POST, "/v1/sessions").json(req)).await
+    }
+
+    /// `GET /v1/sessions`. Cancel-safe.
+    pub async fn sessions(&self) -> Result<SessionList, ClientError> {
+        self.call_json(self.request(Method::GET, "/v1/sessions")).await
+    }
+
+    /// `GET /v1/sessions/{id}`. Cancel-safe.
+    pub async fn session(&self, id: &SessionId) -> Result<SessionInfo, ClientError> {
+        self.call_json(self.request(Method::GET, &format!("/v1/sessions/{id}"))).await
+    }
+
+    /// `POST /v1/sessions/{id}/heartbeat`: extends the session. Cancel-safe (repeatable).
+    pub async fn heartbeat(&self, id: &SessionId) -> Result<SessionInfo, ClientError> {
+        self.call_json(self.request(Method::POST, &format!("/v1/sessions/{id}/heartbeat"))).await
+    }
+
+    /// `DELETE /v1/sessions/{id}`: ends the session. Cancel-safe (repeating it is `NotFound`).
+    pub async fn end_session(&self, id: &SessionId) -> Result<SessionInfo, ClientError> {
+        self.call_json(self.request(Method::DELETE, &format!("/v1/sessions/{id}"))).await
+    }
+
+    /// The request with this client's `traceparent`, if it has a trace (a fresh parent id per
+    /// request, as the W3C spec asks).
+    fn traced(&self, builder: RequestBuilder) -> RequestBuilder {
+        let Some(trace) = self.trace else { return builder };
+        let mut parent = [0u8; 8];
+        if getrandom::fill(&mut parent).is_err() || parent == [0; 8] {
+            parent = [1; 8];
+        }
+        let parent = data_encoding::HEXLOWER.encode(&parent);
+        builder.header("traceparent", format!("00-{trace}-{parent}-01"))
+    }
+
+    fn sse_events(
+        &self,
+        body: BoxStream<'static, reqwest::Result<axum::body::Bytes>>,
+    ) -> BoxStream<'static, Result<Sequenced, ClientError>> {
+        struct State {
+            body: BoxStream<'static, reqwest::Result<axum::body::Bytes>>,
+            lines: Lines,
+            ended: bool,
+            client: Client,
+            /// The fields of the message being read.
+            id: Option<u64>,
+            data: Vec<u8>,
+        }
+        let state = State {
+            body,
+            // A `done` event carries the whole result: output and stream, 1 MiB each at most.
+            lines: Lines::with_max(4 * MAX_LINE_BYTES),
+            ended: false,
+            client: self.clone(),
+            id: None,
+            data: Vec::new(),
+        };
+        futures::stream::unfold(state, |mut s| async move {
+            loop {
+                if s.ended {
+                    return None;
+                }
+                let line = match s.lines.next_line() {
+                    Err(LineTooLong) => {
+                        s.ended = true;
+                        let e = format!("an event is longer than {} bytes", 4 * MAX_LINE_BYTES);
+                        return Some((Err(ClientError::Decode(e)), s));
+                    }
+                    Ok(Some(line)) => line,
+                    Ok(None) => match s.body.next().await {
+                        Some(Ok(chunk)) => {
+                            s.lines.push(&chunk);
+                            continue;
+                        }
+                        Some(Err(e)) => {
+                            s.ended = true;
+                            let e = s.client.transport_error(e);
+                            return Some((Err(e), s));
+                        }
+                        None => {
+                            s.ended = true;
+                            return Some((Err(ClientError::Incomplete), s));
+                        }
+                    },
+                };
+                let line = line.strip_suffix(b"\r").unwrap_or(&line);
+                if !line.is_empty() {
+                    // `field: value` (one optional space); comments start with `:`.
+                    if let Some(rest) = line.strip_prefix(b"data:") {
+                        s.data.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
+                    } else if let Some(rest) = line.strip_prefix(b"id:") {
+                        let text = String::from_utf8_lossy(rest.strip_prefix(b" ").unwrap_or(rest))
+                            .into_owned();
+                        s.id = text.trim().parse().ok();
+                    }
+                    continue;
+                }
+                if s.data.is_empty() {
+                    continue; // a comment (keep-alive) or an empty message
+                }
+                let data = std::mem::take(&mut s.data);
+                let Some(id) = s.id.take() else {
+                    s.ended = true;
+                    return Some((Err(ClientError::Decode("an event without an id".into())), s));
+                };
+                let item = serde_json::from_slice::<crate::agents::CallEvent>(&data)
+                    .map(|event| Sequenced { id, event })
+                    .map_err(|e| ClientError::Decode(e.to_string()));
+                s.ended = item.as_ref().map_or(true, |e| e.event.is_final());
+                return Some((item, s));
+            }
+        })
+        .boxed()
     }
 
     /// `POST /v1/attest`: signs an attestation, stores it and gossips it. Not cancel-safe:

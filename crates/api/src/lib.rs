@@ -8,6 +8,9 @@
 //! - [`write_files`] / [`remove_files`]: `api.addr` and `api.token` (mode 0600) in the data
 //!   directory, written by the node once it listens and removed when it stops.
 //! - [`Client`]: one method per endpoint; [`Client::from_data_dir`] reads the two files.
+//! - [`agents`]: sessions (each with a token scoped to it, the [`Principal`] of what is done
+//!   under it), the frames of a runtime attached over a WebSocket ([`RuntimeLink`] is the
+//!   backend's side), asynchronous calls and their Server-Sent Events.
 //! - [`types`]: the request and response bodies; [`ApiError`] (with an [`ErrorCode`] that fixes
 //!   the HTTP status) for what the node refuses, [`ClientError`] for everything a caller meets.
 //!
@@ -30,15 +33,19 @@
 //! # Ok(()) }
 //! ```
 
+pub mod agents;
 mod client;
 mod error;
 mod files;
 mod ndjson;
+mod runtime;
 mod server;
 pub mod types;
 
 pub use client::{Client, DEFAULT_TIMEOUT};
 pub use error::{ApiError, ClientError, ErrorCode};
 pub use files::{ADDR_FILE, TOKEN_FILE, remove_files, write_files};
-pub use server::{Backend, MAX_BODY_BYTES, Token, bind, serve};
+pub use agents::*;
+pub use runtime::{FRAME_BURST, FRAME_MAX, FRAMES_PER_SEC, LINK_QUEUE, RuntimeLink};
+pub use server::{Backend, MAX_BODY_BYTES, Principal, Token, bind, serve};
 pub use types::*;

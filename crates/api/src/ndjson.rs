@@ -8,14 +8,26 @@ pub(crate) const MAX_LINE_BYTES: usize = 1 << 20;
 pub(crate) struct LineTooLong;
 
 /// Bytes received and not yet returned as lines.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Lines {
     buf: Vec<u8>,
     /// `buf[..scanned]` holds no newline.
     scanned: usize,
+    max: usize,
+}
+
+impl Default for Lines {
+    fn default() -> Self {
+        Self::with_max(MAX_LINE_BYTES)
+    }
 }
 
 impl Lines {
+    /// Lines of at most `max` bytes.
+    pub(crate) fn with_max(max: usize) -> Self {
+        Self { buf: Vec::new(), scanned: 0, max }
+    }
+
     pub(crate) fn push(&mut self, chunk: &[u8]) {
         self.buf.extend_from_slice(chunk);
     }
@@ -26,7 +38,7 @@ impl Lines {
             Some(i) => {
                 let end = self.scanned + i;
                 self.scanned = 0;
-                if end > MAX_LINE_BYTES {
+                if end > self.max {
                     return Err(LineTooLong);
                 }
                 let mut line: Vec<u8> = self.buf.drain(..=end).collect();
@@ -38,7 +50,7 @@ impl Lines {
             }
             None => {
                 self.scanned = self.buf.len();
-                if self.buf.len() > MAX_LINE_BYTES { Err(LineTooLong) } else { Ok(None) }
+                if self.buf.len() > self.max { Err(LineTooLong) } else { Ok(None) }
             }
         }
     }

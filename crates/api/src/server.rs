@@ -11,7 +11,7 @@ use axum::{
     Router,
     body::{Body, Bytes},
     extract::{
-        DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State,
+        DefaultBodyLimit, Extension, FromRequest, FromRequestParts, Path, Query, Request, State,
         rejection::{JsonRejection, PathRejection, QueryRejection},
     },
     http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header, request::Parts},
@@ -28,7 +28,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     ApiError,
+    agents::{
+        CallAccepted, CallStatus, SessionCreated, SessionId, SessionInfo, SessionList,
+        SessionRequest, Sequenced, TraceId,
+    },
     error::ErrorBody,
+    runtime::{self, RuntimeLink},
     types::{
         AttestRequest, Attested, BlockRequest, Blocked, CallRequest, CallResult, Cancelled,
         ContractInfo, FindEvent, FindRequest, LEDGER_PAGE_DEFAULT, LEDGER_PAGE_MAX, LedgerPage,
@@ -101,17 +106,82 @@ pub trait Backend: Send + Sync + 'static {
     /// node's own failures.
     ///
     /// `POST /v1/call`. The future is dropped if the client goes away before the answer: the
-    /// backend should then cancel the call.
+    /// backend should then cancel the call. `trace` is the agent's `traceparent` trace id.
     fn call(
         &self,
+        principal: Principal,
         call_id: CallId,
         req: CallRequest,
+        trace: Option<TraceId>,
     ) -> impl Future<Output = Result<CallResult, ApiError>> + Send;
-    /// Cancels the call `call_id` if it is in flight on this node; returns whether it was (the
-    /// server answers `404 NotFound` if not).
+    /// Cancels the call `call_id` if it is in flight on this node and `principal` may see it;
+    /// returns whether it was (the server answers `404 NotFound` if not).
     ///
     /// `POST /v1/calls/{call_id}/cancel`.
-    fn cancel(&self, call_id: CallId) -> impl Future<Output = Result<bool, ApiError>> + Send;
+    fn cancel(
+        &self,
+        principal: Principal,
+        call_id: CallId,
+    ) -> impl Future<Output = Result<bool, ApiError>> + Send;
+    /// Starts `req` under `call_id` and answers at once; the call runs on in the node.
+    ///
+    /// `POST /v1/calls` (202).
+    fn start_call(
+        &self,
+        principal: Principal,
+        call_id: CallId,
+        req: CallRequest,
+        trace: Option<TraceId>,
+    ) -> impl Future<Output = Result<CallAccepted, ApiError>> + Send;
+    /// An asynchronous call `principal` may see (running, or kept after it ended).
+    ///
+    /// `GET /v1/calls/{call_id}`.
+    fn call_status(
+        &self,
+        principal: Principal,
+        call_id: CallId,
+    ) -> impl Future<Output = Result<CallStatus, ApiError>> + Send;
+    /// The events of an asynchronous call from sequence number `from` on: those kept, then the
+    /// new ones as they happen, the channel closing after the final one. The server drops the
+    /// receiver when its client goes away.
+    ///
+    /// `GET /v1/calls/{call_id}/events`.
+    fn call_events(
+        &self,
+        principal: Principal,
+        call_id: CallId,
+        from: u64,
+    ) -> impl Future<Output = Result<mpsc::Receiver<Sequenced>, ApiError>> + Send;
+    /// The session whose token `token` is, if any (the node's own token is checked by the
+    /// server). Must not block: it runs for every request that is not the node's.
+    fn authenticate(&self, token: &[u8]) -> Option<SessionId>;
+    /// `POST /v1/sessions`.
+    fn open_session(
+        &self,
+        req: SessionRequest,
+    ) -> impl Future<Output = Result<SessionCreated, ApiError>> + Send;
+    /// `GET /v1/sessions`.
+    fn sessions(&self) -> impl Future<Output = Result<SessionList, ApiError>> + Send;
+    /// `GET /v1/sessions/{id}`.
+    fn session(&self, id: SessionId)
+    -> impl Future<Output = Result<SessionInfo, ApiError>> + Send;
+    /// Extends a session by its lifetime from now. `POST /v1/sessions/{id}/heartbeat`.
+    fn heartbeat(
+        &self,
+        id: SessionId,
+    ) -> impl Future<Output = Result<SessionInfo, ApiError>> + Send;
+    /// Ends a session: its runtime's adverts are retired, its socket closed.
+    /// `DELETE /v1/sessions/{id}`.
+    fn end_session(
+        &self,
+        id: SessionId,
+    ) -> impl Future<Output = Result<SessionInfo, ApiError>> + Send;
+    /// Attaches a runtime socket to session `id` (a second socket replaces the first). The
+    /// server pumps frames between the socket and the link until either side closes.
+    ///
+    /// `GET /v1/sessions/{id}/runtime` (a WebSocket upgrade).
+    fn attach(&self, id: SessionId)
+    -> impl Future<Output = Result<RuntimeLink, ApiError>> + Send;
     /// Signs an attestation, stores it and gossips it.
     ///
     /// `POST /v1/attest`.
@@ -205,6 +275,7 @@ impl<B> Clone for App<B> {
 }
 
 fn router<B: Backend>(backend: Arc<B>, token: Token, shutdown: CancellationToken) -> Router {
+    let auth = Auth { token, backend: backend.clone() };
     Router::new()
         .route("/v1/status", get(status::<B>))
         .route("/v1/peers", get(peers::<B>))
@@ -217,13 +288,20 @@ fn router<B: Backend>(backend: Arc<B>, token: Token, shutdown: CancellationToken
         .route("/v1/receipts", get(receipts::<B>))
         .route("/v1/receipts/{receipt}", get(receipt::<B>))
         .route("/v1/call", post(call::<B>))
+        .route("/v1/calls", post(start_call::<B>))
+        .route("/v1/calls/{call_id}", get(call_status::<B>))
+        .route("/v1/calls/{call_id}/events", get(call_events::<B>))
         .route("/v1/calls/{call_id}/cancel", post(cancel::<B>))
+        .route("/v1/sessions", post(open_session::<B>).get(sessions::<B>))
+        .route("/v1/sessions/{session}", get(session::<B>).delete(end_session::<B>))
+        .route("/v1/sessions/{session}/heartbeat", post(heartbeat::<B>))
+        .route("/v1/sessions/{session}/runtime", get(attach::<B>))
         .route("/v1/attest", post(attest::<B>))
         .fallback(no_route)
         .method_not_allowed_fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         // Added last, so it runs first: before routing, extractors and the backend.
-        .layer(middleware::from_fn_with_state(Arc::new(token), authorize))
+        .layer(middleware::from_fn_with_state(Arc::new(auth), authorize::<B>))
         .with_state(App { backend, shutdown })
 }
 
@@ -247,14 +325,99 @@ impl IntoResponse for ApiError {
     }
 }
 
-async fn authorize(State(token): State<Arc<Token>>, req: Request, next: Next) -> Response {
-    match check_bearer(req.headers(), &token) {
-        Ok(()) => next.run(req).await,
-        Err(e) => e.into_response(),
+/// Who made a request: the holder of the node's token (`api.token`), or of a session's token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Principal {
+    /// The node's operator or a trusted local program: everything.
+    Node,
+    /// An agent's session: calls (its own), finds, contracts, registry queries, status, and
+    /// its own session and runtime.
+    Session(SessionId),
+}
+
+impl Principal {
+    /// The session, if it is one.
+    pub fn session(self) -> Option<SessionId> {
+        match self {
+            Principal::Node => None,
+            Principal::Session(id) => Some(id),
+        }
     }
 }
 
+struct Auth<B> {
+    token: Token,
+    backend: Arc<B>,
+}
+
+/// Routes a session's token may use (by route pattern); the session's own id is checked by
+/// the handlers of `/v1/sessions/{session}…`.
+const SESSION_ROUTES: &[(Method, &str)] = &[
+    (Method::GET, "/v1/status"),
+    (Method::GET, "/v1/find/{capability}"),
+    (Method::GET, "/v1/contracts/{capability}"),
+    (Method::POST, "/v1/registry/query"),
+    (Method::POST, "/v1/call"),
+    (Method::POST, "/v1/calls"),
+    (Method::GET, "/v1/calls/{call_id}"),
+    (Method::GET, "/v1/calls/{call_id}/events"),
+    (Method::POST, "/v1/calls/{call_id}/cancel"),
+    (Method::GET, "/v1/sessions/{session}"),
+    (Method::DELETE, "/v1/sessions/{session}"),
+    (Method::POST, "/v1/sessions/{session}/heartbeat"),
+    (Method::GET, "/v1/sessions/{session}/runtime"),
+];
+
+async fn authorize<B: Backend>(
+    State(auth): State<Arc<Auth<B>>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let candidate = match bearer(req.headers()) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let principal = if auth.token.matches(candidate) {
+        Principal::Node
+    } else if let Some(id) = auth.backend.authenticate(candidate) {
+        let allowed = req.extensions().get::<axum::extract::MatchedPath>().is_some_and(|p| {
+            SESSION_ROUTES.iter().any(|(m, r)| m == req.method() && *r == p.as_str())
+        });
+        if !allowed {
+            return ApiError::new(
+                crate::ErrorCode::Denied,
+                format!(
+                    "a session token may not use {} {}: it is scoped to calls, finds and its own \
+                     session; use the node's token (api.token) for the rest",
+                    req.method(),
+                    req.uri().path()
+                ),
+            )
+            .into_response();
+        }
+        Principal::Session(id)
+    } else {
+        return ApiError::unauthorized(
+            "wrong token: use the one in api.token in the node's data directory (a new one is \
+             made each time the node starts), or a live session's token",
+        )
+        .into_response();
+    };
+    req.extensions_mut().insert(principal);
+    next.run(req).await
+}
+
+#[cfg(test)]
 fn check_bearer(headers: &HeaderMap, token: &Token) -> Result<(), ApiError> {
+    if token.matches(bearer(headers)?) {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized("wrong token"))
+    }
+}
+
+/// The token of an `Authorization: Bearer` header.
+fn bearer(headers: &HeaderMap) -> Result<&[u8], ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(ApiError::unauthorized(
             "missing `Authorization: Bearer <token>`; the token is in api.token in the node's \
@@ -272,14 +435,7 @@ fn check_bearer(headers: &HeaderMap, token: &Token) -> Result<(), ApiError> {
             ));
         }
     };
-    if token.matches(candidate.trim_ascii()) {
-        Ok(())
-    } else {
-        Err(ApiError::unauthorized(
-            "wrong token: use the one in api.token in the node's data directory (a new one is \
-             made each time the node starts)",
-        ))
-    }
+    Ok(candidate.trim_ascii())
 }
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {
@@ -361,23 +517,178 @@ async fn receipt<B: Backend>(
     app.backend.receipt(id).await.map(Json)
 }
 
+/// The call id of a request, or a fresh one.
+fn call_id_of(req: &CallRequest) -> Result<CallId, ApiError> {
+    match req.call_id {
+        Some(id) => Ok(id),
+        None => CallId::random()
+            .map_err(|e| ApiError::internal(format!("no randomness for a call id: {e}"))),
+    }
+}
+
+/// The trace id of the request's W3C `traceparent` header, if it has one.
+fn trace_of(headers: &HeaderMap) -> Result<Option<TraceId>, ApiError> {
+    let Some(value) = headers.get("traceparent") else { return Ok(None) };
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::bad_request("the traceparent header is not ASCII text"))?;
+    TraceId::from_traceparent(text).map(Some).map_err(ApiError::bad_request)
+}
+
 async fn call<B: Backend>(
     State(app): State<App<B>>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
     Json(req): Json<CallRequest>,
 ) -> Result<Json<CallResult>, ApiError> {
-    let call_id = match req.call_id {
-        Some(id) => id,
-        None => CallId::random()
-            .map_err(|e| ApiError::internal(format!("no randomness for a call id: {e}")))?,
+    let trace = trace_of(&headers)?;
+    let call_id = call_id_of(&req)?;
+    app.backend.call(principal, call_id, req, trace).await.map(Json)
+}
+
+async fn start_call<B: Backend>(
+    State(app): State<App<B>>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    Json(req): Json<CallRequest>,
+) -> Result<Response, ApiError> {
+    let trace = trace_of(&headers)?;
+    let call_id = call_id_of(&req)?;
+    let accepted = app.backend.start_call(principal, call_id, req, trace).await?;
+    let id = data_encoding::BASE64URL_NOPAD.encode(&accepted.call_id.0);
+    let location = HeaderValue::from_str(&format!("/v1/calls/{id}"))
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(accepted)).into_response())
+}
+
+async fn call_status<B: Backend>(
+    State(app): State<App<B>>,
+    Extension(principal): Extension<Principal>,
+    CallIdPath(call_id): CallIdPath,
+) -> Result<Json<CallStatus>, ApiError> {
+    app.backend.call_status(principal, call_id).await.map(Json)
+}
+
+/// The query string of `GET /v1/calls/{call_id}/events`.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsParams {
+    /// First event id wanted (also read from `Last-Event-ID`, plus one).
+    from: Option<u64>,
+}
+
+/// How often an idle event stream sends an SSE comment, so proxies and clients keep it open.
+const SSE_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+async fn call_events<B: Backend>(
+    State(app): State<App<B>>,
+    Extension(principal): Extension<Principal>,
+    CallIdPath(call_id): CallIdPath,
+    headers: HeaderMap,
+    ApiQuery(params): ApiQuery<EventsParams>,
+) -> Result<Response, ApiError> {
+    let resume = match headers.get("last-event-id") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::bad_request("Last-Event-ID must be an event id"))?
+                .saturating_add(1),
+        ),
+        None => None,
     };
-    app.backend.call(call_id, req).await.map(Json)
+    let from = params.from.or(resume).unwrap_or(0);
+    let events = app.backend.call_events(principal, call_id, from).await?;
+    let body = sse_stream(events, SSE_KEEPALIVE).take_until(app.shutdown.cancelled_owned());
+    let headers = [
+        (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+    ];
+    Ok((headers, Body::from_stream(body)).into_response())
+}
+
+/// Each event as an SSE message (`id`, `event`, `data` on one line), with a comment line after
+/// `keepalive` of silence; ends after the final event or when the channel closes.
+fn sse_stream(
+    rx: mpsc::Receiver<Sequenced>,
+    keepalive: std::time::Duration,
+) -> impl Stream<Item = Result<Bytes, serde_json::Error>> + Send {
+    futures::stream::unfold(Some(rx), move |rx| async move {
+        let mut rx = rx?;
+        match tokio::time::timeout(keepalive, rx.recv()).await {
+            Err(_) => Some((Ok(Bytes::from_static(b": keep-alive\n\n")), Some(rx))),
+            Ok(None) => None,
+            Ok(Some(ev)) => {
+                let last = ev.event.is_final();
+                let message = serde_json::to_string(&ev.event).map(|data| {
+                    Bytes::from(format!("id: {}\nevent: {}\ndata: {data}\n\n", ev.id, ev.event.name()))
+                });
+                Some((message, if last { None } else { Some(rx) }))
+            }
+        }
+    })
+}
+
+async fn open_session<B: Backend>(
+    State(app): State<App<B>>,
+    Json(req): Json<SessionRequest>,
+) -> Result<Response, ApiError> {
+    let created = app.backend.open_session(req).await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+async fn sessions<B: Backend>(State(app): State<App<B>>) -> Result<Json<SessionList>, ApiError> {
+    app.backend.sessions().await.map(Json)
+}
+
+async fn session<B: Backend>(
+    State(app): State<App<B>>,
+    SessionPath(id): SessionPath,
+) -> Result<Json<SessionInfo>, ApiError> {
+    app.backend.session(id).await.map(Json)
+}
+
+async fn heartbeat<B: Backend>(
+    State(app): State<App<B>>,
+    SessionPath(id): SessionPath,
+) -> Result<Json<SessionInfo>, ApiError> {
+    app.backend.heartbeat(id).await.map(Json)
+}
+
+async fn end_session<B: Backend>(
+    State(app): State<App<B>>,
+    SessionPath(id): SessionPath,
+) -> Result<Json<SessionInfo>, ApiError> {
+    app.backend.end_session(id).await.map(Json)
+}
+
+async fn attach<B: Backend>(
+    State(app): State<App<B>>,
+    SessionPath(id): SessionPath,
+    upgrade: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+) -> Result<Response, ApiError> {
+    let upgrade = upgrade.map_err(|e| {
+        ApiError::bad_request(format!(
+            "the runtime endpoint is a WebSocket: connect with an Upgrade: websocket request ({})",
+            e.body_text()
+        ))
+    })?;
+    let link = app.backend.attach(id).await?;
+    let shutdown = app.shutdown.clone();
+    Ok(upgrade
+        .max_message_size(runtime::SOCKET_MESSAGE_MAX)
+        .on_upgrade(move |socket| runtime::pump(socket, link, shutdown)))
 }
 
 async fn cancel<B: Backend>(
     State(app): State<App<B>>,
+    Extension(principal): Extension<Principal>,
     CallIdPath(call_id): CallIdPath,
 ) -> Result<Json<Cancelled>, ApiError> {
-    if app.backend.cancel(call_id).await? {
+    if app.backend.cancel(principal, call_id).await? {
         Ok(Json(Cancelled { cancelled: true }))
     } else {
         Err(ApiError::not_found(format!(
@@ -515,6 +826,27 @@ impl<S: Send + Sync> FromRequestParts<S> for CallIdPath {
                      the `call_id` of the call"
                 ))
             })
+    }
+}
+
+/// A session id in the path, checked against the request's principal: a session's token may
+/// name only its own session (another is `404`, as if it did not exist).
+struct SessionPath(SessionId);
+
+impl<S: Send + Sync> FromRequestParts<S> for SessionPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(text) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|e: PathRejection| ApiError::bad_request(e.body_text()))?;
+        let id: SessionId = text.parse().map_err(ApiError::bad_request)?;
+        match parts.extensions.get::<Principal>() {
+            Some(Principal::Session(own)) if *own != id => {
+                Err(ApiError::not_found(format!("no session {id}")))
+            }
+            _ => Ok(SessionPath(id)),
+        }
     }
 }
 

@@ -34,17 +34,17 @@ pub(crate) mod repr {
     }
 
     /// An optional id of a request: absent or `null` is `None`.
-    pub(super) mod option {
+    pub(crate) mod option {
         use super::*;
 
-        pub(in super::super) fn serialize<T: Repr, S: Serializer>(
+        pub(crate) fn serialize<T: Repr, S: Serializer>(
             value: &Option<T>,
             s: S,
         ) -> Result<S::Ok, S::Error> {
             value.ser(s)
         }
 
-        pub(in super::super) fn deserialize<'de, T: Repr, D: Deserializer<'de>>(
+        pub(crate) fn deserialize<'de, T: Repr, D: Deserializer<'de>>(
             d: D,
         ) -> Result<Option<T>, D::Error> {
             Ok(Option::<De<T>>::deserialize(d)?.map(|De(v)| v))
@@ -158,6 +158,11 @@ pub struct PublishRequest {
     /// Lifetime of the advert; absent: the node's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_ms: Option<u64>,
+    /// Advertise it although nothing on this node serves it (calls to it then fail with
+    /// `NotFound` at this provider). Absent or `false`: a capability this node does not serve
+    /// is refused (`409 Conflict`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub announce_only: bool,
 }
 
 /// The advert a publish produced.
@@ -368,6 +373,23 @@ pub struct LedgerEntryJson {
     /// that record.
     #[serde(default)]
     pub record: Option<serde_json::Value>,
+    /// What this node knows locally about the call (not signed, not part of the chain):
+    /// its trace id and the agent session it was made or served under. `null` when none.
+    #[serde(default)]
+    pub note: Option<LedgerNoteJson>,
+}
+
+/// The local context of a ledger entry's call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerNoteJson {
+    /// The call's trace id; `null` if unknown.
+    #[serde(default)]
+    pub trace: Option<crate::agents::TraceId>,
+    /// The session's id and name; `null` for calls outside sessions.
+    #[serde(default)]
+    pub session_id: Option<String>,
+    #[serde(default)]
+    pub session_name: Option<String>,
 }
 
 impl LedgerEntryJson {
@@ -378,7 +400,7 @@ impl LedgerEntryJson {
             LedgerKind::Receipt => project::<Receipt>(&signed),
             LedgerKind::Countersignature => project::<Countersignature>(&signed),
         };
-        Self { seq, hash, kind, id, signed: Bytes(signed), record }
+        Self { seq, hash, kind, id, signed: Bytes(signed), record, note: None }
     }
 }
 
@@ -504,6 +526,10 @@ pub struct CallResult {
     pub elapsed_ms: u64,
     /// Tries that failed before the one that succeeded.
     pub attempts: Vec<Attempt>,
+    /// The trace id every envelope of the call carried: the agent's `traceparent` trace id,
+    /// or one the node chose.
+    #[serde(default)]
+    pub trace: Option<crate::agents::TraceId>,
 }
 
 /// Why a call failed: the `call` member of an error of `POST /v1/call`.

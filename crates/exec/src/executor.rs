@@ -38,12 +38,20 @@ pub struct Run {
     /// the run waits while it is full (backpressure), and a closed receiver cancels the run.
     /// Required for a streaming contract, ignored otherwise.
     pub chunks: Option<mpsc::Sender<Vec<u8>>>,
+    /// The call's trace id, handed to runtimes that can log it (a [`Foreign`] one).
+    pub trace: Option<[u8; 16]>,
 }
 
 impl Run {
     /// A run limited to `timeout` and stopped by `cancel`, with no chunk sender.
     pub fn new(timeout: Duration, cancel: CancellationToken) -> Self {
-        Self { timeout, cancel, chunks: None }
+        Self { timeout, cancel, chunks: None, trace: None }
+    }
+
+    /// Names the call's trace id.
+    pub fn with_trace(mut self, trace: [u8; 16]) -> Self {
+        self.trace = Some(trace);
+        self
     }
 
     /// Sends a streaming output's chunks to `tx`.
@@ -76,6 +84,51 @@ pub trait Foreign: Send + Sync + 'static {
     fn describe(&self) -> String;
     /// Runs once with `args`.
     fn call(&self, args: Value) -> Pin<Box<dyn Future<Output = Result<Value, ExecError>> + Send>>;
+    /// Whether it can serve a streaming contract (through [`Foreign::run`]'s chunk sink).
+    fn streams(&self) -> bool {
+        false
+    }
+    /// Runs once with `args` and what the run knows (time limit, trace id, chunk sink). The
+    /// default ignores the context and answers [`Foreign::call`]'s value.
+    fn run(
+        &self,
+        args: Value,
+        ctx: ForeignRun,
+    ) -> Pin<Box<dyn Future<Output = Result<ForeignOutput, ExecError>> + Send>> {
+        drop(ctx);
+        let call = self.call(args);
+        Box::pin(async move { call.await.map(ForeignOutput::Value) })
+    }
+}
+
+/// What a [`Foreign`] run knows besides its arguments.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct ForeignRun {
+    /// The longest the run may take (it is dropped past it).
+    pub limit: Duration,
+    /// The call's trace id, when the call has one.
+    pub trace: Option<[u8; 16]>,
+    /// Where a streaming contract's chunks go (present exactly when the contract streams).
+    pub chunks: Option<ChunkSink>,
+}
+
+impl ForeignRun {
+    /// A run limited to `limit`, with no trace id and no chunk sink (for calling a
+    /// [`Foreign`] runtime outside an executor).
+    pub fn new(limit: Duration) -> Self {
+        Self { limit, trace: None, chunks: None }
+    }
+}
+
+/// What a [`Foreign`] run produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ForeignOutput {
+    /// One value, checked against the output schema afterwards.
+    Value(Value),
+    /// A streaming contract's chunks went to [`ForeignRun::chunks`]: this many
+    /// ([`ChunkSink::sent`]).
+    Streamed { chunks: u64 },
 }
 
 /// How an executor runs: a configured [`Runtime`] or a [`Foreign`] one.
@@ -146,13 +199,13 @@ impl Executor {
     }
 
     /// An executor whose runs go to `runtime`, which this crate does not know. The contract is
-    /// checked and compiled as in [`Executor::new`]; a streaming contract is refused (a foreign
-    /// runtime answers one value).
+    /// checked and compiled as in [`Executor::new`]; a streaming contract is refused unless the
+    /// runtime [streams](Foreign::streams).
     pub fn foreign(contract: Contract, runtime: Arc<dyn Foreign>) -> Result<Self, ExecError> {
         let compiled = Compiled::new(&contract).map_err(|e| {
             ExecError::Config(format!("the contract {:?} is refused: {e}", contract.name))
         })?;
-        if contract.streaming {
+        if contract.streaming && !runtime.streams() {
             return Err(ExecError::Config(format!(
                 "{} cannot serve the streaming contract {:?}",
                 runtime.describe(),
@@ -265,7 +318,22 @@ impl Executor {
 
         let work = async {
             match &inner.engine {
-                Engine::Foreign(runtime) => runtime.call(args).await.map(Produced::Value),
+                Engine::Foreign(runtime) => {
+                    let streamed = chunks.is_some();
+                    let ctx = ForeignRun { limit, trace: run.trace, chunks: chunks.map(ChunkSink) };
+                    match runtime.run(args, ctx).await? {
+                        ForeignOutput::Value(v) if !streamed => Ok(Produced::Value(v)),
+                        ForeignOutput::Streamed { chunks } if streamed => {
+                            Ok(Produced::Streamed(chunks))
+                        }
+                        _ => Err(ExecError::Failed(format!(
+                            "{} answered {} for a contract that {}",
+                            runtime.describe(),
+                            if streamed { "one value" } else { "a stream" },
+                            if streamed { "streams" } else { "does not stream" },
+                        ))),
+                    }
+                }
                 Engine::Configured(Runtime::Builtin { name }) => {
                     builtin::run(*name, args, chunks).await
                 }
@@ -316,7 +384,31 @@ impl fmt::Debug for Executor {
     }
 }
 
+/// The chunk sink a [`Foreign`] runtime streams into.
+#[derive(Debug)]
+pub struct ChunkSink(Chunks);
+
+impl ChunkSink {
+    /// Sends one chunk of at most [`MAX_CHUNK_BYTES`] (a larger one is split), waiting for room
+    /// (backpressure); a closed receiver is [`ExecError::Cancelled`].
+    pub async fn send(&mut self, chunk: Vec<u8>) -> Result<(), ExecError> {
+        if chunk.len() <= MAX_CHUNK_BYTES {
+            return self.0.send(chunk).await;
+        }
+        for piece in chunk.chunks(MAX_CHUNK_BYTES) {
+            self.0.send(piece.to_vec()).await?;
+        }
+        Ok(())
+    }
+
+    /// Chunks sent so far.
+    pub fn sent(&self) -> u64 {
+        self.0.sent()
+    }
+}
+
 /// The chunk sender of a streaming run, counting what it sent.
+#[derive(Debug)]
 pub(crate) struct Chunks {
     tx: mpsc::Sender<Vec<u8>>,
     sent: u64,

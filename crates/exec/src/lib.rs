@@ -53,5 +53,8 @@ mod runtime;
 
 pub use builtin::{Builtin, MAX_SLEEP_MS, MAX_STREAM_CHUNKS};
 pub use error::ExecError;
-pub use executor::{Executor, Foreign, MAX_CHUNK_BYTES, Output, Run, ValidArgs};
+pub use executor::{
+    ChunkSink, Executor, Foreign, ForeignOutput, ForeignRun, MAX_CHUNK_BYTES, Output, Run,
+    ValidArgs,
+};
 pub use runtime::{CommandSpec, DEFAULT_MAX_OUTPUT_BYTES, DEFAULT_TIMEOUT_MS, HttpSpec, Runtime};

@@ -9,7 +9,7 @@ use std::{
 
 use capmesh_contract::Contract;
 use capmesh_mesh::{Exchange, FindEvent, MeshError, Multiaddr, Thread};
-use capmesh_store::LedgerKind;
+use capmesh_store::{LedgerKind, LedgerNote, SessionTag};
 use capmesh_types::{Cid, Digest, PeerId};
 use capmesh_wire::{
     Body, CallId, CallStatus, Countersignature, ErrorBody, Intent, Negotiate, Offer, Opened, Price,
@@ -42,6 +42,30 @@ pub struct CallRequest {
     pub call_id: Option<CallId>,
     /// Where a streaming capability's chunks go, in order, as they arrive.
     pub chunks: Option<mpsc::Sender<Vec<u8>>>,
+    /// The trace id of every envelope of the call (an agent's W3C `traceparent`); random when
+    /// absent.
+    pub trace: Option<TraceId>,
+    /// Where the call's steps are reported as they happen ([`CallEvent`]). Sent with
+    /// `try_send`: a full channel loses events, never stalls the call.
+    pub events: Option<mpsc::Sender<CallEvent>>,
+    /// The agent session the call is made under, kept in the receipt's ledger note.
+    pub session: Option<SessionTag>,
+}
+
+/// A step of a call, as it happens (for agents that follow a call).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum CallEvent {
+    /// Providers found and admitted by policy, in the order they are asked for offers.
+    Providers { providers: Vec<PeerId> },
+    /// A provider's offer, usable for this call.
+    Offer { provider: PeerId, price: Price, latency_ms: u64 },
+    /// A try starts at `provider` (`warm`: under a standing offer, without asking for terms).
+    Chosen { provider: PeerId, warm: bool },
+    /// The provider accepted the call and runs it past its inline window.
+    Accepted { provider: PeerId },
+    /// A try that did not succeed; the call fails over if it can.
+    Failed(Attempt),
 }
 
 impl CallRequest {
@@ -54,6 +78,9 @@ impl CallRequest {
             deadline: None,
             call_id: None,
             chunks: None,
+            trace: None,
+            events: None,
+            session: None,
         }
     }
     pub fn with_weights(mut self, w: Weights) -> Self {
@@ -76,12 +103,26 @@ impl CallRequest {
         self.chunks = Some(tx);
         self
     }
+    pub fn with_trace(mut self, trace: TraceId) -> Self {
+        self.trace = Some(trace);
+        self
+    }
+    pub fn with_events(mut self, tx: mpsc::Sender<CallEvent>) -> Self {
+        self.events = Some(tx);
+        self
+    }
+    pub fn with_session(mut self, session: SessionTag) -> Self {
+        self.session = Some(session);
+        self
+    }
 }
 
 /// A call that succeeded, with its verified, ledgered receipt.
 #[derive(Debug, Clone)]
 pub struct CallOutcome {
     pub call: CallId,
+    /// The trace id every envelope of the call carried.
+    pub trace: TraceId,
     pub capability: Cid,
     pub provider: PeerId,
     /// The output (absent for a streaming capability: the chunks are the output).
@@ -216,6 +257,20 @@ struct Ctx<'a> {
     started: bool,
 }
 
+impl Ctx<'_> {
+    /// The local note kept beside the call's receipt: its trace and session.
+    fn note(&self) -> LedgerNote {
+        LedgerNote { trace: Some(self.trace.0), session: self.req.session.clone() }
+    }
+
+    /// Reports a step to whoever follows the call (never waits: see [`CallRequest::events`]).
+    fn emit(&self, event: CallEvent) {
+        if let Some(tx) = &self.req.events {
+            let _ = tx.try_send(event);
+        }
+    }
+}
+
 impl Market {
     /// Makes one call (DESIGN §5). Returns once the receipt is verified and flushed to the
     /// ledger; the countersignature is sent afterwards. Cancel-safe: dropping the future
@@ -283,7 +338,10 @@ impl Market {
             req: &req,
             contract: stored,
             call,
-            trace: fresh()?,
+            trace: match req.trace {
+                Some(t) => t,
+                None => fresh()?,
+            },
             deadline: clock + span,
             deadline_ms: now_ms() + span.as_millis() as u64,
             cancel,
@@ -374,6 +432,7 @@ impl Market {
                 return Err(CallError::Deadline { attempts });
             }
             tried.insert(standing.provider);
+            ctx.emit(CallEvent::Chosen { provider: standing.provider, warm });
             match self.try_offer(&mut ctx, &standing).await {
                 Tried::Done(mut outcome) => {
                     outcome.attempts = attempts;
@@ -385,16 +444,19 @@ impl Market {
                 Tried::Next(a) => {
                     self.bump(|s| s.failovers += 1);
                     tracing::debug!(call = ?ctx.call, attempt = %a, "failing over");
+                    ctx.emit(CallEvent::Failed(a.clone()));
                     attempts.push(a);
                 }
                 Tried::Renew(a) if renewed.insert(standing.provider) => {
                     tracing::debug!(call = ?ctx.call, attempt = %a, "offer forgotten; asking again");
                     tried.remove(&standing.provider);
                     rounds = 1;
+                    ctx.emit(CallEvent::Failed(a.clone()));
                     attempts.push(a);
                 }
                 Tried::Renew(a) => {
                     self.bump(|s| s.failovers += 1);
+                    ctx.emit(CallEvent::Failed(a.clone()));
                     attempts.push(a);
                 }
                 Tried::Stop(e) => return Err(e),
@@ -492,6 +554,7 @@ impl Market {
             providers = as_offers.into_iter().map(|(p, a, o)| (p, a, o.price)).collect();
         }
         providers.truncate(self.inner.config.intent_fanout);
+        ctx.emit(CallEvent::Providers { providers: providers.iter().map(|(p, ..)| *p).collect() });
         let mut asks: JoinSet<(PeerId, Vec<Multiaddr>, Result<Exchange, MeshError>)> =
             JoinSet::new();
         for (provider, addrs, _) in providers {
@@ -541,6 +604,13 @@ impl Market {
                         } else {
                             None
                         };
+                        if refused.is_none() {
+                            ctx.emit(CallEvent::Offer {
+                                provider,
+                                price: offer.price.clone(),
+                                latency_ms: offer.latency_ms,
+                            });
+                        }
                         match refused {
                             None => offers.push(Standing {
                                 provider,
@@ -671,6 +741,7 @@ impl Market {
         let (done, done_id) = match opened.payload.body {
             Body::TaskDone(done) => (done, answer_id),
             Body::TaskAccepted(_) => {
+                ctx.emit(CallEvent::Accepted { provider });
                 // Steps 7–8 deferred: progress and the outcome come as the provider's requests.
                 // A repeat of the `TaskStart` (same call id: never run twice) asks whether it
                 // still runs — at once when no connection to the provider is open, and every
@@ -837,7 +908,7 @@ impl Market {
         // A valid receipt is evidence whatever it says: keep it (flushed), with this node's
         // countersignature, then send that to the provider.
         let seq = match self
-            .keep_receipt(&done.receipt, provider, &standing.addrs, ctx.trace, done_id)
+            .keep_receipt(&done.receipt, provider, &standing.addrs, ctx.note(), done_id)
             .await
         {
             Ok(seq) => seq,
@@ -857,6 +928,7 @@ impl Market {
         let receipt_id = done.receipt.id();
         Tried::Done(Box::new(CallOutcome {
             call: ctx.call,
+            trace: ctx.trace,
             capability: ctx.req.capability,
             provider,
             output: done.output,
@@ -905,7 +977,7 @@ impl Market {
                             &done.receipt,
                             provider,
                             &standing.addrs,
-                            ctx.trace,
+                            ctx.note(),
                             opened.id,
                         )
                         .await
@@ -978,10 +1050,11 @@ impl Market {
         receipt: &Signed<Receipt>,
         provider: PeerId,
         addrs: &[Multiaddr],
-        trace: TraceId,
+        note: LedgerNote,
         done_id: Cid,
     ) -> Result<u64, CallError> {
         let id = receipt.id();
+        let trace: TraceId = capmesh_wire::repr::FixedBytes(note.trace.unwrap_or_default());
         let cs = Countersignature { receipt: id, caller: self.inner.me, signed: now_ms() };
         let countersigned = Signed::sign(&self.inner.key, &cs)?;
         let (receipt_bytes, cs_bytes) = (receipt.to_bytes(), countersigned.to_bytes());
@@ -989,6 +1062,8 @@ impl Market {
             if let (Some(kept), _) = store.ledger_find(&id).map_err(Refused::internal)? {
                 return Ok(Done { seq: kept.seq, fresh: false });
             }
+            // Before the appends, so that their flush covers it.
+            store.ledger_annotate(&id, &note).map_err(Refused::internal)?;
             let entry = store
                 .ledger_append_unflushed(LedgerKind::Receipt, &receipt_bytes)
                 .map_err(Refused::internal)?;

@@ -46,7 +46,8 @@ use capmesh_types::{Cid, NodeKey, PeerId};
 use capmesh_wire::{Body, ErrorBody, Opened};
 use tokio_util::sync::CancellationToken;
 
-pub use caller::{CallOutcome, CallRequest};
+pub use caller::{CallEvent, CallOutcome, CallRequest};
+pub use capmesh_store::{LedgerNote, SessionTag};
 pub use error::{Attempt, CallError};
 pub use provider::ServeSpec;
 pub use receipt::{CHAIN_START, chain_next, json_digest};

@@ -39,6 +39,9 @@ pub struct ServeSpec {
     pub latency_ms: Option<u64>,
     /// Advert lifetime; `None` = the mesh's default.
     pub ttl: Option<Duration>,
+    /// The agent session serving it (a runtime attached over the local API), named in the
+    /// ledger note of every receipt it earns.
+    pub session: Option<capmesh_store::SessionTag>,
 }
 
 #[derive(Debug)]
@@ -522,7 +525,7 @@ impl Market {
         let limit = Duration::from_millis(serving.spec.limits.timeout_ms);
         let timeout = limit.min(Duration::from_millis(start.deadline.saturating_sub(started)));
         let input = json_digest(&start.args).unwrap_or(CHAIN_START);
-        let mut run = Run::new(timeout, call.cancel.clone());
+        let mut run = Run::new(timeout, call.cancel.clone()).with_trace(call.trace.0);
         let mut forwarder = None;
         if serving.spec.executor.contract().streaming {
             let (tx, rx) = mpsc::channel(16);
@@ -611,7 +614,12 @@ impl Market {
         // can only come after it, and the batcher keeps that order. Flushed with the next
         // batch; the caller holds the same bytes and flushes them before it reports the call.
         let bytes = signed.to_bytes();
+        let (receipt_id, note) = (
+            signed.id(),
+            capmesh_store::LedgerNote { trace: Some(call.trace.0), session: serving.spec.session.clone() },
+        );
         let op: crate::batch::Op = Box::new(move |store| {
+            store.ledger_annotate(&receipt_id, &note).map_err(Refused::internal)?;
             let e = store
                 .ledger_append_unflushed(LedgerKind::Receipt, &bytes)
                 .map_err(Refused::internal)?;

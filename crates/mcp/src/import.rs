@@ -374,6 +374,7 @@ async fn reconcile(inner: &Arc<Inner>, peer: &Peer<RoleClient>, first: bool) -> 
             limits: config.limits.clone(),
             latency_ms: config.latency_ms,
             ttl: None,
+            session: None,
         };
         // Served before it runs anything: `served` must name it when a call arrives.
         lock(&inner.state).served.insert(tool.clone(), id);

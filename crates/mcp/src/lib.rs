@@ -4,9 +4,13 @@
 //!   API. It lists the capabilities a [`Selection`] chooses (pinned ids, tags, a search) as MCP
 //!   tools — name from the contract name and a short id, `inputSchema` / `outputSchema` from the
 //!   contract, the capability id in the description — plus [`FIND_TOOL`]. A `tools/call` is a
-//!   mesh call (negotiation, signed receipts) whose result carries the receipt id in `_meta`;
-//!   MCP cancellation cancels the mesh call. Served over stdio ([`serve_stdio`]) or streamable
-//!   HTTP on loopback with a bearer token ([`serve_http`]); `capmesh mcp` runs one of them.
+//!   mesh call (negotiation, signed receipts) whose result carries the receipt id in `_meta`,
+//!   with `notifications/progress` while it runs when the client asked; MCP cancellation
+//!   cancels the mesh call. Clients are told when the selected tools change
+//!   (`notifications/tools/list_changed`, [`MeshTools::watch`]). Served over stdio
+//!   ([`serve_stdio`], which a signal stops even while the client keeps stdin open) or
+//!   streamable HTTP on loopback with a bearer token and `Origin` validation ([`serve_http`]);
+//!   `capmesh mcp` runs one of them.
 //! - **MCP → mesh** ([`Importer`]): a node serves the tools of an MCP server (a stdio command or
 //!   a URL) as capabilities, each tool a contract ([`names::contract_of`]) with an `mcp` runtime
 //!   ([`capmesh_exec::Foreign`]). A changed tool definition is a new contract, so a new id: it is
@@ -27,8 +31,8 @@ pub use import::{ImportConfig, Importer, Source, retire_imported};
 pub use names::ImportError;
 pub use serve::{MCP_PATH, ServeError, TOKEN_FILE, bind, serve_http, serve_stdio, token};
 pub use server::{
-    FIND_TOOL, META_CALL, META_CAPABILITY, META_ERROR, META_PROVIDER, META_RECEIPT, MeshTools,
-    Selection, find_tool,
+    DEFAULT_REFRESH, FIND_TOOL, META_CALL, META_CAPABILITY, META_ERROR, META_PROVIDER,
+    META_RECEIPT, MeshTools, Selection, find_tool,
 };
 
 /// A poisoned lock is still usable here: every critical section leaves its state whole.

@@ -1,15 +1,19 @@
 //! Serving [`MeshTools`] over stdio and over streamable HTTP on a loopback address.
 
 use std::{
+    io::Read,
     net::SocketAddr,
     path::{Path, PathBuf},
+    pin::Pin,
     sync::Arc,
+    task::{Context, Poll},
 };
 
 use axum::{
     Router,
+    body::Body,
     extract::{Request, State},
-    http::{StatusCode, header},
+    http::{Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
 };
@@ -19,7 +23,12 @@ use rmcp::{
         StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
     },
 };
-use tokio::net::TcpListener;
+use tokio::{
+    io::{AsyncRead, ReadBuf},
+    net::TcpListener,
+    sync::mpsc,
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::MeshTools;
@@ -30,8 +39,13 @@ pub const MCP_PATH: &str = "/mcp";
 /// Name of the token file in the data directory.
 pub const TOKEN_FILE: &str = "mcp.token";
 
+/// Bytes read from stdin at once, and chunks of them queued for the session.
+const STDIN_CHUNK: usize = 64 * 1024;
+const STDIN_QUEUE: usize = 16;
+
 /// Why serving stopped or could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServeError {
     #[error("the MCP session over stdio failed: {0}")]
     Stdio(String),
@@ -41,14 +55,98 @@ pub enum ServeError {
     NotLoopback(SocketAddr),
 }
 
-/// Serves `tools` on stdin/stdout until the client closes them (or `cancel`).
+/// Serves `tools` on stdin/stdout until the client closes them or `cancel`, whichever comes
+/// first: a client that keeps stdin open does not keep the process alive past `cancel` (a
+/// signal). Meanwhile [`MeshTools::watch`] tells the client when the tools change.
+///
+/// Stdin is read on a thread of its own, not on tokio's blocking pool: a blocking read cannot
+/// be cancelled, and a runtime shutting down waits for its blocking pool, so a read pending on
+/// an open stdin would hold the process until the client wrote or closed it. The thread ends at
+/// end of input or at its next read once the session is over; a process exits without waiting
+/// for it. It is the one thread here that no cancellation token can stop.
 pub async fn serve_stdio(tools: MeshTools, cancel: CancellationToken) -> Result<(), ServeError> {
-    let running = tools
-        .serve_with_ct(rmcp::transport::stdio(), cancel)
-        .await
-        .map_err(|e| ServeError::Stdio(e.to_string()))?;
-    running.waiting().await.map_err(|e| ServeError::Stdio(e.to_string()))?;
-    Ok(())
+    let stdin = StdinReader::spawn()?;
+    let session = cancel.child_token();
+    let mut tasks = JoinSet::new();
+    {
+        let (tools, session) = (tools.clone(), session.clone());
+        tasks.spawn(async move { tools.watch(session).await });
+    }
+    let served = async {
+        let running = match tools.serve_with_ct((stdin, tokio::io::stdout()), session.clone()).await
+        {
+            Ok(running) => running,
+            // Stopped before the client's handshake.
+            Err(_) if cancel.is_cancelled() => return Ok(()),
+            Err(e) => return Err(ServeError::Stdio(e.to_string())),
+        };
+        running.waiting().await.map_err(|e| ServeError::Stdio(e.to_string()))?;
+        Ok(())
+    }
+    .await;
+    session.cancel();
+    while tasks.join_next().await.is_some() {}
+    served
+}
+
+/// Standard input as an [`AsyncRead`], read by a thread of its own into a bounded queue (see
+/// [`serve_stdio`]).
+#[derive(Debug)]
+struct StdinReader {
+    chunks: mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    at: usize,
+}
+
+impl StdinReader {
+    fn spawn() -> std::io::Result<Self> {
+        let (tx, chunks) = mpsc::channel(STDIN_QUEUE);
+        std::thread::Builder::new().name("capmesh-mcp-stdin".into()).spawn(move || {
+            let mut stdin = std::io::stdin().lock();
+            let mut buf = vec![0u8; STDIN_CHUNK];
+            loop {
+                let chunk = match stdin.read(&mut buf) {
+                    Ok(0) => return,
+                    Ok(n) => Ok(buf[..n].to_vec()),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => Err(e),
+                };
+                let failed = chunk.is_err();
+                // Fails once the session is over (the reader is gone).
+                if tx.blocking_send(chunk).is_err() || failed {
+                    return;
+                }
+            }
+        })?;
+        Ok(Self { chunks, chunk: Vec::new(), at: 0 })
+    }
+}
+
+impl AsyncRead for StdinReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            if self.at < self.chunk.len() {
+                let n = out.remaining().min(self.chunk.len() - self.at);
+                let at = self.at;
+                out.put_slice(&self.chunk[at..at + n]);
+                self.at += n;
+                return Poll::Ready(Ok(()));
+            }
+            match std::task::ready!(self.chunks.poll_recv(cx)) {
+                Some(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.at = 0;
+                }
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                // End of input: nothing put in `out`.
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+    }
 }
 
 /// Binds `addr`, which must be a loopback address (port 0 picks one).
@@ -59,9 +157,13 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
     Ok(TcpListener::bind(addr).await?)
 }
 
-/// Serves `tools` over MCP streamable HTTP at [`MCP_PATH`] on `listener` until `cancel`. Every
-/// request must carry `Authorization: Bearer <token>` (checked in constant time before anything
-/// else; 401 otherwise), and a `Host` of the loopback (DNS rebinding).
+/// Serves `tools` over MCP streamable HTTP at [`MCP_PATH`] on `listener` until `cancel`.
+/// Before the SDK sees a request: an `Origin` header, when there is one, must be a loopback
+/// origin (403 and a JSON-RPC error otherwise: DNS rebinding, MCP 2025-06-18 "Security
+/// Warning"; clients other than browsers send none); every request must carry
+/// `Authorization: Bearer <token>` (checked in constant time; 401 otherwise); and the `Host`
+/// must be of the loopback. A session's `DELETE` is answered 204. Meanwhile
+/// [`MeshTools::watch`] tells the sessions when the tools change.
 pub async fn serve_http(
     listener: TcpListener,
     tools: MeshTools,
@@ -75,16 +177,34 @@ pub async fn serve_http(
     let config = StreamableHttpServerConfig::default()
         .with_allowed_hosts(hosts)
         .with_cancellation_token(cancel.child_token());
+    let mut tasks = JoinSet::new();
+    let watching = cancel.child_token();
+    {
+        let (tools, watching) = (tools.clone(), watching.clone());
+        tasks.spawn(async move { tools.watch(watching).await });
+    }
     let service: StreamableHttpService<MeshTools, LocalSessionManager> =
         StreamableHttpService::new(move || Ok(tools.clone()), Arc::default(), config);
     let app = Router::new()
         .nest_service(MCP_PATH, service)
-        .layer(middleware::from_fn_with_state(Arc::new(token), require_token));
-    axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await?;
-    Ok(())
+        .layer(middleware::from_fn_with_state(Arc::new(token), guard));
+    let served = axum::serve(listener, app).with_graceful_shutdown(cancel.cancelled_owned()).await;
+    watching.cancel();
+    while tasks.join_next().await.is_some() {}
+    Ok(served?)
 }
 
-async fn require_token(State(token): State<Arc<String>>, request: Request, next: Next) -> Response {
+/// What every HTTP request goes through before the SDK: the `Origin` check, then the bearer
+/// token; and the SDK's answer to a session `DELETE` (202) made a 204, which clients expect
+/// (the Python SDK takes a 202 for a failure).
+async fn guard(State(token): State<Arc<String>>, request: Request, next: Next) -> Response {
+    if let Some(origin) = request.headers().get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        if !is_loopback_origin(origin) {
+            tracing::warn!(origin, "MCP request from a page that is not of the loopback: refused");
+            return forbidden_origin(origin);
+        }
+    }
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
@@ -96,7 +216,66 @@ async fn require_token(State(token): State<Arc<String>>, request: Request, next:
         return (StatusCode::UNAUTHORIZED, [(header::WWW_AUTHENTICATE, "Bearer")], body)
             .into_response();
     }
-    next.run(request).await
+    let delete = request.method() == Method::DELETE;
+    let response = next.run(request).await;
+    if delete && response.status() == StatusCode::ACCEPTED {
+        let (mut parts, _) = response.into_parts();
+        parts.status = StatusCode::NO_CONTENT;
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.remove(header::CONTENT_TYPE);
+        return Response::from_parts(parts, Body::empty());
+    }
+    response
+}
+
+/// Whether `origin` (an `Origin` header) is a page of this machine: `http://127.0.0.1`,
+/// `http://localhost` or `http://[::1]`, with or without a port.
+fn is_loopback_origin(origin: &str) -> bool {
+    let rest = match origin.get(..7) {
+        Some(scheme) if scheme.eq_ignore_ascii_case("http://") => &origin[7..],
+        _ => return false,
+    };
+    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+        match v6.split_once(']') {
+            Some((host, port)) => (host, port),
+            None => return false,
+        }
+    } else {
+        match rest.find(':') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        }
+    };
+    let port_ok = match port.strip_prefix(':') {
+        None => port.is_empty(),
+        Some(digits) => {
+            !digits.is_empty()
+                && digits.len() <= 5
+                && digits.bytes().all(|b| b.is_ascii_digit())
+                && digits.parse::<u16>().is_ok()
+        }
+    };
+    let host_ok = host == "127.0.0.1" || host.eq_ignore_ascii_case("localhost") || host == "::1";
+    host_ok && port_ok
+}
+
+/// 403 with a JSON-RPC error saying why.
+fn forbidden_origin(origin: &str) -> Response {
+    let shown: String = origin.chars().take(200).collect();
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": {
+            "code": -32600,
+            "message": format!(
+                "Forbidden: Origin {shown:?} is not a loopback origin. capmesh mcp --http answers \
+                 pages of http://127.0.0.1, http://localhost and http://[::1] (any port) and \
+                 clients that send no Origin (protection against DNS rebinding)"
+            ),
+        },
+    });
+    (StatusCode::FORBIDDEN, [(header::CONTENT_TYPE, "application/json")], body.to_string())
+        .into_response()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -163,6 +342,40 @@ mod tests {
             assert_eq!(mode.ok().map(|m| m & 0o777), Some(0o600));
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn only_loopback_origins_pass() {
+        for ok in [
+            "http://127.0.0.1",
+            "http://127.0.0.1:8080",
+            "http://localhost",
+            "http://LOCALHOST:3000",
+            "HTTP://localhost:65535",
+            "http://[::1]",
+            "http://[::1]:6274",
+        ] {
+            assert!(is_loopback_origin(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "null",
+            "https://127.0.0.1",
+            "http://evil.example",
+            "http://localhost.evil.example",
+            "http://127.0.0.1.evil.example:80",
+            "http://127.0.0.2",
+            "http://[::2]:80",
+            "http://[::1",
+            "http://localhost:",
+            "http://localhost:65536",
+            "http://localhost:80/path",
+            "http://user@localhost",
+            "file://",
+            "http://",
+        ] {
+            assert!(!is_loopback_origin(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -2,8 +2,11 @@
 //! through its local API.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
-    sync::{Arc, Mutex},
+    collections::{BTreeSet, HashMap, HashSet, VecDeque},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -12,17 +15,20 @@ use capmesh_api::{
 };
 use capmesh_types::Cid;
 use capmesh_wire::{CallId, Contract, Filter, Price};
+use futures::{Stream, StreamExt};
 use rmcp::{
-    ErrorData, RoleServer, ServerHandler,
+    ErrorData, Peer, RoleServer, ServerHandler,
     model::{
         CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
-        ListToolsResult, MetaObject, PaginatedRequestParams, ServerCapabilities, ServerConfig,
-        Tool,
+        ListToolsResult, MetaObject, PaginatedRequestParams, ProgressNotificationParam,
+        ServerCapabilities, ServerConfig, Tool,
     },
-    service::RequestContext,
+    service::{NotificationContext, RequestContext},
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
 
 use crate::{lock, names};
 
@@ -47,6 +53,18 @@ const QUERY_PAGES: usize = 8;
 const CANCEL_GRACE: Duration = Duration::from_secs(5);
 /// Most results of one `capmesh_find`.
 const MAX_FIND: u32 = 100;
+/// Default of [`Selection::refresh`].
+pub const DEFAULT_REFRESH: Duration = Duration::from_secs(10);
+/// Shortest [`Selection::refresh`] (a shorter one is taken as this).
+const MIN_REFRESH: Duration = Duration::from_millis(100);
+/// Most client sessions told when the tools change (HTTP; stdio has one). Closed sessions are
+/// dropped first; past the cap, the oldest is no longer told (it can still list).
+const MAX_SESSIONS: usize = 256;
+/// Longest wait to hand one notification to one session (a client that reads nothing does not
+/// hold up the others, nor a call).
+const NOTIFY_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a running call reports progress to a client that asked for it.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// Which capabilities [`MeshTools`] lists, and the terms of its calls (`[mcp]` in config.toml).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,6 +83,11 @@ pub struct Selection {
     pub deadline_ms: Option<u64>,
     /// The most one call may cost; `None`: no limit beyond the node's policy.
     pub max_price: Option<Price>,
+    /// How often the selection is evaluated again while a client is connected, so that
+    /// clients are told (`notifications/tools/list_changed`) when the capabilities it chooses
+    /// change on the mesh. Default [`DEFAULT_REFRESH`]; at least 100 ms; zero: never (clients
+    /// are then told only of what `capmesh_find` and their own listings turn up).
+    pub refresh: Duration,
 }
 
 impl Default for Selection {
@@ -76,14 +99,22 @@ impl Default for Selection {
             max_tools: 64,
             deadline_ms: None,
             max_price: None,
+            refresh: DEFAULT_REFRESH,
         }
     }
 }
 
 /// An MCP server over a node's API: `tools/list` lists the [`Selection`]'s capabilities as
 /// tools ([`names::tool_of`]) plus [`FIND_TOOL`]; `tools/call` makes a mesh call (negotiation,
-/// receipts) and answers its output with the receipt id in `_meta` ([`META_RECEIPT`]); MCP
+/// receipts) and answers its output with the receipt id in `_meta` ([`META_RECEIPT`]), telling
+/// a client that gave a `progressToken` how the call goes (`notifications/progress`); MCP
 /// cancellation cancels the mesh call; mesh errors are tool errors with their code and reason.
+///
+/// Every client session that finished its handshake is told
+/// (`notifications/tools/list_changed`) whenever an evaluation of the selection differs from
+/// the one before — a listing, a `capmesh_find` that added something, or the evaluation
+/// [`MeshTools::watch`] makes every [`Selection::refresh`] — while `watch` runs
+/// ([`crate::serve_stdio`] and [`crate::serve_http`] run it).
 ///
 /// Cloning is cheap and clones share their state (one per HTTP session is fine).
 #[derive(Debug, Clone)]
@@ -104,6 +135,22 @@ struct Inner {
     found: Mutex<VecDeque<Cid>>,
     /// The tools of the last listing, by name.
     listed: Mutex<HashMap<String, Exposed>>,
+    /// Evaluations of the selection started; each takes the next number.
+    evaluations: AtomicU64,
+    /// The tool names of the newest evaluation applied (a tool name carries the short id, so
+    /// another capability is another name); `None` before the first.
+    current: Mutex<Evaluated>,
+    /// Client sessions told when the tools change, at most [`MAX_SESSIONS`].
+    sessions: Mutex<Vec<Peer<RoleServer>>>,
+    /// Woken when an evaluation differs from the one before; [`MeshTools::watch`] tells the
+    /// sessions (changes that come while it tells are told once more, together).
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Debug, Default)]
+struct Evaluated {
+    number: u64,
+    names: Option<BTreeSet<String>>,
 }
 
 /// A capability listed as a tool.
@@ -140,6 +187,10 @@ impl MeshTools {
                 contracts: Mutex::default(),
                 found: Mutex::default(),
                 listed: Mutex::default(),
+                evaluations: AtomicU64::new(0),
+                current: Mutex::default(),
+                sessions: Mutex::default(),
+                changed: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -172,9 +223,13 @@ impl MeshTools {
 
     /// The capability tools as listed now (without [`FIND_TOOL`]), remembered for `tools/call`.
     /// Of two capabilities with one tool name (same contract name, same short id), the first
-    /// listed keeps it (pinned ones come first); the other is left out.
+    /// listed keeps it (pinned ones come first); the other is left out. When the tools differ
+    /// from those of the evaluation before, the client sessions are told (by
+    /// [`MeshTools::watch`]).
+    ///
+    /// Cancel-safe: a listing dropped halfway changes nothing.
     pub async fn tools(&self) -> Result<Vec<Tool>, ClientError> {
-        use futures::StreamExt;
+        let number = self.inner.evaluations.fetch_add(1, Ordering::Relaxed) + 1;
         let caps = match self.choose().await {
             Err(e) if self.reconnected(&e) => self.choose().await?,
             other => other?,
@@ -203,8 +258,119 @@ impl MeshTools {
             listed.insert(name, Exposed { capability: cap, contract, wrapped });
             tools.push(tool);
         }
-        *lock(&self.inner.listed) = listed;
+        if self.apply(number, listed) {
+            self.inner.changed.notify_one();
+        }
         Ok(tools)
+    }
+
+    /// Keeps the tools of evaluation `number` unless a later one was kept already; whether they
+    /// differ from those of the evaluation before (the first evaluation differs from nothing).
+    fn apply(&self, number: u64, listed: HashMap<String, Exposed>) -> bool {
+        let names: BTreeSet<String> = listed.keys().cloned().collect();
+        let mut current = lock(&self.inner.current);
+        if number < current.number {
+            // Overtaken by a later evaluation, which was compared and told already.
+            return false;
+        }
+        *lock(&self.inner.listed) = listed;
+        current.number = number;
+        match current.names.replace(names) {
+            Some(before) => current.names.as_ref() != Some(&before),
+            None => false,
+        }
+    }
+
+    /// Sends `notifications/tools/list_changed` to every open client session, each given at most
+    /// [`NOTIFY_TIMEOUT`]; closed ones are forgotten.
+    async fn tell_changed(&self) {
+        let sessions = {
+            let mut sessions = lock(&self.inner.sessions);
+            sessions.retain(|p| !p.is_transport_closed());
+            sessions.clone()
+        };
+        tracing::debug!(sessions = sessions.len(), "the tools changed: telling the clients");
+        let told = sessions.iter().map(|peer| async move {
+            match tokio::time::timeout(NOTIFY_TIMEOUT, peer.notify_tool_list_changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "tools/list_changed not sent"),
+                Err(_) => tracing::debug!("tools/list_changed not sent: the session is stuck"),
+            }
+        });
+        futures::future::join_all(told).await;
+    }
+
+    /// Remembers a client session that finished its handshake, to tell it when the tools change.
+    fn register(&self, peer: Peer<RoleServer>) {
+        let mut sessions = lock(&self.inner.sessions);
+        sessions.retain(|p| !p.is_transport_closed());
+        if sessions.len() >= MAX_SESSIONS {
+            tracing::warn!(
+                max = MAX_SESSIONS,
+                "too many MCP sessions: the oldest is no longer told when the tools change"
+            );
+            sessions.remove(0);
+        }
+        sessions.push(peer);
+    }
+
+    /// Whether some client session is open.
+    fn has_sessions(&self) -> bool {
+        let mut sessions = lock(&self.inner.sessions);
+        sessions.retain(|p| !p.is_transport_closed());
+        !sessions.is_empty()
+    }
+
+    /// Tells the client sessions (`notifications/tools/list_changed`) when the tools change,
+    /// until `cancel`: when a listing or a `capmesh_find` finds them changed, and, so that
+    /// changes on the mesh (capabilities published, retired, expired) are seen without a client
+    /// asking, by evaluating the selection every [`Selection::refresh`] while a session is open
+    /// (never with a zero `refresh`). [`crate::serve_stdio`] and [`crate::serve_http`] run it;
+    /// without it, clients are not told.
+    ///
+    /// Cancel-safe.
+    pub async fn watch(&self, cancel: CancellationToken) {
+        let every = self.inner.selection.refresh;
+        let mut tick = (!every.is_zero()).then(|| {
+            let every = every.max(MIN_REFRESH);
+            let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            tick
+        });
+        loop {
+            let next_tick = async {
+                match &mut tick {
+                    Some(tick) => tick.tick().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => return,
+                () = self.inner.changed.notified() => {
+                    tokio::select! {
+                        biased;
+                        () = cancel.cancelled() => return,
+                        () = self.tell_changed() => {}
+                    }
+                }
+                _ = next_tick => {
+                    if !self.has_sessions() {
+                        continue;
+                    }
+                    // A change found is told at the next turn.
+                    tokio::select! {
+                        biased;
+                        () = cancel.cancelled() => return,
+                        listed = self.tools() => {
+                            if let Err(e) = listed {
+                                tracing::debug!(error = %e, "the selection could not be evaluated again");
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Capability ids to list, in order, at most `max_tools`, none twice.
@@ -310,28 +476,52 @@ impl MeshTools {
         req.call_id = Some(call_id);
         req.deadline_ms = s.deadline_ms;
         req.max_price = s.max_price.clone();
-        let mut api = self.api();
-        let mut retried = false;
+        let attempt = async {
+            let mut api = self.api();
+            let mut retried = false;
+            loop {
+                let outcome = api.call(&req).await;
+                // A call the old node never received can go to the node that replaced it.
+                match &outcome {
+                    Err(e) if !retried && self.reconnected(e) => {
+                        retried = true;
+                        api = self.api();
+                    }
+                    _ => break outcome,
+                }
+            }
+        };
+        tokio::pin!(attempt);
+        let token = ctx.meta.get_progress_token();
+        let mut progress = match token {
+            Some(_) => progress_of(self.api(), call_id).boxed(),
+            None => futures::stream::pending().boxed(),
+        };
         let outcome = loop {
-            let outcome = tokio::select! {
-                outcome = api.call(&req) => outcome,
+            tokio::select! {
+                biased;
                 () = ctx.ct.cancelled() => {
                     tracing::debug!(capability = %exposed.capability, "MCP cancellation: cancelling the mesh call");
                     // Told by id, and by the request going away: the node cancels a call whose
                     // client left, also one it had not registered yet when the cancel came.
-                    if let Err(e) = tokio::time::timeout(CANCEL_GRACE, api.cancel(&call_id)).await {
+                    if let Err(e) = tokio::time::timeout(CANCEL_GRACE, self.api().cancel(&call_id)).await {
                         tracing::debug!(error = %e, "cancel");
                     }
                     return tool_error("Cancelled", "the call was cancelled".into());
                 }
-            };
-            // A call the old node never received can go to the node that replaced it.
-            match &outcome {
-                Err(e) if !retried && self.reconnected(e) => {
-                    retried = true;
-                    api = self.api();
+                outcome = &mut attempt => break outcome,
+                Some(step) = progress.next() => {
+                    if let Some(token) = &token {
+                        let note = ProgressNotificationParam::new(token.clone(), step.progress)
+                            .with_message(step.message);
+                        // Bounded: a client that reads nothing does not hold up the call.
+                        match tokio::time::timeout(NOTIFY_TIMEOUT, ctx.peer.notify_progress(note)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => tracing::debug!(error = %e, "progress not sent"),
+                            Err(_) => tracing::debug!("progress not sent: the session is stuck"),
+                        }
+                    }
                 }
-                _ => break outcome,
             }
         };
         match outcome {
@@ -420,8 +610,11 @@ impl MeshTools {
             }));
         }
         if added {
-            // Best effort: a client without list_changed support lists again itself.
-            let _ = ctx.peer.notify_tool_list_changed().await;
+            // Evaluated again: when the tools changed, the client sessions are told (a client
+            // without list_changed support lists again itself).
+            if let Err(e) = self.tools().await {
+                tracing::debug!(error = %e, "the selection could not be evaluated again");
+            }
         }
         let value = json!({"results": items});
         let mut result = CallToolResult::structured(value);
@@ -430,7 +623,6 @@ impl MeshTools {
     }
 
     async fn find_providers(&self, cap: Cid, limit: u32) -> Result<Vec<Hit>, ClientError> {
-        use futures::StreamExt;
         let mut req = FindRequest::new(cap);
         req.limit = Some(limit);
         let mut events = self.api().find(&req).await?;
@@ -477,6 +669,37 @@ impl MeshTools {
             })
             .collect())
     }
+}
+
+/// One step of a running call, told to a client that asked (`_meta.progressToken`).
+#[derive(Debug, Clone, PartialEq)]
+struct Step {
+    /// Increases with every step.
+    progress: f64,
+    message: String,
+}
+
+/// The steps of the running call `call_id`: the one source of what a `tools/call` reports
+/// while it runs. The node's API says nothing of a call until it ends, so for now a step is the
+/// time spent waiting, in seconds, once every [`PROGRESS_EVERY`]; once the API streams a call's
+/// events (`GET /v1/calls/{id}/events`, the chunks of a streaming capability among them), this
+/// reads them through `api`, one step per event. The stream never ends by itself: it is dropped
+/// with the call.
+fn progress_of(api: Client, call_id: CallId) -> impl Stream<Item = Step> + Send + 'static {
+    // Kept for the event source to come (see above).
+    let _ = (api, call_id);
+    let start = Instant::now();
+    let mut tick = tokio::time::interval_at(start + PROGRESS_EVERY, PROGRESS_EVERY);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    futures::stream::unfold(tick, move |mut tick| async move {
+        tick.tick().await;
+        // Milliseconds, as seconds: a step comes at least PROGRESS_EVERY after the one before,
+        // so the progress increases.
+        let waited = start.elapsed().as_millis() as f64 / 1000.0;
+        let step =
+            Step { progress: waited, message: format!("waiting for the provider ({waited:.0} s)") };
+        Some((step, tick))
+    })
 }
 
 /// Arguments of [`FIND_TOOL`].
@@ -604,6 +827,10 @@ impl ServerHandler for MeshTools {
                  and reputation, and answers with a signed receipt (its id is in the result). \
                  Use capmesh_find to discover more capabilities.",
         )
+    }
+
+    async fn on_initialized(&self, ctx: NotificationContext<RoleServer>) {
+        self.register(ctx.peer);
     }
 
     async fn list_tools(

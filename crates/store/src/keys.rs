@@ -16,6 +16,7 @@
 //! | `P` | peer key (32) | peer book entry |
 //! | `L` | ledger sequence (8) | chain hash (32) ‖ entry type (1) ‖ signed bytes |
 //! | `l` | entry type (1) ‖ receipt id (36) | ledger sequence (8) of the receipt, or of its countersignature |
+//! | `n` | receipt id (36) | the receipt's local [`LedgerNote`](crate::LedgerNote): trace id, session |
 //!
 //! Integers are big-endian, so byte order is numeric order. An advert's *order* is the change-log
 //! sequence at which it was stored: unique, and increasing with insertion, which is what keeps
@@ -31,6 +32,7 @@ pub(crate) const LOG: u8 = b'G';
 pub(crate) const PEER: u8 = b'P';
 pub(crate) const LEDGER: u8 = b'L';
 pub(crate) const LEDGER_INDEX: u8 = b'l';
+pub(crate) const LEDGER_NOTE: u8 = b'n';
 
 pub(crate) const POSTING: u8 = b'p';
 pub(crate) const IDX_EXPIRY: &[u8] = b"ix";

@@ -180,6 +180,20 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The local note of the call an entry speaks about (a receipt's, or the countersigned
+    /// receipt's), if one was kept. Blocking.
+    pub fn ledger_entry_note(
+        &self,
+        entry: &LedgerEntry,
+    ) -> Result<Option<crate::LedgerNote>, StoreError> {
+        match receipt_id_of(entry.kind, &entry.signed) {
+            Some(receipt) => self.ledger_note(&receipt),
+            None => Ok(None),
+        }
+    }
+}
+
 /// `l ‖ kind ‖ receipt id`.
 fn index_key(kind: LedgerKind, receipt: &Cid) -> Vec<u8> {
     keys::cat(&[&[keys::LEDGER_INDEX, kind.byte()], &receipt.to_bytes()])

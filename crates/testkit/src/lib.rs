@@ -54,6 +54,7 @@ impl NodeOpts {
                 find_timeout: Some(Duration::from_secs(20)),
                 rpc_timeout: Some(Duration::from_secs(10)),
                 offer_ttl: None,
+                runtime_grace: None,
             },
         }
     }

@@ -1,7 +1,9 @@
 //! The MCP bridge between real nodes on 127.0.0.1, driven with the official SDK's client and
-//! server (rmcp): mesh capabilities as MCP tools through `capmesh mcp` (stdio, as a process) and
-//! streamable HTTP (in-process), and MCP servers' tools imported as capabilities and called
-//! from another node, a changed tool republished under a new id and the old one retired.
+//! server (rmcp): mesh capabilities as MCP tools through `capmesh mcp` (stdio, as a process,
+//! which a signal stops even while its stdin stays open) and streamable HTTP (in-process),
+//! clients told when the selected capabilities change on the mesh, long calls reporting
+//! progress, and MCP servers' tools imported as capabilities and called from another node, a
+//! changed tool republished under a new id and the old one retired.
 
 use std::{
     collections::BTreeMap,
@@ -17,14 +19,17 @@ use capmesh_testkit::{NodeOpts, TestNode, Testnet, wait_for};
 use capmesh_types::Cid;
 use capmesh_wire::{CallStatus, Receipt, Signed, cbor::Limits};
 use rmcp::{
-    ErrorData, RoleClient, RoleServer, ServerHandler, ServiceExt,
+    ClientHandler, ErrorData, RoleClient, RoleServer, ServerHandler, ServiceExt,
     model::{
         CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, JsonObject,
         ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
     },
-    service::{RequestContext, RunningService},
+    service::{
+        NotificationContext, RequestContext, RunningService, RxJsonRpcMessage, TxJsonRpcMessage,
+    },
     transport::{
-        StreamableHttpClientTransport, TokioChildProcess,
+        StreamableHttpClientTransport, TokioChildProcess, Transport,
+        async_rw::AsyncRwTransport,
         streamable_http_client::StreamableHttpClientTransportConfig,
         streamable_http_server::{
             StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
@@ -229,6 +234,217 @@ async fn mcp_over_http_needs_the_token_and_cancellation_cancels_the_mesh_call() 
     client.cancel().await.unwrap();
     cancel.cancel();
     server.await.unwrap().unwrap();
+}
+
+/// Starts `capmesh --data-dir <dir> mcp` with its stdin and stdout piped.
+fn capmesh_mcp(bin: &std::path::Path, dir: &std::path::Path) -> tokio::process::Child {
+    tokio::process::Command::new(bin)
+        .arg("--data-dir")
+        .arg(dir)
+        .arg("mcp")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capmesh_mcp_over_stdio_stops_on_a_signal_while_its_stdin_stays_open() {
+    let bin = tokio::task::spawn_blocking(capmesh_system_tests::capmesh_bin).await.unwrap();
+    let net = Testnet::line(1, |_, o| o).await.unwrap();
+    let node = net.node(0);
+    for signal in ["-TERM", "-INT"] {
+        let mut child = capmesh_mcp(bin, &node.data_dir());
+        let (stdin, stdout) = (child.stdin.take().unwrap(), child.stdout.take().unwrap());
+        // An idle client after its handshake: it keeps stdin open and sends nothing more.
+        let client = ().serve((stdout, stdin)).await.unwrap();
+        assert!(client.peer().list_all_tools().await.unwrap().iter().any(|t| t.name == FIND_TOOL));
+
+        let pid = child.id().unwrap().to_string();
+        let killed = std::process::Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(killed.success());
+        // The one timing asserted: the requirement is "within 2 s of the signal".
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "capmesh mcp still runs 2 s after kill {signal} with its stdin open"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(status.success(), "a clean exit on {signal}: {status:?}");
+        drop(client);
+    }
+    net.shutdown().await.unwrap();
+}
+
+/// A client that counts the `notifications/tools/list_changed` it is sent.
+#[derive(Clone)]
+struct ToldOfChanges(tokio::sync::mpsc::Sender<()>);
+
+impl ClientHandler for ToldOfChanges {
+    async fn on_tool_list_changed(&self, _ctx: NotificationContext<RoleClient>) {
+        let _ = self.0.try_send(());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_are_told_when_the_selected_capabilities_change_on_the_mesh() {
+    let net = Testnet::line(1, |_, o| o).await.unwrap();
+    let node = net.node(0);
+    let publish = |name: &'static str| async move {
+        let mut contract = capmesh_contract::scaffold(name).unwrap();
+        contract.tags = vec!["watched".into()];
+        node.node.mesh.publish(contract, None, None, None).await.unwrap().capability
+    };
+    let one = publish("watched.one").await;
+    sees(node, one).await;
+
+    let api = capmesh_api::Client::new(node.node.api_addr, node.node.api_token.clone()).unwrap();
+    let selection = Selection {
+        tags: vec!["watched".into()],
+        refresh: Duration::from_millis(200),
+        ..Selection::default()
+    };
+    let listener = capmesh_mcp::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let url = format!("http://{}{}", listener.local_addr().unwrap(), capmesh_mcp::MCP_PATH);
+    let cancel = CancellationToken::new();
+    let server = tokio::spawn(capmesh_mcp::serve_http(
+        listener,
+        MeshTools::new(api, selection),
+        "sesame".into(),
+        cancel.clone(),
+    ));
+    let (told_tx, mut told) = tokio::sync::mpsc::channel(16);
+    let config =
+        StreamableHttpClientTransportConfig::with_uri(url.clone()).auth_header("sesame".to_owned());
+    let client = ToldOfChanges(told_tx)
+        .serve(StreamableHttpClientTransport::from_config(config))
+        .await
+        .unwrap();
+    let names =
+        |tools: Vec<Tool>| tools.into_iter().map(|t| t.name.to_string()).collect::<Vec<_>>();
+    let short = capmesh_mcp::names::short_id;
+    let before = names(client.peer().list_all_tools().await.unwrap());
+    assert_eq!(before.len(), 2, "watched.one and capmesh_find: {before:?}");
+    assert!(before.iter().any(|n| n.ends_with(&short(&one))), "{before:?}");
+
+    // A new capability the selection chooses: the client is told without asking.
+    let two = publish("watched.two").await;
+    tokio::time::timeout(T, told.recv()).await.expect("tools/list_changed").unwrap();
+    let after = names(client.peer().list_all_tools().await.unwrap());
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(after.iter().any(|n| n.ends_with(&short(&two))), "{after:?}");
+
+    client.cancel().await.unwrap();
+    cancel.cancel();
+    server.await.unwrap().unwrap();
+    net.shutdown().await.unwrap();
+}
+
+/// A client transport that logs every message it sends and receives, in wire order.
+struct Recording<T> {
+    inner: T,
+    log: Arc<std::sync::Mutex<Vec<(&'static str, Value)>>>,
+}
+
+impl<T: Transport<RoleClient>> Transport<RoleClient> for Recording<T> {
+    type Error = T::Error;
+
+    fn send(
+        &mut self,
+        item: TxJsonRpcMessage<RoleClient>,
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send + 'static {
+        self.log.lock().unwrap().push(("sent", serde_json::to_value(&item).unwrap()));
+        self.inner.send(item)
+    }
+
+    fn receive(&mut self) -> impl Future<Output = Option<RxJsonRpcMessage<RoleClient>>> + Send {
+        let log = self.log.clone();
+        let next = self.inner.receive();
+        async move {
+            let message = next.await;
+            if let Some(m) = &message {
+                log.lock().unwrap().push(("received", serde_json::to_value(m).unwrap()));
+            }
+            message
+        }
+    }
+
+    fn close(&mut self) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        self.inner.close()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_call_reports_progress_before_its_result() {
+    let net =
+        Testnet::line(2, |i, o| if i == 0 { o.serve_builtin(Builtin::Sleep, 0, 5) } else { o })
+            .await
+            .unwrap();
+    let caller = net.node(1);
+    let sleep = cap_of(Builtin::Sleep);
+    sees(caller, sleep).await;
+    let api =
+        capmesh_api::Client::new(caller.node.api_addr, caller.node.api_token.clone()).unwrap();
+    let selection = Selection { pinned: vec![sleep], ..Selection::default() };
+
+    let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+    let (server_read, server_write) = tokio::io::split(server_end);
+    let server = tokio::spawn(async move {
+        let running = MeshTools::new(api, selection).serve((server_read, server_write)).await?;
+        running.waiting().await.map(|_| ()).map_err(anyhow::Error::from)
+    });
+    let (client_read, client_write) = tokio::io::split(client_end);
+    let log = Arc::default();
+    let transport = Recording {
+        inner: AsyncRwTransport::new_client(client_read, client_write),
+        log: Arc::clone(&log),
+    };
+    let client = ().serve(transport).await.unwrap();
+    let tools = client.peer().list_all_tools().await.unwrap();
+    let sleep_tool = tool_named(&tools, "builtin_sleep_").name.to_string();
+
+    // The SDK's client gives every request a progressToken.
+    let result = client.call_tool(call(&sleep_tool, json!({"ms": 2500}))).await.unwrap();
+    assert_eq!(result.is_error, Some(false), "{}", text_of(&result));
+
+    let log = log.lock().unwrap().clone();
+    let request = log
+        .iter()
+        .find(|(way, m)| *way == "sent" && m["method"] == "tools/call")
+        .map(|(_, m)| m.clone())
+        .expect("the tools/call request");
+    let token = request["params"]["_meta"]["progressToken"].clone();
+    assert!(!token.is_null(), "{request}");
+    let answered = log
+        .iter()
+        .position(|(way, m)| {
+            *way == "received" && m["id"] == request["id"] && m["method"].is_null()
+        })
+        .expect("the tools/call response");
+    let progress: Vec<&Value> = log[..answered]
+        .iter()
+        .filter(|(way, m)| {
+            *way == "received"
+                && m["method"] == "notifications/progress"
+                && m["params"]["progressToken"] == token
+        })
+        .map(|(_, m)| &m["params"])
+        .collect();
+    assert!(progress.len() >= 2, "at least two progress notifications before the result: {log:?}");
+    let values: Vec<f64> = progress.iter().map(|p| p["progress"].as_f64().unwrap()).collect();
+    assert!(values.windows(2).all(|w| w[0] < w[1]), "increasing: {values:?}");
+    assert!(progress.iter().all(|p| p["message"].as_str().is_some_and(|m| !m.is_empty())));
+
+    client.cancel().await.unwrap();
+    server.await.unwrap().unwrap();
+    net.shutdown().await.unwrap();
 }
 
 /// An MCP server of the tests: `add` (structured output), `shout` (text content), `broken`

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use capmesh_api::{AttestRequest, CallRequest, ClientError, ErrorCode, Optimize};
+use capmesh_api::{AttestRequest, CallRequest, ClientError, ErrorCode, Optimize, Principal};
 use capmesh_wire::{Price, Subject, repr::FixedBytes};
 use serde_json::{Value, json};
 
@@ -33,8 +33,8 @@ async fn a_call_round_trips_and_the_node_picks_an_id_when_none_is_sent() {
     let bare = CallRequest::new(fake::answers(), json!({}));
     let done = guard("call", client.call(&bare)).await.unwrap();
     let calls = server.fake.calls();
-    assert_eq!(calls[0], Call::Invoke(FixedBytes([9; 16]), req));
-    let Call::Invoke(chosen, received) = &calls[1] else { panic!("{calls:?}") };
+    assert_eq!(calls[0], Call::Invoke(Principal::Node, FixedBytes([9; 16]), req, None));
+    let Call::Invoke(_, chosen, received, _) = &calls[1] else { panic!("{calls:?}") };
     assert_eq!(received, &bare);
     assert_eq!(done.call_id, *chosen);
     assert_ne!(*chosen, FixedBytes([9; 16]));
@@ -76,18 +76,24 @@ async fn a_call_answer_has_the_specified_json_shape() {
             "requests": 1,
             "elapsed_ms": 12,
             "attempts": [{"provider": peer(3).to_string(), "code": "Busy",
-                          "message": "Busy at peer 3", "stage": "task", "retry_after_ms": null}]
+                          "message": "Busy at peer 3", "stage": "task", "retry_after_ms": null}],
+            "trace": "07070707070707070707070707070707"
         })
     );
     assert_eq!(answer["receipt"]["payload"]["call"], b64(&[7; 16]));
     assert_eq!(
         server.fake.calls()[0],
-        Call::Invoke(FixedBytes([7; 16]), {
-            let mut req = CallRequest::new(fake::answers(), json!({"n": 1}));
-            req.call_id = Some(FixedBytes([7; 16]));
-            req.optimize = Some(Optimize { price: Some(1.0), ..Optimize::default() });
-            req
-        })
+        Call::Invoke(
+            Principal::Node,
+            FixedBytes([7; 16]),
+            {
+                let mut req = CallRequest::new(fake::answers(), json!({"n": 1}));
+                req.call_id = Some(FixedBytes([7; 16]));
+                req.optimize = Some(Optimize { price: Some(1.0), ..Optimize::default() });
+                req
+            },
+            None
+        )
     );
     server.stop().await;
 }

@@ -20,10 +20,17 @@ async fn every_endpoint_round_trips() {
         price: Some(Price { amount: 5, unit: "usd-micro".into() }),
         limits: Some(CallLimits { timeout_ms: 1_000, max_input_bytes: 2_048, concurrency: 3 }),
         ttl_ms: Some(60_000),
+        announce_only: true,
     };
     let published = guard("publish", client.publish(&publish)).await.unwrap();
     assert_eq!((published.capability, published.advert_id, published.seq), (cid(1), cid(2), 3));
-    let bare = PublishRequest { contract: json!({}), price: None, limits: None, ttl_ms: None };
+    let bare = PublishRequest {
+        contract: json!({}),
+        price: None,
+        limits: None,
+        ttl_ms: None,
+        announce_only: false,
+    };
     guard("publish", client.publish(&bare)).await.unwrap();
 
     let retired = guard("retire", client.retire(cid(4))).await.unwrap();

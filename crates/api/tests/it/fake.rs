@@ -9,11 +9,13 @@ use std::{
 };
 
 use capmesh_api::{
-    ApiError, Attempt, AttestRequest, Attested, Backend, BlockRequest, Blocked, CallFailure,
-    CallRequest, CallResult, Client, ContractInfo, ErrorCode, FindDone, FindEvent, FindHit,
-    FindRequest, GossipStatus, LedgerEntryJson, LedgerKind, LedgerPage, PeerInfo, PublishRequest,
-    Published, QueryHit, QueryPage, QueryRequest, ReceiptEntries, ReplicaStatus, Retired, Source,
-    Status, Token, bind, serve, write_files,
+    AgentFrame, ApiError, Attempt, AttestRequest, Attested, Backend, BlockRequest, Blocked,
+    CallAccepted, CallEvent, CallFailure, CallRequest, CallResult, CallState, Client, ContractInfo,
+    ErrorCode, FindDone, FindEvent, FindHit, FindRequest, GossipStatus, LedgerEntryJson,
+    LedgerKind, LedgerPage, NodeFrame, PeerInfo, Principal, PublishRequest, Published, QueryHit,
+    QueryPage, QueryRequest, ReceiptEntries, ReplicaStatus, Retired, RuntimeLink, Sequenced,
+    SessionCreated, SessionId, SessionInfo, SessionList, SessionRequest, Source, Status, Token,
+    TraceId, bind, serve, write_files,
 };
 use capmesh_types::{Cid, Codec, Digest, NodeKey, PeerId};
 use capmesh_wire::{
@@ -56,7 +58,8 @@ pub(crate) enum Call {
     Query(QueryRequest),
     Receipts { from: u64, limit: u32 },
     Receipt(Cid),
-    Invoke(CallId, CallRequest),
+    Invoke(Principal, CallId, CallRequest, Option<TraceId>),
+    Start(Principal, CallId, CallRequest, Option<TraceId>),
     Cancel(CallId),
     Attest(AttestRequest),
     Blocked,
@@ -76,10 +79,23 @@ pub(crate) struct Fake {
     pub(crate) in_flight: Mutex<HashMap<CallId, oneshot::Sender<()>>>,
     /// The block list, capped at [`MAX_BLOCKED`] like a node's.
     pub(crate) blocked: Mutex<Vec<PeerId>>,
+    /// Sessions and their tokens.
+    pub(crate) sessions: Mutex<HashMap<SessionId, (String, SessionInfo)>>,
+    /// Asynchronous calls: who made them and their events.
+    pub(crate) started: Mutex<HashMap<CallId, (Principal, Vec<Sequenced>)>>,
+    /// Frames the agent-side of attached runtimes received.
+    pub(crate) frames: Mutex<Vec<AgentFrame>>,
+    /// Itself, for the tasks of attached runtimes.
+    pub(crate) self_ref: Mutex<Option<std::sync::Weak<Fake>>>,
 }
 
 /// The fake's block-list cap.
 pub(crate) const MAX_BLOCKED: usize = 3;
+
+/// Whether a call made by `owner` is `principal`'s to see.
+fn visible(principal: Principal, owner: Principal) -> bool {
+    principal == Principal::Node || principal == owner
+}
 
 impl Fake {
     fn record(&self, call: Call) {
@@ -223,7 +239,25 @@ pub(crate) fn call_result(call_id: CallId, req: &CallRequest) -> CallResult {
         requests: 1,
         elapsed_ms: 12,
         attempts: vec![attempt(3, "Busy", None)],
+        trace: Some(TraceId([7; 16])),
     }
+}
+
+/// The events of an asynchronous call of [`answers`]: providers, chosen, two chunks, done.
+pub(crate) fn call_events(call_id: CallId, req: &CallRequest) -> Vec<Sequenced> {
+    let result = call_result(call_id, req);
+    let events = vec![
+        CallEvent::Providers { providers: vec![peer(1)] },
+        CallEvent::Chosen { provider: peer(1), warm: false },
+        CallEvent::Progress { seq: 0, data: Bytes(b"ab".to_vec()) },
+        CallEvent::Progress { seq: 1, data: Bytes(b"c".to_vec()) },
+        CallEvent::Done {
+            receipt_id: result.receipt_id,
+            trace: TraceId([7; 16]),
+            result: Box::new(result),
+        },
+    ];
+    events.into_iter().enumerate().map(|(i, event)| Sequenced { id: i as u64, event }).collect()
 }
 
 pub(crate) fn attempt(n: u8, code: &str, retry_after_ms: Option<u64>) -> Attempt {
@@ -390,8 +424,14 @@ impl Backend for Fake {
         Ok(ReceiptEntries { receipt, countersignature: Some(countersignature) })
     }
 
-    async fn call(&self, call_id: CallId, req: CallRequest) -> Result<CallResult, ApiError> {
-        self.record(Call::Invoke(call_id, req.clone()));
+    async fn call(
+        &self,
+        principal: Principal,
+        call_id: CallId,
+        req: CallRequest,
+        trace: Option<TraceId>,
+    ) -> Result<CallResult, ApiError> {
+        self.record(Call::Invoke(principal, call_id, req.clone(), trace));
         let failure = |code: &str, attempts: Vec<Attempt>| CallFailure {
             call_id,
             code: code.into(),
@@ -425,12 +465,147 @@ impl Backend for Fake {
         }
     }
 
-    async fn cancel(&self, call_id: CallId) -> Result<bool, ApiError> {
+    async fn cancel(&self, _principal: Principal, call_id: CallId) -> Result<bool, ApiError> {
         self.record(Call::Cancel(call_id));
         Ok(match self.in_flight.lock().unwrap().remove(&call_id) {
             Some(tx) => tx.send(()).is_ok(),
             None => false,
         })
+    }
+
+    async fn start_call(
+        &self,
+        principal: Principal,
+        call_id: CallId,
+        req: CallRequest,
+        trace: Option<TraceId>,
+    ) -> Result<CallAccepted, ApiError> {
+        self.record(Call::Start(principal, call_id, req.clone(), trace));
+        if req.capability != answers() {
+            return Err(ApiError::not_found(format!("no provider of {}", req.capability)));
+        }
+        let events = call_events(call_id, &req);
+        self.started.lock().unwrap().insert(call_id, (principal, events));
+        Ok(CallAccepted {
+            call_id,
+            trace: trace.unwrap_or(TraceId([7; 16])),
+            state: CallState::Finding,
+        })
+    }
+
+    async fn call_status(
+        &self,
+        principal: Principal,
+        call_id: CallId,
+    ) -> Result<capmesh_api::CallStatus, ApiError> {
+        let started = self.started.lock().unwrap();
+        let Some((owner, events)) = started.get(&call_id).filter(|(o, _)| visible(principal, *o))
+        else {
+            return Err(ApiError::not_found("no such call"));
+        };
+        let _ = owner;
+        let Some(CallEvent::Done { result, .. }) = events.last().map(|e| &e.event) else {
+            return Err(ApiError::internal("the fake's calls end with done"));
+        };
+        Ok(capmesh_api::CallStatus {
+            call_id,
+            capability: result.capability,
+            trace: TraceId([7; 16]),
+            state: CallState::Done,
+            session: principal.session(),
+            created_ms: 1,
+            ended_ms: Some(2),
+            provider: Some(result.provider),
+            events: events.len() as u64,
+            result: Some(result.clone()),
+            error: None,
+        })
+    }
+
+    async fn call_events(
+        &self,
+        principal: Principal,
+        call_id: CallId,
+        from: u64,
+    ) -> Result<mpsc::Receiver<Sequenced>, ApiError> {
+        let events = match self.started.lock().unwrap().get(&call_id) {
+            Some((owner, events)) if visible(principal, *owner) => events.clone(),
+            _ => return Err(ApiError::not_found("no such call")),
+        };
+        let (tx, rx) = mpsc::channel(events.len().max(1));
+        for e in events.into_iter().skip(from as usize) {
+            tx.try_send(e).unwrap();
+        }
+        Ok(rx)
+    }
+
+    fn authenticate(&self, token: &[u8]) -> Option<SessionId> {
+        let sessions = self.sessions.lock().unwrap();
+        sessions.iter().find(|(_, (t, _))| t.as_bytes() == token).map(|(id, _)| *id)
+    }
+
+    async fn open_session(&self, req: SessionRequest) -> Result<SessionCreated, ApiError> {
+        let mut sessions = self.sessions.lock().unwrap();
+        let n = sessions.len() as u8 + 1;
+        let id = SessionId([n; 16]);
+        let token = format!("{:064x}", n);
+        let info = SessionInfo {
+            id,
+            name: req.name,
+            metadata: req.metadata,
+            ttl_secs: req.ttl_secs.unwrap_or(300),
+            created_ms: 1,
+            expires_ms: 300_001,
+            runtime_attached: false,
+            capabilities: vec![],
+            calls_made: 0,
+            calls_served: 0,
+        };
+        sessions.insert(id, (token.clone(), info.clone()));
+        Ok(SessionCreated { session: info, token })
+    }
+
+    async fn sessions(&self) -> Result<SessionList, ApiError> {
+        let sessions = self.sessions.lock().unwrap();
+        Ok(SessionList { sessions: sessions.values().map(|(_, s)| s.clone()).collect() })
+    }
+
+    async fn session(&self, id: SessionId) -> Result<SessionInfo, ApiError> {
+        let sessions = self.sessions.lock().unwrap();
+        sessions.get(&id).map(|(_, s)| s.clone()).ok_or_else(|| ApiError::not_found("no session"))
+    }
+
+    async fn heartbeat(&self, id: SessionId) -> Result<SessionInfo, ApiError> {
+        let mut sessions = self.sessions.lock().unwrap();
+        let (_, s) = sessions.get_mut(&id).ok_or_else(|| ApiError::not_found("no session"))?;
+        s.expires_ms += 1000;
+        Ok(s.clone())
+    }
+
+    async fn end_session(&self, id: SessionId) -> Result<SessionInfo, ApiError> {
+        let mut sessions = self.sessions.lock().unwrap();
+        sessions.remove(&id).map(|(_, s)| s).ok_or_else(|| ApiError::not_found("no session"))
+    }
+
+    async fn attach(&self, id: SessionId) -> Result<RuntimeLink, ApiError> {
+        if !self.sessions.lock().unwrap().contains_key(&id) {
+            return Err(ApiError::not_found("no session"));
+        }
+        // The agent's side: a welcome, then `pong` to every `ping`; every frame is recorded.
+        let (link, mut from_agent, to_agent) = RuntimeLink::new();
+        to_agent.try_send(NodeFrame::Welcome { session: id, capabilities: vec![] }).unwrap();
+        let fake = self.self_ref.lock().unwrap().clone();
+        tokio::spawn(async move {
+            while let Some(frame) = from_agent.recv().await {
+                if frame == AgentFrame::Ping && to_agent.send(NodeFrame::Pong).await.is_err() {
+                    return;
+                }
+                if let Some(fake) = fake.as_ref().and_then(|f| f.upgrade()) {
+                    fake.frames.lock().unwrap().push(frame);
+                }
+            }
+        });
+        Ok(link)
     }
 
     async fn attest(&self, req: AttestRequest) -> Result<Attested, ApiError> {
@@ -452,6 +627,7 @@ pub(crate) struct Server {
 impl Server {
     pub(crate) async fn start() -> Self {
         let fake = Arc::new(Fake::default());
+        *fake.self_ref.lock().unwrap() = Some(Arc::downgrade(&fake));
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let token = Token::generate().unwrap();

@@ -5,6 +5,7 @@
 mod fake;
 mod http;
 
+mod agents;
 mod calls;
 mod client;
 mod contracts;

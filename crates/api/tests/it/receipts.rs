@@ -86,6 +86,7 @@ async fn entries_have_the_specified_json_shape() {
             },
             "sig": b64(receipt.sig()),
         },
+        "note": null,
     });
     assert_eq!(page, json!({"entries": [expected_receipt], "next": 1, "len": 2}));
 
@@ -111,6 +112,7 @@ async fn entries_have_the_specified_json_shape() {
                 },
                 "sig": b64(c.sig()),
             },
+            "note": null,
         })
     );
     assert_eq!(found.as_object().unwrap().len(), 2);
