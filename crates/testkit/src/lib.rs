@@ -90,6 +90,12 @@ impl NodeOpts {
         self
     }
 
+    /// How long an agent runtime's adverts outlive its socket.
+    pub fn runtime_grace(mut self, grace: Duration) -> Self {
+        self.tuning.runtime_grace = Some(grace);
+        self
+    }
+
     pub fn rpc_timeout(mut self, t: Duration) -> Self {
         self.tuning.rpc_timeout = Some(t);
         self
