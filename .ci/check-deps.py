@@ -21,6 +21,9 @@ FORBIDDEN = {
     "capmesh-policy": {"capmesh", "capmesh-net", "capmesh-mesh", "capmesh-store", "capmesh-market", "capmesh-exec", "libp2p", "sled"},
     # Calls talk to the network through the mesh, to sled through the store, own no swarm.
     "capmesh-market": {"capmesh", "capmesh-api", "capmesh-net", "libp2p", "sled", "axum"},
+    # Agents (sessions, attached runtimes, calls through the API) work through the market and
+    # the API's types; they own no swarm and touch no replica.
+    "capmesh-agents": {"capmesh", "capmesh-net", "capmesh-store", "libp2p", "sled", "axum"},
     # The MCP bridge reaches the node through the API client and the market, never the swarm or sled.
     "capmesh-mcp": {"capmesh", "capmesh-net", "capmesh-store", "libp2p", "sled"},
     # Testnets drive nodes as processes and through their API only; the in-process simulator

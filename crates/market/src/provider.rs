@@ -179,6 +179,11 @@ impl State {
     }
 }
 
+/// A trace id as W3C Trace Context writes it: 32 lowercase hex digits.
+pub(crate) fn trace_hex(trace: &[u8; 16]) -> String {
+    trace.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 fn refusal(code: &str, message: impl Into<String>) -> ErrorBody {
     let retryable = matches!(code, "RateLimited" | "Busy" | "Internal" | "Timeout");
     error_body(code, message, retryable, None)
@@ -433,11 +438,17 @@ impl Market {
         self.bump(|s| s.tasks_started += 1);
         let market = self.clone();
         let (run_call, run_start) = (call.clone(), start.clone());
-        let mut run = Detached(Some(Box::pin(async move {
-            let _unfinished = Unfinished { market: &market, key };
-            let admitted = Admitted { args, price, permits: (permit, slot) };
-            market.run(peer, run_call, serving, run_start, admitted).await;
-        })));
+        // The caller's trace id on every log line of the run (the agent's W3C trace id when
+        // the caller's agent sent one).
+        let span = tracing::info_span!("serve", trace = %trace_hex(&call.trace.0), call = ?start.call, %peer);
+        let mut run = Detached(Some(Box::pin(tracing::Instrument::instrument(
+            async move {
+                let _unfinished = Unfinished { market: &market, key };
+                let admitted = Admitted { args, price, permits: (permit, slot) };
+                market.run(peer, run_call, serving, run_start, admitted).await;
+            },
+            span,
+        ))));
         // Within the inline window the run is driven right here (no task hand-off on the
         // common path); past it, or for a stream (its `TaskProgress` requests follow
         // `TaskAccepted`), it goes on as its own task.
