@@ -7,9 +7,9 @@ use capmesh_agents::Agents;
 use capmesh_api::{
     ApiError, AttestRequest, Attested, Backend, BlockRequest, Blocked, CallAccepted, CallRequest,
     CallResult, CallStatus, ContractInfo, FindDone, FindEvent, FindHit, FindRequest, GossipStatus,
-    LedgerPage, PeerInfo, Principal, PublishRequest, Published,
-    QueryPage, QueryRequest, ReceiptEntries, ReplicaStatus, Retired, RuntimeLink, Sequenced,
-    SessionCreated, SessionId, SessionInfo, SessionList, SessionRequest, Source, Status, TraceId,
+    LedgerPage, PeerInfo, Principal, PublishRequest, Published, QueryPage, QueryRequest,
+    ReceiptEntries, ReplicaStatus, Retired, RuntimeLink, Sequenced, SessionCreated, SessionId,
+    SessionInfo, SessionList, SessionRequest, Source, Status, TraceId,
 };
 use capmesh_market::Market;
 use capmesh_mesh::{Mesh, MeshError};
@@ -387,7 +387,6 @@ fn contract_info(
     let contract = serde_json::to_value(contract).map_err(internal)?;
     Ok(ContractInfo { capability, contract, source })
 }
-
 
 /// Whether `claim` matches `^[a-z0-9][a-z0-9_.:/-]{0,127}$` (protocol.md, Attestation).
 fn valid_claim(claim: &str) -> bool {

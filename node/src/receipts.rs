@@ -222,7 +222,10 @@ impl Ledger {
                 let entries = store.ledger_range(from, end.saturating_sub(from) as usize)?;
                 let next = from.saturating_add(entries.len() as u64);
                 Ok(LedgerPage {
-                    entries: entries.iter().map(|e| capmesh::registry::ledger_entry_json(store, e)).collect(),
+                    entries: entries
+                        .iter()
+                        .map(|e| capmesh::registry::ledger_entry_json(store, e))
+                        .collect(),
                     next: (next < len && !entries.is_empty()).then_some(next),
                     len,
                 })
@@ -242,7 +245,9 @@ impl Ledger {
                 let (receipt, countersignature) = store.ledger_find(&id)?;
                 Ok(receipt.map(|receipt| ReceiptEntries {
                     receipt: capmesh::registry::ledger_entry_json(store, &receipt),
-                    countersignature: countersignature.as_ref().map(|c| capmesh::registry::ledger_entry_json(store, c)),
+                    countersignature: countersignature
+                        .as_ref()
+                        .map(|c| capmesh::registry::ledger_entry_json(store, c)),
                 }))
             }
         }

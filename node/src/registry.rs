@@ -108,7 +108,10 @@ pub fn parse_price(text: &str) -> Result<Price, String> {
 
 /// A ledger entry in the API's shape, with its local note (blocking: reads the replica). The
 /// API serves it so, and `capmesh receipts` prints it so offline.
-pub fn ledger_entry_json(store: &capmesh_store::Store, e: &capmesh_store::LedgerEntry) -> capmesh_api::LedgerEntryJson {
+pub fn ledger_entry_json(
+    store: &capmesh_store::Store,
+    e: &capmesh_store::LedgerEntry,
+) -> capmesh_api::LedgerEntryJson {
     let kind = match e.kind {
         capmesh_store::LedgerKind::Receipt => capmesh_api::LedgerKind::Receipt,
         capmesh_store::LedgerKind::Countersignature => capmesh_api::LedgerKind::Countersignature,

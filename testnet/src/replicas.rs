@@ -57,8 +57,13 @@ impl Fresh {
             .and_then(|c| serde_json::to_value(c).ok())
             .unwrap_or_default();
         // Measures dissemination only: nothing serves these, on purpose.
-        let req =
-            PublishRequest { contract, price: None, limits: None, ttl_ms: None, announce_only: true };
+        let req = PublishRequest {
+            contract,
+            price: None,
+            limits: None,
+            ttl_ms: None,
+            announce_only: true,
+        };
         let cap = client.publish(&req).await?.capability;
         lock(&self.published).push((Instant::now(), cap));
         Ok(cap)

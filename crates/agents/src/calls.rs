@@ -128,7 +128,8 @@ impl Entry {
 
     fn bytes(&self) -> usize {
         let s = lock(&self.state);
-        s.bytes + s.result.as_ref().map_or(0, |r| r.output.as_ref().map_or(0, |o| o.to_string().len()))
+        s.bytes
+            + s.result.as_ref().map_or(0, |r| r.output.as_ref().map_or(0, |o| o.to_string().len()))
     }
 
     /// Keeps `event` (within the budget, unless it is final) and wakes the subscribers.

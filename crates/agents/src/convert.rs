@@ -140,7 +140,9 @@ pub(crate) fn event_json(e: capmesh_market::CallEvent) -> Option<CallEvent> {
     use capmesh_market::CallEvent as M;
     Some(match e {
         M::Providers { providers } => CallEvent::Providers { providers },
-        M::Offer { provider, price, latency_ms } => CallEvent::Offer { provider, price, latency_ms },
+        M::Offer { provider, price, latency_ms } => {
+            CallEvent::Offer { provider, price, latency_ms }
+        }
         M::Chosen { provider, warm } => CallEvent::Chosen { provider, warm },
         M::Accepted { provider } => CallEvent::Accepted { provider },
         M::Failed(a) => CallEvent::AttemptFailed { attempt: attempt_json(&a) },

@@ -33,8 +33,8 @@ use std::{
 };
 
 use capmesh_api::{
-    ApiError, CallAccepted, CallRequest, CallResult, CallStatus, Principal, RuntimeLink,
-    Sequenced, SessionCreated, SessionId, SessionInfo, SessionList, SessionRequest, TraceId,
+    ApiError, CallAccepted, CallRequest, CallResult, CallStatus, Principal, RuntimeLink, Sequenced,
+    SessionCreated, SessionId, SessionInfo, SessionList, SessionRequest, TraceId,
 };
 use capmesh_market::Market;
 use capmesh_types::Cid;
@@ -42,7 +42,9 @@ use capmesh_wire::CallId;
 use tokio::sync::mpsc;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
-pub use calls::{MAX_EVENT_BYTES, MAX_EVENTS, MAX_FINISHED, MAX_FINISHED_BYTES, MAX_RUNNING, RETENTION};
+pub use calls::{
+    MAX_EVENT_BYTES, MAX_EVENTS, MAX_FINISHED, MAX_FINISHED_BYTES, MAX_RUNNING, RETENTION,
+};
 pub use convert::{MAX_DEADLINE_MS, Stream, call_error, call_result, market_request};
 pub use runtime::{MAX_CAPABILITIES, MAX_PENDING};
 
@@ -162,8 +164,12 @@ impl Agents {
                 continue;
             }
             match self.inner.market.unserve(cap).await {
-                Ok(_) => tracing::info!(capability = %cap, "retired an agent capability left by an earlier run"),
-                Err(e) => tracing::debug!(capability = %cap, error = %e, "leftover agent capability"),
+                Ok(_) => {
+                    tracing::info!(capability = %cap, "retired an agent capability left by an earlier run")
+                }
+                Err(e) => {
+                    tracing::debug!(capability = %cap, error = %e, "leftover agent capability")
+                }
             }
         }
         self.save_served();
@@ -178,7 +184,8 @@ impl Agents {
             .map(|c| c.capability.to_string())
             .collect();
         let tmp = path.with_extension("tmp");
-        let written = std::fs::write(&tmp, caps.join("\n")).and_then(|()| std::fs::rename(&tmp, path));
+        let written =
+            std::fs::write(&tmp, caps.join("\n")).and_then(|()| std::fs::rename(&tmp, path));
         if let Err(e) = written {
             tracing::warn!(path = %path.display(), error = %e, "cannot write the list of agent capabilities");
         }
@@ -292,11 +299,7 @@ impl Agents {
         trace: Option<TraceId>,
     ) -> Result<CallAccepted, ApiError> {
         let entry = self.open_call(principal, call_id, req, trace)?;
-        Ok(CallAccepted {
-            call_id,
-            trace: entry.trace,
-            state: capmesh_api::CallState::Finding,
-        })
+        Ok(CallAccepted { call_id, trace: entry.trace, state: capmesh_api::CallState::Finding })
     }
 
     fn open_call(
@@ -310,8 +313,9 @@ impl Agents {
             Some(t) => t,
             None => {
                 let mut t = [0u8; 16];
-                getrandom::fill(&mut t)
-                    .map_err(|e| ApiError::internal(format!("no randomness for a trace id: {e}")))?;
+                getrandom::fill(&mut t).map_err(|e| {
+                    ApiError::internal(format!("no randomness for a trace id: {e}"))
+                })?;
                 TraceId(t)
             }
         };
@@ -324,7 +328,8 @@ impl Agents {
             session.calls_made += 1;
             market_req = market_req.with_session(session.tag());
         }
-        let entry = lock(&self.inner.calls).open(call_id, capability, trace, principal.session())?;
+        let entry =
+            lock(&self.inner.calls).open(call_id, capability, trace, principal.session())?;
         let (market, table, run) =
             (self.inner.market.clone(), self.inner.calls.clone(), entry.clone());
         let span = tracing::info_span!("call", trace = %trace, call = ?call_id);

@@ -349,8 +349,8 @@ impl Attached {
 
     async fn serve(self: &Arc<Self>, a: Announcement) -> Result<ServedCapability, NodeFrame> {
         let bad = |m: String| error(FrameError::BadContract, m, None);
-        let contract: Contract = serde_json::from_value(a.contract)
-            .map_err(|e| bad(format!("not a contract: {e}")))?;
+        let contract: Contract =
+            serde_json::from_value(a.contract).map_err(|e| bad(format!("not a contract: {e}")))?;
         let name = contract.name.clone();
         let compiled = Compiled::new(&contract)
             .map_err(|e| bad(format!("the contract {name:?} is refused: {e}")))?;
@@ -568,8 +568,7 @@ impl Foreign for AgentTool {
             let (call_id, to_agent, answer) = attached.register(compiled, sink.is_some())?;
             drop(attached);
             let deadline = Instant::now() + ctx.limit;
-            let mut guard =
-                PendingGuard { runtime, call_id: Some(call_id.clone()), deadline };
+            let mut guard = PendingGuard { runtime, call_id: Some(call_id.clone()), deadline };
             let deadline_ms = capmesh_mesh::now_ms().saturating_add(ctx.limit.as_millis() as u64);
             let frame = NodeFrame::Call {
                 call_id,
@@ -587,7 +586,9 @@ impl Foreign for AgentTool {
             let result = match answer {
                 Answer::Value(rx) => rx
                     .await
-                    .unwrap_or_else(|_| Err(ExecError::Io(std::io::Error::other("the agent's runtime went away"))))
+                    .unwrap_or_else(|_| {
+                        Err(ExecError::Io(std::io::Error::other("the agent's runtime went away")))
+                    })
                     .map(ForeignOutput::Value),
                 Answer::Stream(mut chunks, mut end) => {
                     let Some(sink) = sink.as_mut() else {

@@ -61,7 +61,9 @@ pub(crate) struct Checked {
 }
 
 pub(crate) fn check(req: SessionRequest) -> Result<Checked, ApiError> {
-    if req.name.is_empty() || req.name.len() > SESSION_NAME_MAX || req.name.chars().any(char::is_control)
+    if req.name.is_empty()
+        || req.name.len() > SESSION_NAME_MAX
+        || req.name.chars().any(char::is_control)
     {
         return Err(ApiError::bad_request(format!(
             "a session name is 1 to {SESSION_NAME_MAX} bytes without control characters"

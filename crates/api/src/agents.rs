@@ -460,7 +460,10 @@ impl CallEvent {
 
     /// Whether it is the last event of a call.
     pub fn is_final(&self) -> bool {
-        matches!(self, CallEvent::Done { .. } | CallEvent::Failed { .. } | CallEvent::Cancelled { .. })
+        matches!(
+            self,
+            CallEvent::Done { .. } | CallEvent::Failed { .. } | CallEvent::Cancelled { .. }
+        )
     }
 }
 
@@ -494,8 +497,9 @@ mod tests {
 
     #[test]
     fn traceparent_parses_as_w3c_says() {
-        let t = TraceId::from_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-            .unwrap();
+        let t =
+            TraceId::from_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+                .unwrap();
         assert_eq!(t.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
         // A later version may add fields.
         assert!(

@@ -11,8 +11,8 @@ use serde::{Serialize, de::DeserializeOwned};
 use crate::{
     ApiError, ClientError, ErrorCode,
     agents::{
-        CallAccepted, CallStatus, SessionCreated, SessionId, SessionInfo, SessionList,
-        SessionRequest, Sequenced, TraceId,
+        CallAccepted, CallStatus, Sequenced, SessionCreated, SessionId, SessionInfo, SessionList,
+        SessionRequest, TraceId,
     },
     error::ErrorBody,
     files::{ADDR_FILE, TOKEN_FILE},
@@ -238,8 +238,10 @@ impl Client {
         &self,
         call_id: &CallId,
         from: u64,
-    ) -> Result<impl Stream<Item = Result<Sequenced, ClientError>> + Send + Unpin + 'static, ClientError>
-    {
+    ) -> Result<
+        impl Stream<Item = Result<Sequenced, ClientError>> + Send + Unpin + 'static,
+        ClientError,
+    > {
         let id = data_encoding::BASE64URL_NOPAD.encode(&call_id.0);
         let response = self
             .untimed(Method::GET, &format!("/v1/calls/{id}/events?from={from}"))

@@ -42,10 +42,10 @@ mod runtime;
 mod server;
 pub mod types;
 
+pub use agents::*;
 pub use client::{Client, DEFAULT_TIMEOUT};
 pub use error::{ApiError, ClientError, ErrorCode};
 pub use files::{ADDR_FILE, TOKEN_FILE, remove_files, write_files};
-pub use agents::*;
 pub use runtime::{FRAME_BURST, FRAME_MAX, FRAMES_PER_SEC, LINK_QUEUE, RuntimeLink};
 pub use server::{Backend, MAX_BODY_BYTES, Principal, Token, bind, serve};
 pub use types::*;

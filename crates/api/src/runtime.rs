@@ -88,7 +88,10 @@ impl Gate {
             return flood;
         }
         let Some(text) = text else {
-            return Inbound::Refuse(refuse(FrameError::BadFrame, "frames are JSON text, not binary"));
+            return Inbound::Refuse(refuse(
+                FrameError::BadFrame,
+                "frames are JSON text, not binary",
+            ));
         };
         if text.len() > FRAME_MAX {
             return Inbound::Refuse(refuse(
@@ -255,7 +258,8 @@ mod tests {
             code(&gate.judge(Message::Binary(vec![1, 2].into()), now)),
             Some(FrameError::BadFrame)
         );
-        let big = format!(r#"{{"type":"error","call_id":"x","message":"{}"}}"#, "a".repeat(FRAME_MAX));
+        let big =
+            format!(r#"{{"type":"error","call_id":"x","message":"{}"}}"#, "a".repeat(FRAME_MAX));
         assert_eq!(code(&gate.judge(text(&big), now)), Some(FrameError::TooLarge));
         assert_eq!(gate.judge(Message::Close(None), now), Inbound::Closed);
     }

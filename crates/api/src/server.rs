@@ -29,8 +29,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     ApiError,
     agents::{
-        CallAccepted, CallStatus, SessionCreated, SessionId, SessionInfo, SessionList,
-        SessionRequest, Sequenced, TraceId,
+        CallAccepted, CallStatus, Sequenced, SessionCreated, SessionId, SessionInfo, SessionList,
+        SessionRequest, TraceId,
     },
     error::ErrorBody,
     runtime::{self, RuntimeLink},
@@ -163,8 +163,7 @@ pub trait Backend: Send + Sync + 'static {
     /// `GET /v1/sessions`.
     fn sessions(&self) -> impl Future<Output = Result<SessionList, ApiError>> + Send;
     /// `GET /v1/sessions/{id}`.
-    fn session(&self, id: SessionId)
-    -> impl Future<Output = Result<SessionInfo, ApiError>> + Send;
+    fn session(&self, id: SessionId) -> impl Future<Output = Result<SessionInfo, ApiError>> + Send;
     /// Extends a session by its lifetime from now. `POST /v1/sessions/{id}/heartbeat`.
     fn heartbeat(
         &self,
@@ -180,8 +179,7 @@ pub trait Backend: Send + Sync + 'static {
     /// server pumps frames between the socket and the link until either side closes.
     ///
     /// `GET /v1/sessions/{id}/runtime` (a WebSocket upgrade).
-    fn attach(&self, id: SessionId)
-    -> impl Future<Output = Result<RuntimeLink, ApiError>> + Send;
+    fn attach(&self, id: SessionId) -> impl Future<Output = Result<RuntimeLink, ApiError>> + Send;
     /// Signs an attestation, stores it and gossips it.
     ///
     /// `POST /v1/attest`.
@@ -621,7 +619,11 @@ fn sse_stream(
             Ok(Some(ev)) => {
                 let last = ev.event.is_final();
                 let message = serde_json::to_string(&ev.event).map(|data| {
-                    Bytes::from(format!("id: {}\nevent: {}\ndata: {data}\n\n", ev.id, ev.event.name()))
+                    Bytes::from(format!(
+                        "id: {}\nevent: {}\ndata: {data}\n\n",
+                        ev.id,
+                        ev.event.name()
+                    ))
                 });
                 Some((message, if last { None } else { Some(rx) }))
             }

@@ -627,7 +627,10 @@ impl Market {
         let bytes = signed.to_bytes();
         let (receipt_id, note) = (
             signed.id(),
-            capmesh_store::LedgerNote { trace: Some(call.trace.0), session: serving.spec.session.clone() },
+            capmesh_store::LedgerNote {
+                trace: Some(call.trace.0),
+                session: serving.spec.session.clone(),
+            },
         );
         let op: crate::batch::Op = Box::new(move |store| {
             store.ledger_annotate(&receipt_id, &note).map_err(Refused::internal)?;

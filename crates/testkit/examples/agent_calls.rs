@@ -29,8 +29,9 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let calls: usize = std::env::args().nth(1).map_or(Ok(2000), |a| a.parse())?;
-    let net = Testnet::line(2, |i, o| if i == 0 { o.serve_builtin(Builtin::Echo, 1, 1) } else { o })
-        .await?;
+    let net =
+        Testnet::line(2, |i, o| if i == 0 { o.serve_builtin(Builtin::Echo, 1, 1) } else { o })
+            .await?;
     let (provider, caller) = (net.node(0), net.node(1));
     // The provider admits the load: no rate limit to speak of.
     std::fs::write(
@@ -42,11 +43,9 @@ async fn main() -> anyhow::Result<()> {
     // The agent: a session on node 0, its runtime socket, an echo contract of its own.
     let api = Client::new(provider.node.api_addr, provider.node.api_token.clone())?;
     let session = api.open_session(&SessionRequest::new("bench-agent")).await?;
-    let mut req = format!(
-        "ws://{}/v1/sessions/{}/runtime",
-        provider.node.api_addr, session.session.id
-    )
-    .into_client_request()?;
+    let mut req =
+        format!("ws://{}/v1/sessions/{}/runtime", provider.node.api_addr, session.session.id)
+            .into_client_request()?;
     req.headers_mut().insert("authorization", format!("Bearer {}", session.token).parse()?);
     let (mut socket, _) = tokio_tungstenite::connect_async(req).await?;
     let mut contract = Builtin::Echo.contract();
@@ -116,7 +115,11 @@ async fn main() -> anyhow::Result<()> {
     );
     println!("  builtin echo           p50 {b50:8.0} µs   p99 {b99:8.0} µs");
     println!("  attached runtime echo  p50 {a50:8.0} µs   p99 {a99:8.0} µs");
-    println!("  ratio attached / builtin: p50 {:.2}×, p99 {:.2}× (goal ≤ 1.3× at p50)", a50 / b50, a99 / b99);
+    println!(
+        "  ratio attached / builtin: p50 {:.2}×, p99 {:.2}× (goal ≤ 1.3× at p50)",
+        a50 / b50,
+        a99 / b99
+    );
     agent.abort();
     net.shutdown().await?;
     Ok(())

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use capmesh_api::{
-    AgentFrame, Announcement, CallEvent, CallRequest, CallState, CancelReason, Client,
-    ClientError, ErrorCode, FrameError, NodeFrame, SessionRequest, TraceId,
+    AgentFrame, Announcement, CallEvent, CallRequest, CallState, CancelReason, Client, ClientError,
+    ErrorCode, FrameError, NodeFrame, SessionRequest, TraceId,
 };
 use capmesh_store::verify_ledger;
 use capmesh_testkit::{NodeOpts, TestNode, Testnet, wait_for};
@@ -19,9 +19,8 @@ use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
 use crate::common::T;
 
-type Socket = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 fn client(node: &TestNode) -> Client {
     Client::new(node.node.api_addr, node.node.api_token.clone()).unwrap()
@@ -68,7 +67,9 @@ impl Agent {
             token: created.token,
         };
         let welcome = agent.next().await;
-        assert!(matches!(welcome, NodeFrame::Welcome { session, .. } if session == agent.session.id));
+        assert!(
+            matches!(welcome, NodeFrame::Welcome { session, .. } if session == agent.session.id)
+        );
         agent
     }
 
@@ -96,17 +97,24 @@ impl Agent {
     async fn announce(&mut self, contracts: &[Value]) -> Vec<Cid> {
         let capabilities = contracts
             .iter()
-            .map(|c| Announcement { contract: c.clone(), price: None, limits: None, latency_ms: None })
+            .map(|c| Announcement {
+                contract: c.clone(),
+                price: None,
+                limits: None,
+                latency_ms: None,
+            })
             .collect();
         self.send(&AgentFrame::Announce { capabilities }).await;
         match self.next().await {
-            NodeFrame::Announced { capabilities } => capabilities.iter().map(|c| c.capability).collect(),
+            NodeFrame::Announced { capabilities } => {
+                capabilities.iter().map(|c| c.capability).collect()
+            }
             other => panic!("announce answered {other:?}"),
         }
     }
 
-    /// Answers calls by upper-casing until the socket closes; every frame it sees goes to `seen`.
-    fn serve(mut self, seen: mpsc::UnboundedSender<NodeFrame>) -> tokio::task::JoinHandle<Agent> {
+    /// Answers calls by upper-casing until the socket closes; the frames it sees go to `seen`.
+    fn serve(mut self, seen: mpsc::Sender<NodeFrame>) -> tokio::task::JoinHandle<Agent> {
         tokio::spawn(async move {
             loop {
                 let Some(Ok(msg)) = self.socket.next().await else { return self };
@@ -114,10 +122,14 @@ impl Agent {
                 let frame: NodeFrame = serde_json::from_str(t.as_str()).unwrap();
                 if let NodeFrame::Call { call_id, args, .. } = &frame {
                     let text = args["text"].as_str().unwrap_or_default().to_uppercase();
-                    let answer = AgentFrame::Result { call_id: call_id.clone(), output: json!({"text": text}) };
+                    let answer = AgentFrame::Result {
+                        call_id: call_id.clone(),
+                        output: json!({"text": text}),
+                    };
                     self.send(&answer).await;
                 }
-                if seen.send(frame).is_err() {
+                // Frames nobody reads past the queue are dropped: the tests read the first few.
+                if let Err(mpsc::error::TrySendError::Closed(_)) = seen.try_send(frame) {
                     return self;
                 }
             }
@@ -155,7 +167,7 @@ async fn an_attached_runtime_serves_the_mesh_with_receipts_that_name_its_session
     assert_eq!(caps, vec![id_of(&contract)]);
     let cap = caps[0];
     let session_id = agent.session.id.to_string();
-    let (seen_tx, mut seen) = mpsc::unbounded_channel();
+    let (seen_tx, mut seen) = mpsc::channel(1024);
     let serving = agent.serve(seen_tx);
     adverts(c, cap, 1).await;
 
@@ -166,7 +178,9 @@ async fn an_attached_runtime_serves_the_mesh_with_receipts_that_name_its_session
     assert_eq!(done.output, Some(json!({"text": "HELLO"})));
     assert_eq!(done.provider, a.peer_id());
     assert_eq!(done.trace, Some(trace));
-    let Some(NodeFrame::Call { trace: pushed, capability, .. }) = seen.recv().await else { panic!() };
+    let Some(NodeFrame::Call { trace: pushed, capability, .. }) = seen.recv().await else {
+        panic!()
+    };
     assert_eq!((pushed, capability), (Some(trace), cap));
 
     // Both ledgers verify, and both name the trace; A's names the session that served it.
@@ -191,7 +205,10 @@ async fn an_attached_runtime_serves_the_mesh_with_receipts_that_name_its_session
     // The session shows what it serves and what it did.
     let sessions = client(a).sessions().await.unwrap().sessions;
     assert_eq!(sessions.len(), 1);
-    assert_eq!(sessions[0].capabilities.iter().map(|c| c.capability).collect::<Vec<_>>(), vec![cap]);
+    assert_eq!(
+        sessions[0].capabilities.iter().map(|c| c.capability).collect::<Vec<_>>(),
+        vec![cap]
+    );
     assert_eq!((sessions[0].calls_served, sessions[0].runtime_attached), (1, true));
     serving.abort();
     net.shutdown().await.unwrap();
@@ -208,9 +225,9 @@ async fn a_dropped_runtime_is_retired_everywhere_and_calls_fail_over_to_another_
     let mut on_b = Agent::open(b, "b", None).await;
     on_a.announce(std::slice::from_ref(&contract)).await;
     on_b.announce(std::slice::from_ref(&contract)).await;
-    let (tx, _seen_a) = mpsc::unbounded_channel();
+    let (tx, _seen_a) = mpsc::channel(1024);
     let serving_a = on_a.serve(tx);
-    let (tx, _seen_b) = mpsc::unbounded_channel();
+    let (tx, _seen_b) = mpsc::channel(1024);
     let serving_b = on_b.serve(tx);
     adverts(c, cap, 2).await;
 
@@ -255,7 +272,10 @@ async fn a_session_expires_without_heartbeats_and_lives_on_with_them() {
     let contract = upper("agent.expiring", false);
     let cap = quiet.announce(std::slice::from_ref(&contract)).await[0];
     adverts(b, cap, 1).await;
-    let beating = client(a).open_session(&SessionRequest { ttl_secs: Some(5), ..SessionRequest::new("beating") }).await.unwrap();
+    let beating = client(a)
+        .open_session(&SessionRequest { ttl_secs: Some(5), ..SessionRequest::new("beating") })
+        .await
+        .unwrap();
     let beats = {
         let (api, id) = (client(a), beating.session.id);
         tokio::spawn(async move {
@@ -299,7 +319,8 @@ async fn a_cancel_from_the_caller_reaches_the_agent_and_streamed_chunks_arrive_b
     let caller = client(c);
 
     // Cancel: the agent holds the call; the caller cancels; the agent is told.
-    let accepted = caller.start_call(&CallRequest::new(slow_cap, json!({"text": "t"}))).await.unwrap();
+    let accepted =
+        caller.start_call(&CallRequest::new(slow_cap, json!({"text": "t"}))).await.unwrap();
     let NodeFrame::Call { call_id: pushed, .. } = agent.next().await else { panic!() };
     caller.cancel(&accepted.call_id).await.unwrap();
     match agent.next().await {
@@ -319,10 +340,17 @@ async fn a_cancel_from_the_caller_reaches_the_agent_and_streamed_chunks_arrive_b
     assert!(matches!(agent.next().await, NodeFrame::Error { code: FrameError::UnknownCall, .. }));
 
     // Streaming: the first chunk reaches the SSE client while the agent still holds the rest.
-    let accepted = caller.start_call(&CallRequest::new(stream_cap, json!({"text": "t"}))).await.unwrap();
+    let accepted =
+        caller.start_call(&CallRequest::new(stream_cap, json!({"text": "t"}))).await.unwrap();
     let mut events = caller.call_events(&accepted.call_id, 0).await.unwrap();
     let NodeFrame::Call { call_id, .. } = agent.next().await else { panic!() };
-    agent.send(&AgentFrame::Chunk { call_id: call_id.clone(), text: Some("first ".into()), data: None }).await;
+    agent
+        .send(&AgentFrame::Chunk {
+            call_id: call_id.clone(),
+            text: Some("first ".into()),
+            data: None,
+        })
+        .await;
     let first = loop {
         let ev = tokio::time::timeout(T, events.next()).await.unwrap().unwrap().unwrap();
         assert!(!ev.event.is_final(), "the call ended before its second chunk: {ev:?}");
@@ -332,7 +360,13 @@ async fn a_cancel_from_the_caller_reaches_the_agent_and_streamed_chunks_arrive_b
     };
     assert_eq!(first, b"first ");
     assert_eq!(caller.call_status(&accepted.call_id).await.unwrap().state, CallState::Running);
-    agent.send(&AgentFrame::Chunk { call_id: call_id.clone(), text: None, data: Some(capmesh_wire::repr::Bytes(b"second".to_vec())) }).await;
+    agent
+        .send(&AgentFrame::Chunk {
+            call_id: call_id.clone(),
+            text: None,
+            data: Some(capmesh_wire::repr::Bytes(b"second".to_vec())),
+        })
+        .await;
     agent.send(&AgentFrame::End { call_id }).await;
     let mut rest = Vec::new();
     while let Some(ev) = tokio::time::timeout(T, events.next()).await.unwrap() {
@@ -354,7 +388,7 @@ async fn bad_frames_get_typed_errors_and_the_node_keeps_serving_everyone_else() 
     let mut good = Agent::open(a, "good", None).await;
     let bad_cap = bad.announce(&[upper("agent.bad", false)]).await[0];
     let good_cap = good.announce(&[upper("agent.good", false)]).await[0];
-    let (tx, _seen) = mpsc::unbounded_channel();
+    let (tx, _seen) = mpsc::channel(1024);
     let good_serving = good.serve(tx);
     adverts(c, bad_cap, 1).await;
     adverts(c, good_cap, 1).await;
@@ -364,18 +398,29 @@ async fn bad_frames_get_typed_errors_and_the_node_keeps_serving_everyone_else() 
     assert!(matches!(bad.next().await, NodeFrame::Error { code: FrameError::BadFrame, .. }));
     bad.send(&AgentFrame::Result { call_id: "c999".into(), output: json!({}) }).await;
     assert!(matches!(bad.next().await, NodeFrame::Error { code: FrameError::UnknownCall, .. }));
-    bad.send(&AgentFrame::Announce { capabilities: vec![Announcement { contract: json!({"name": 1}), price: None, limits: None, latency_ms: None }] }).await;
+    bad.send(&AgentFrame::Announce {
+        capabilities: vec![Announcement {
+            contract: json!({"name": 1}),
+            price: None,
+            limits: None,
+            latency_ms: None,
+        }],
+    })
+    .await;
     assert!(matches!(bad.next().await, NodeFrame::Error { code: FrameError::BadContract, .. }));
 
     // An output that breaks the contract: the agent is told, the caller gets OutputInvalid.
     let caller = client(c);
-    let call = tokio::spawn(async move {
-        caller.call(&CallRequest::new(bad_cap, json!({"text": "x"}))).await
-    });
+    let call =
+        tokio::spawn(
+            async move { caller.call(&CallRequest::new(bad_cap, json!({"text": "x"}))).await },
+        );
     let NodeFrame::Call { call_id, .. } = bad.next().await else { panic!() };
     bad.send(&AgentFrame::Result { call_id: call_id.clone(), output: json!({"text": 42}) }).await;
     match bad.next().await {
-        NodeFrame::Error { code: FrameError::OutputInvalid, call_id: Some(id), .. } => assert_eq!(id, call_id),
+        NodeFrame::Error { code: FrameError::OutputInvalid, call_id: Some(id), .. } => {
+            assert_eq!(id, call_id)
+        }
         other => panic!("{other:?}"),
     }
     let e = call.await.unwrap().unwrap_err();
@@ -417,7 +462,7 @@ async fn a_hundred_sessions_with_runtimes_on_one_node() {
     for i in 0..100 {
         let mut agent = Agent::open(a, &format!("agent-{i}"), None).await;
         caps.push(agent.announce(&[upper(&format!("agent.many{i}"), false)]).await[0]);
-        let (tx, seen) = mpsc::unbounded_channel();
+        let (tx, seen) = mpsc::channel(1024);
         serving.push((agent.serve(tx), seen));
     }
     let rss_after = rss_kib();

@@ -79,7 +79,11 @@ fn three_processes_form_a_mesh_and_answer_find() {
     let contract = a.user.data_dir.path().join("echo.json");
     let scaffold = a.user.run(&["cap", "new", "proc-echo"]).success();
     std::fs::write(&contract, scaffold).unwrap();
-    let cap = a.user.run(&["cap", "publish", contract.to_str().unwrap()]).success();
+    // Nothing serves this contract: refused unless announced only.
+    let refused = a.user.run(&["cap", "publish", contract.to_str().unwrap()]).failure();
+    assert!(refused.contains("--announce-only"), "{refused}");
+    let cap =
+        a.user.run(&["cap", "publish", "--announce-only", contract.to_str().unwrap()]).success();
     let cap = cap.trim();
 
     // C does not gossip and is not connected to A: it finds A through Kademlia.

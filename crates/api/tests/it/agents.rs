@@ -71,14 +71,14 @@ async fn traceparent_reaches_the_backend_and_a_malformed_one_is_refused() {
     let post = || http.post(server.url("/v1/call")).bearer_auth(server.token.as_str()).json(&body);
     let ok = guard("call", post().header("traceparent", TRACEPARENT).send()).await.unwrap();
     assert_eq!(ok.status(), 200);
-    let Some(Call::Invoke(_, _, _, trace)) = server.fake.calls().last().cloned() else {
-        panic!()
-    };
+    let Some(Call::Invoke(_, _, _, trace)) = server.fake.calls().last().cloned() else { panic!() };
     assert_eq!(trace, Some("4bf92f3577b34da6a3ce929d0e0e4736".parse::<TraceId>().unwrap()));
     let before = server.fake.calls().len();
-    let message =
-        expect_error(post().header("traceparent", "00-zz-00f067aa0ba902b7-01"), ErrorCode::BadRequest)
-            .await;
+    let message = expect_error(
+        post().header("traceparent", "00-zz-00f067aa0ba902b7-01"),
+        ErrorCode::BadRequest,
+    )
+    .await;
     assert!(message.contains("traceparent"), "{message}");
     assert_eq!(server.fake.calls().len(), before, "nothing reached the backend");
 
@@ -97,7 +97,8 @@ async fn an_asynchronous_call_is_accepted_then_followed_as_server_sent_events() 
     let http = raw();
     let id = [3u8; 16];
     let id_text = data_encoding::BASE64URL_NOPAD.encode(&id);
-    let body = json!({"capability": fake::answers().to_string(), "args": {"n": 1}, "call_id": id_text});
+    let body =
+        json!({"capability": fake::answers().to_string(), "args": {"n": 1}, "call_id": id_text});
     let accepted = guard(
         "start",
         http.post(server.url("/v1/calls")).bearer_auth(server.token.as_str()).json(&body).send(),
@@ -133,7 +134,10 @@ async fn an_asynchronous_call_is_accepted_then_followed_as_server_sent_events() 
     let stream = guard("events", client.call_events(&call_id, 0)).await.unwrap();
     let all: Vec<_> = guard("read", stream.collect::<Vec<_>>()).await;
     let all: Vec<_> = all.into_iter().map(Result::unwrap).collect();
-    let req = CallRequest { call_id: Some(call_id), ..CallRequest::new(fake::answers(), json!({"n": 1})) };
+    let req = CallRequest {
+        call_id: Some(call_id),
+        ..CallRequest::new(fake::answers(), json!({"n": 1}))
+    };
     assert_eq!(all, fake::call_events(call_id, &req));
     assert!(matches!(all.last().unwrap().event, CallEvent::Done { .. }));
     let status = guard("status", client.call_status(&call_id)).await.unwrap();
@@ -143,13 +147,15 @@ async fn an_asynchronous_call_is_accepted_then_followed_as_server_sent_events() 
     let s = guard("open", client.open_session(&SessionRequest::new("other"))).await.unwrap();
     let theirs = server.client().with_token(s.token);
     let e = guard("status", theirs.call_status(&call_id)).await.unwrap_err();
-    assert!(matches!(e, capmesh_api::ClientError::Api(ref a) if a.code == ErrorCode::NotFound), "{e}");
+    assert!(
+        matches!(e, capmesh_api::ClientError::Api(ref a) if a.code == ErrorCode::NotFound),
+        "{e}"
+    );
     server.stop().await;
 }
 
-type Socket = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(server: &Server, token: &str, session: &str) -> Socket {
     let mut req = format!("ws://{}/v1/sessions/{session}/runtime", server.addr)
@@ -229,9 +235,6 @@ async fn the_runtime_socket_refuses_bad_frames_with_typed_errors_and_stays_open(
         .unwrap();
     req.headers_mut().insert("authorization", format!("Bearer {}", other.token).parse().unwrap());
     let refused = guard("connect", tokio_tungstenite::connect_async(req)).await.unwrap_err();
-    assert!(
-        matches!(&refused, tungstenite::Error::Http(r) if r.status() == 404),
-        "{refused:?}"
-    );
+    assert!(matches!(&refused, tungstenite::Error::Http(r) if r.status() == 404), "{refused:?}");
     server.stop().await;
 }
