@@ -19,6 +19,7 @@ pub mod mcp;
 pub mod metrics;
 pub mod registry;
 pub mod remote;
+pub mod telemetry;
 
 pub use config::Config;
 pub use data_dir::{DataDir, Initialized};

@@ -149,6 +149,10 @@ struct RunArgs {
     /// Contract file to publish at start (repeat; added to publish.contracts).
     #[arg(long = "publish", value_name = "FILE")]
     publish: Vec<PathBuf>,
+    /// Export the spans of calls over OTLP/HTTP to this collector (e.g.
+    /// http://127.0.0.1:4318; /v1/traces is appended). Off when absent.
+    #[arg(long, value_name = "URL", env = "CAPMESH_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -305,11 +309,20 @@ enum EnvelopeCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let otlp = match &cli.command {
+        Command::Run(args) => args.otlp_endpoint.clone(),
+        _ => None,
+    };
+    // Held until the end of main: dropping it flushes the span exporter.
+    let _telemetry = match capmesh::telemetry::init(otlp.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -333,6 +333,7 @@ impl Agents {
         let (market, table, run) =
             (self.inner.market.clone(), self.inner.calls.clone(), entry.clone());
         let span = tracing::info_span!("call", trace = %trace, call = ?call_id);
+        capmesh_mesh::trace::link(&span, &trace.0);
         self.inner.tasks.spawn(tracing::Instrument::instrument(
             async move { calls::drive(&market, &table, run, market_req).await },
             span,

@@ -179,11 +179,6 @@ impl State {
     }
 }
 
-/// A trace id as W3C Trace Context writes it: 32 lowercase hex digits.
-pub(crate) fn trace_hex(trace: &[u8; 16]) -> String {
-    trace.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn refusal(code: &str, message: impl Into<String>) -> ErrorBody {
     let retryable = matches!(code, "RateLimited" | "Busy" | "Internal" | "Timeout");
     error_body(code, message, retryable, None)
@@ -440,7 +435,8 @@ impl Market {
         let (run_call, run_start) = (call.clone(), start.clone());
         // The caller's trace id on every log line of the run (the agent's W3C trace id when
         // the caller's agent sent one).
-        let span = tracing::info_span!("serve", trace = %trace_hex(&call.trace.0), call = ?start.call, %peer);
+        let span = tracing::info_span!("serve", trace = %capmesh_mesh::trace::trace_hex(&call.trace.0), call = ?start.call, %peer);
+        capmesh_mesh::trace::link(&span, &call.trace.0);
         let mut run = Detached(Some(Box::pin(tracing::Instrument::instrument(
             async move {
                 let _unfinished = Unfinished { market: &market, key };

@@ -65,7 +65,7 @@ pub enum ServeError {
 /// end of input or at its next read once the session is over; a process exits without waiting
 /// for it. It is the one thread here that no cancellation token can stop.
 pub async fn serve_stdio(tools: MeshTools, cancel: CancellationToken) -> Result<(), ServeError> {
-    let _stdin = StdinReader::spawn()?;
+    let stdin = StdinReader::spawn()?;
     let session = cancel.child_token();
     let mut tasks = JoinSet::new();
     {
@@ -73,7 +73,7 @@ pub async fn serve_stdio(tools: MeshTools, cancel: CancellationToken) -> Result<
         tasks.spawn(async move { tools.watch(session).await });
     }
     let served = async {
-        let running = match tools.serve_with_ct((tokio::io::stdin(), tokio::io::stdout()), session.clone()).await
+        let running = match tools.serve_with_ct((stdin, tokio::io::stdout()), session.clone()).await
         {
             Ok(running) => running,
             // Stopped before the client's handshake.

@@ -22,6 +22,7 @@ mod latency;
 mod publish;
 mod serve;
 mod sync;
+pub mod trace;
 
 use std::{
     collections::HashMap,
