@@ -122,7 +122,7 @@ impl Backend for NodeApi {
             .map_err(|e| ApiError::bad_request(format!("not a contract: {e}")))?;
         // An advert nothing serves is a dead end for every caller: only on purpose.
         if !req.announce_only {
-            let id = capmesh_contract::capability_id(&contract)
+            let id = capmesh_contract::check(&contract)
                 .map_err(|e| ApiError::bad_request(e.to_string()))?;
             if !self.market.served().contains(&id) {
                 return Err(ApiError::conflict(format!(

@@ -213,6 +213,11 @@ impl Entry {
         (s.kept[from..].to_vec(), s.state.is_final())
     }
 
+    /// The last event kept.
+    fn last_event(&self) -> Option<Sequenced> {
+        lock(&self.state).kept.last().cloned()
+    }
+
     /// Waits until the call has ended (cancel-safe).
     pub(crate) async fn ended(&self) {
         let mut rx = self.events.subscribe();
@@ -372,7 +377,11 @@ pub(crate) async fn follow(
             }
         }
         if ended {
-            return; // `from` was past the final event
+            // `from` was past the final event: every stream ends with it, so it is sent again.
+            if let Some(last) = entry.last_event() {
+                let _ = tx.send(last).await;
+            }
+            return;
         }
         tokio::select! {
             () = stop.cancelled() => return,

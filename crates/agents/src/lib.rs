@@ -218,6 +218,12 @@ impl Agents {
                 Agents { inner }.save_served();
             }
         });
+        let weak = Arc::downgrade(&self.inner);
+        let alive: runtime::OnChange = Arc::new(move || {
+            if let Some(inner) = weak.upgrade() {
+                let _ = Agents { inner }.heartbeat(id);
+            }
+        });
         let runtime = runtime::Attached::new(
             tag,
             self.inner.market.clone(),
@@ -225,6 +231,7 @@ impl Agents {
             ended.clone(),
             self.inner.tasks.clone(),
             changed,
+            alive,
         );
         let session = table.insert(id, &token, checked, capmesh_mesh::now_ms(), ended, runtime);
         tracing::info!(session = %id, name = %session.name, ttl_ms = session.ttl_ms, "session opened");
@@ -323,13 +330,18 @@ impl Agents {
         let mut market_req = convert::market_request(call_id, req)?
             .with_trace(capmesh_wire::repr::FixedBytes(trace.0));
         if let Some(id) = principal.session() {
-            let mut table = lock(&self.inner.sessions);
-            let session = table.get_mut(&id).ok_or_else(|| no_session(id))?;
-            session.calls_made += 1;
+            let table = lock(&self.inner.sessions);
+            let session = table.get(&id).ok_or_else(|| no_session(id))?;
             market_req = market_req.with_session(session.tag());
         }
         let entry =
             lock(&self.inner.calls).open(call_id, capability, trace, principal.session())?;
+        // Counted once the call is taken (not when refused as a duplicate or over the bound).
+        if let Some(id) = principal.session()
+            && let Some(session) = lock(&self.inner.sessions).get_mut(&id)
+        {
+            session.calls_made += 1;
+        }
         let (market, table, run) =
             (self.inner.market.clone(), self.inner.calls.clone(), entry.clone());
         let span = tracing::info_span!("call", trace = %trace, call = ?call_id);

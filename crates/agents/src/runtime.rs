@@ -66,13 +66,15 @@ struct State {
     calls_served: u64,
 }
 
-/// Called after the set of served capabilities changed (the node keeps a list of them).
+/// Called after the set of served capabilities changed (the node keeps a list of them), and on
+/// every `ping` (which extends the session like a heartbeat).
 pub(crate) type OnChange = Arc<dyn Fn() + Send + Sync>;
 
 /// The runtime of one session (attached or not).
 pub(crate) struct Attached {
     tag: SessionTag,
     changed: OnChange,
+    alive: OnChange,
     market: Market,
     grace: Duration,
     /// Fires when the session ends.
@@ -103,10 +105,12 @@ impl Attached {
         ended: CancellationToken,
         tasks: TaskTracker,
         changed: OnChange,
+        alive: OnChange,
     ) -> Arc<Self> {
         Arc::new(Self {
             tag,
             changed,
+            alive,
             market,
             grace,
             ended,
@@ -184,7 +188,12 @@ impl Attached {
             () = self.ended.cancelled() => return,
             () = tokio::time::sleep(self.grace) => {}
         }
-        let gone = lock(&self.state).socket.is_none();
+        // Retired only if no socket attached since this one closed (a newer socket that came and
+        // went has a grace period of its own).
+        let gone = {
+            let state = lock(&self.state);
+            state.socket.is_none() && state.generation == generation
+        };
         if gone {
             tracing::info!(session = %self.tag.id, "agent runtime gone past its grace period: retiring its capabilities");
             self.retire_all().await;
@@ -201,7 +210,10 @@ impl Attached {
 
     async fn on_frame(self: &Arc<Self>, frame: AgentFrame) {
         match frame {
-            AgentFrame::Ping => self.reply(NodeFrame::Pong),
+            AgentFrame::Ping => {
+                (self.alive)();
+                self.reply(NodeFrame::Pong)
+            }
             AgentFrame::Announce { capabilities } => self.announce(capabilities),
             AgentFrame::Retire { capability } => self.retire(capability),
             AgentFrame::Result { call_id, output } => self.on_result(call_id, output),
@@ -338,7 +350,7 @@ impl Attached {
                 }
             }
             lock(&this.state).announcing -= count;
-            if !served.is_empty() {
+            if !served.is_empty() || failed.is_none() {
                 this.reply(NodeFrame::Announced { capabilities: served });
             }
             if let Some(frame) = failed {
@@ -355,6 +367,14 @@ impl Attached {
         let compiled = Compiled::new(&contract)
             .map_err(|e| bad(format!("the contract {name:?} is refused: {e}")))?;
         let capability = compiled.id();
+        // One runtime per capability on a node: an agent never takes over what a [[serve]]
+        // table, an import or another session serves (nor its own twice).
+        if self.market.served().contains(&capability) {
+            return Err(bad(format!(
+                "{capability} ({name:?}) is already served on this node; change the contract \
+                 (its id changes with it) to serve your own"
+            )));
+        }
         let tool = AgentTool {
             runtime: Arc::downgrade(self),
             capability,
@@ -365,15 +385,24 @@ impl Attached {
             .map_err(|e| bad(format!("the contract {name:?} cannot be served: {e}")))?;
         let spec = ServeSpec {
             executor: Arc::new(executor),
-            price: a.price.unwrap_or(Price { amount: 0, unit: "credit".into() }),
+            price: a.price.unwrap_or(Price { amount: 0, unit: "free".into() }),
             limits: a.limits.unwrap_or_else(capmesh_mesh::default_limits),
             latency_ms: a.latency_ms,
             ttl: None,
             session: Some(self.tag.clone()),
         };
-        let published = self.market.serve(spec).await.map_err(|e| {
-            error(FrameError::Unavailable, format!("{name:?} could not be advertised: {e}"), None)
-        })?;
+        let published = match self.market.serve(spec).await {
+            Ok(p) => p,
+            Err(e) => {
+                // Registered before publishing: take the runtime back (nothing was advertised).
+                let _ = self.market.unserve(capability).await;
+                return Err(error(
+                    FrameError::Unavailable,
+                    format!("{name:?} could not be advertised: {e}"),
+                    None,
+                ));
+            }
+        };
         let served = ServedCapability { capability, name, advert_id: published.advert_id };
         lock(&self.state).served.insert(capability, served.clone());
         (self.changed)();
@@ -420,6 +449,16 @@ impl Attached {
     pub(crate) async fn shut(&self) {
         {
             let mut state = lock(&self.state);
+            // The agent is told which calls to stop before its socket closes.
+            if let Some((_, tx)) = &state.socket {
+                for call_id in state.pending.keys() {
+                    let frame = NodeFrame::Cancel {
+                        call_id: call_id.clone(),
+                        reason: CancelReason::Shutdown,
+                    };
+                    let _ = tx.try_send(frame);
+                }
+            }
             state.socket = None;
             fail_pending(&mut state, "the agent's session ended");
         }

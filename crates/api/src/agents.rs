@@ -147,7 +147,11 @@ pub struct SessionRequest {
     pub name: String,
     /// Anything the agent wants kept with the session (at most [`SESSION_METADATA_MAX`] bytes
     /// as JSON).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "crate::types::null_as_default",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub metadata: BTreeMap<String, serde_json::Value>,
     /// Lifetime without a heartbeat, [`SESSION_TTL_MIN_SECS`] to [`SESSION_TTL_MAX_SECS`];
     /// absent: [`SESSION_TTL_DEFAULT_SECS`].
@@ -250,7 +254,7 @@ pub enum AgentFrame {
     },
     /// The end of a streaming call's chunks.
     End { call_id: String },
-    /// Keeps the socket (and the session) alive; answered by `pong`.
+    /// Keeps the socket alive and extends the session like a heartbeat; answered by `pong`.
     Ping,
 }
 

@@ -298,7 +298,9 @@ fn router<B: Backend>(backend: Arc<B>, token: Token, shutdown: CancellationToken
         .fallback(no_route)
         .method_not_allowed_fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        // Added last, so it runs first: before routing, extractors and the backend.
+        // Added last, so it runs first of the layers: after routing (it reads the matched
+        // route), before extractors and the backend. A session token on an unknown path is
+        // refused as Denied: the route list is the node token's to probe.
         .layer(middleware::from_fn_with_state(Arc::new(auth), authorize::<B>))
         .with_state(App { backend, shutdown })
 }

@@ -53,7 +53,7 @@ pub(crate) mod repr {
 }
 
 /// An optional request field without an `Option`: `null` means the default, as absence does.
-fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+pub(crate) fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Default + Deserialize<'de>,
@@ -161,7 +161,11 @@ pub struct PublishRequest {
     /// Advertise it although nothing on this node serves it (calls to it then fail with
     /// `NotFound` at this provider). Absent or `false`: a capability this node does not serve
     /// is refused (`409 Conflict`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_default",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
     pub announce_only: bool,
 }
 

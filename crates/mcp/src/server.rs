@@ -680,25 +680,65 @@ struct Step {
 }
 
 /// The steps of the running call `call_id`: the one source of what a `tools/call` reports
-/// while it runs. The node's API says nothing of a call until it ends, so for now a step is the
-/// time spent waiting, in seconds, once every [`PROGRESS_EVERY`]; once the API streams a call's
-/// events (`GET /v1/calls/{id}/events`, the chunks of a streaming capability among them), this
-/// reads them through `api`, one step per event. The stream never ends by itself: it is dropped
-/// with the call.
+/// while it runs — the call's events as the node streams them (`GET /v1/calls/{id}/events`:
+/// providers found, offers, the provider chosen, a deferred run accepted, each chunk of a
+/// streaming output), and between them the time spent waiting, once every [`PROGRESS_EVERY`].
+/// `progress` counts the steps, so it increases. The stream never ends by itself: it is
+/// dropped with the call.
 fn progress_of(api: Client, call_id: CallId) -> impl Stream<Item = Step> + Send + 'static {
-    // Kept for the event source to come (see above).
-    let _ = (api, call_id);
     let start = Instant::now();
     let mut tick = tokio::time::interval_at(start + PROGRESS_EVERY, PROGRESS_EVERY);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    futures::stream::unfold(tick, move |mut tick| async move {
+    let waited = futures::stream::unfold(tick, move |mut tick| async move {
         tick.tick().await;
-        // Milliseconds, as seconds: a step comes at least PROGRESS_EVERY after the one before,
-        // so the progress increases.
-        let waited = start.elapsed().as_millis() as f64 / 1000.0;
-        let step =
-            Step { progress: waited, message: format!("waiting for the provider ({waited:.0} s)") };
-        Some((step, tick))
+        let secs = start.elapsed().as_secs_f64();
+        Some((format!("waiting for the provider ({secs:.0} s)"), tick))
+    });
+    let events = futures::stream::once(call_steps(api, call_id)).flatten();
+    futures::stream::select(waited, events)
+        .enumerate()
+        .map(|(i, message)| Step { progress: (i + 1) as f64, message })
+}
+
+/// How often, and how many times, the events of a call are asked for before the node knows
+/// the call (the `tools/call`'s own request may still be on its way).
+const EVENTS_RETRY: Duration = Duration::from_millis(100);
+const EVENTS_TRIES: u32 = 50;
+
+/// The events of call `call_id` as step messages; none if the node never knows the call.
+async fn call_steps(api: Client, call_id: CallId) -> futures::stream::BoxStream<'static, String> {
+    for _ in 0..EVENTS_TRIES {
+        match api.call_events(&call_id, 0).await {
+            Ok(events) => {
+                return events
+                    .filter_map(|e| async move { e.ok().and_then(|e| step_message(&e.event)) })
+                    .boxed();
+            }
+            Err(ClientError::Api(e)) if e.code == capmesh_api::ErrorCode::NotFound => {
+                tokio::time::sleep(EVENTS_RETRY).await;
+            }
+            Err(_) => break,
+        }
+    }
+    futures::stream::empty().boxed()
+}
+
+/// What an event of a call says to an MCP client; `None` for the final ones (the result says it).
+fn step_message(event: &capmesh_api::CallEvent) -> Option<String> {
+    use capmesh_api::CallEvent as E;
+    Some(match event {
+        E::Providers { providers } => format!("{} provider(s) found", providers.len()),
+        E::Offer { provider, price, latency_ms } => {
+            format!("offer from {provider}: {} {}, ~{latency_ms} ms", price.amount, price.unit)
+        }
+        E::Chosen { provider, warm } => {
+            format!("calling {provider}{}", if *warm { " (standing offer)" } else { "" })
+        }
+        E::Accepted { provider } => format!("{provider} accepted the call and runs it"),
+        E::AttemptFailed { attempt } => format!("a try failed, failing over: {attempt}"),
+        E::Progress { seq, data } => format!("chunk {seq} ({} bytes)", data.0.len()),
+        E::ProgressTruncated { dropped } => format!("{dropped} more chunks"),
+        E::Done { .. } | E::Failed { .. } | E::Cancelled { .. } => return None,
     })
 }
 

@@ -441,6 +441,12 @@ async fn a_long_call_reports_progress_before_its_result() {
     let values: Vec<f64> = progress.iter().map(|p| p["progress"].as_f64().unwrap()).collect();
     assert!(values.windows(2).all(|w| w[0] < w[1]), "increasing: {values:?}");
     assert!(progress.iter().all(|p| p["message"].as_str().is_some_and(|m| !m.is_empty())));
+    // The call's own steps (its events on the node) are among them, not only the time waited.
+    let messages: Vec<&str> = progress.iter().filter_map(|p| p["message"].as_str()).collect();
+    assert!(
+        messages.iter().any(|m| m.starts_with("calling ")),
+        "the chosen provider: {messages:?}"
+    );
 
     client.cancel().await.unwrap();
     server.await.unwrap().unwrap();
