@@ -127,13 +127,23 @@ impl Node {
                 .await
                 .with_context(|| format!("no reservation on relay {circuit}"))?;
         }
-        if !config.network.bootstrap.is_empty() {
+        // Peers to join through: configured or remembered (the network service books both), or
+        // already connected (a relay, a peer that dialed in).
+        let peers = tokio::time::timeout(Duration::from_secs(10), net.peers())
+            .await
+            .context("the network task did not answer within 10 s")??;
+        if !config.network.bootstrap.is_empty() || !peers.is_empty() {
             let net = net.clone();
             tasks.spawn(async move {
                 if let Err(e) = net.bootstrap().await {
                     tracing::debug!(error = %e, "kademlia bootstrap");
                 }
             });
+        } else {
+            tracing::warn!(
+                "no bootstrap peers configured and none remembered: this node is alone until a \
+                 peer dials it; set network.bootstrap in config.toml or pass --bootstrap"
+            );
         }
         tasks.spawn(sweep(store.clone(), config.registry.sweep_secs, cancel.child_token()));
 

@@ -637,7 +637,8 @@ impl Foreign for AgentTool {
                         tokio::select! {
                             chunk = chunks.recv() => match chunk {
                                 Some(c) => sink.send(c).await?,
-                                None => break Err(ExecError::Io(std::io::Error::other("the agent's runtime went away"))),
+                                // The pending entry is gone (ended, or failed): its `end` says which.
+                                None => break (&mut end).await.unwrap_or_else(|_| Err(ExecError::Io(std::io::Error::other("the agent's runtime went away")))),
                             },
                             e = &mut end => break e.unwrap_or_else(|_| Err(ExecError::Io(std::io::Error::other("the agent's runtime went away")))),
                         }

@@ -23,6 +23,7 @@ mod behaviour;
 pub mod codec;
 pub mod convert;
 mod handle;
+mod listen;
 mod rate;
 mod service;
 mod trim;
@@ -314,6 +315,20 @@ pub enum NetError {
     Timeout(Duration),
     #[error("cannot listen on {addr}: {reason}")]
     Listen { addr: String, reason: String },
+    /// A listen address with a fixed port that another process already holds (found before
+    /// listening: see [`NetworkService::new`]).
+    #[error(
+        "cannot listen on {addr}: the address is in use by another process (another capmesh \
+         node?); stop it, or choose another port with --listen or network.listen in config.toml"
+    )]
+    AddrInUse { addr: String },
+    /// Two listen addresses of this node bind one socket (the same address and port, or a
+    /// wildcard address and one it covers).
+    #[error(
+        "the listen addresses {first} and {second} bind the same port: list each socket once \
+         (--listen or network.listen in config.toml)"
+    )]
+    ListenTwice { first: String, second: String },
     #[error("cannot dial {target}: {reason}")]
     Dial { target: String, reason: String },
     #[error("request to {peer} failed: {reason}")]

@@ -96,7 +96,13 @@ enum Done {
 impl NetworkService {
     /// Builds the swarm (transports, behaviour), starts listening on `config.listen` and
     /// dialing `config.bootstrap`.
+    ///
+    /// Listen addresses are checked first: a fixed TCP or UDP port another process holds is
+    /// [`NetError::AddrInUse`] and one socket listed twice [`NetError::ListenTwice`]. (The TCP
+    /// listeners use `SO_REUSEPORT`, which would otherwise let two nodes share a port
+    /// silently.) Addresses given later to [`NetworkHandle::listen`] are not checked.
     pub fn new(key: &NodeKey, config: Config) -> Result<(Self, NetworkHandle), NetError> {
+        crate::listen::check_listen_addrs(&config.listen)?;
         let keypair = convert::keypair(key);
         let cfg = config.clone();
         let err = |e: &dyn std::fmt::Display| NetError::Config(e.to_string());

@@ -287,13 +287,26 @@ async fn a_session_expires_without_heartbeats_and_lives_on_with_them() {
             }
         })
     };
-    // The quiet one ends (its socket is closed, its advert retired); the beating one stays.
+    // A third keeps itself alive with pings on its runtime socket.
+    let mut pinging = Agent::open(a, "pinging", Some(5)).await;
+    let pings = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            pinging.send(&AgentFrame::Ping).await;
+            if !matches!(pinging.next().await, NodeFrame::Pong) {
+                return;
+            }
+        }
+    });
+    // The quiet one ends (its socket is closed, its advert retired); the other two stay.
     wait_for("the quiet session's end", T, || async {
-        let names: Vec<String> =
+        let mut names: Vec<String> =
             client(a).sessions().await.unwrap().sessions.into_iter().map(|s| s.name).collect();
-        if names == vec!["beating".to_string()] { Ok(()) } else { Err(names) }
+        names.sort();
+        if names == ["beating", "pinging"] { Ok(()) } else { Err(names) }
     })
     .await;
+    pings.abort();
     assert!(matches!(quiet.socket.next().await, Some(Ok(tungstenite::Message::Close(_))) | None));
     adverts(b, cap, 0).await;
     let with_token = client(a).with_token(quiet.token.clone());
@@ -408,6 +421,17 @@ async fn bad_frames_get_typed_errors_and_the_node_keeps_serving_everyone_else() 
     })
     .await;
     assert!(matches!(bad.next().await, NodeFrame::Error { code: FrameError::BadContract, .. }));
+    // Another session's capability is not taken over; an empty announce is answered.
+    let taken = Announcement {
+        contract: upper("agent.good", false),
+        price: None,
+        limits: None,
+        latency_ms: None,
+    };
+    bad.send(&AgentFrame::Announce { capabilities: vec![taken] }).await;
+    assert!(matches!(bad.next().await, NodeFrame::Error { code: FrameError::BadContract, .. }));
+    bad.send(&AgentFrame::Announce { capabilities: vec![] }).await;
+    assert_eq!(bad.next().await, NodeFrame::Announced { capabilities: vec![] });
 
     // An output that breaks the contract: the agent is told, the caller gets OutputInvalid.
     let caller = client(c);

@@ -4,6 +4,7 @@
 //! `RUST_LOG=capmesh_net=debug,libp2p_kad=debug`) to see the nodes' logs.
 
 mod gossip;
+mod joining;
 mod kad;
 mod metrics;
 mod relay;
