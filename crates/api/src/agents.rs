@@ -217,7 +217,7 @@ pub struct SessionList {
 pub struct Announcement {
     /// The contract (`specs/schemas/records/Contract.json`); its CID is the capability id.
     pub contract: serde_json::Value,
-    /// Price per call; absent: 0 `credit`.
+    /// Price per call; absent: 0 `free` (as for `POST /v1/capabilities`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub price: Option<Price>,
     /// Limits offered; absent: the node's defaults.

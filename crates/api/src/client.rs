@@ -294,77 +294,42 @@ impl Client {
         &self,
         body: BoxStream<'static, reqwest::Result<axum::body::Bytes>>,
     ) -> BoxStream<'static, Result<Sequenced, ClientError>> {
-        struct State {
-            body: BoxStream<'static, reqwest::Result<axum::body::Bytes>>,
-            lines: Lines,
-            ended: bool,
-            client: Client,
-            /// The fields of the message being read.
-            id: Option<u64>,
-            data: Vec<u8>,
-        }
-        let state = State {
-            body,
-            // A `done` event carries the whole result: output and stream, 1 MiB each at most.
-            lines: Lines::with_max(4 * MAX_LINE_BYTES),
-            ended: false,
-            client: self.clone(),
-            id: None,
-            data: Vec::new(),
-        };
-        futures::stream::unfold(state, |mut s| async move {
+        // A `done` event carries the whole result: output and stream, 1 MiB each at most.
+        let lines = Lines::with_max(4 * MAX_LINE_BYTES);
+        let lines = BodyLines::new(body, lines, self.clone(), "an event");
+        futures::stream::unfold(Some(lines), |lines| async move {
+            let mut lines = lines?;
+            // The fields of the message being read.
+            let (mut id, mut data) = (None::<u64>, Vec::new());
             loop {
-                if s.ended {
-                    return None;
-                }
-                let line = match s.lines.next_line() {
-                    Err(LineTooLong) => {
-                        s.ended = true;
-                        let e = format!("an event is longer than {} bytes", 4 * MAX_LINE_BYTES);
-                        return Some((Err(ClientError::Decode(e)), s));
-                    }
+                let line = match lines.next().await {
                     Ok(Some(line)) => line,
-                    Ok(None) => match s.body.next().await {
-                        Some(Ok(chunk)) => {
-                            s.lines.push(&chunk);
-                            continue;
-                        }
-                        Some(Err(e)) => {
-                            s.ended = true;
-                            let e = s.client.transport_error(e);
-                            return Some((Err(e), s));
-                        }
-                        None => {
-                            s.ended = true;
-                            return Some((Err(ClientError::Incomplete), s));
-                        }
-                    },
+                    Ok(None) => return Some((Err(ClientError::Incomplete), None)),
+                    Err(e) => return Some((Err(e), None)),
                 };
                 let line = line.strip_suffix(b"\r").unwrap_or(&line);
                 if !line.is_empty() {
                     // `field: value` (one optional space); comments start with `:`.
                     if let Some(rest) = line.strip_prefix(b"data:") {
-                        s.data.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
+                        data.extend_from_slice(rest.strip_prefix(b" ").unwrap_or(rest));
                     } else if let Some(rest) = line.strip_prefix(b"id:") {
                         let text = String::from_utf8_lossy(rest.strip_prefix(b" ").unwrap_or(rest))
                             .into_owned();
-                        s.id = text.trim().parse().ok();
+                        id = text.trim().parse().ok();
                     }
                     continue;
                 }
-                if s.data.is_empty() {
+                if data.is_empty() {
                     continue; // a comment (keep-alive) or an empty message
                 }
-                let data = std::mem::take(&mut s.data);
-                let Some(id) = s.id.take() else {
-                    s.ended = true;
-                    return Some((Err(ClientError::Decode("an event without an id".into())), s));
+                let Some(id) = id else {
+                    return Some((Err(ClientError::Decode("an event without an id".into())), None));
                 };
                 let item = serde_json::from_slice::<crate::agents::CallEvent>(&data)
                     .map(|event| Sequenced { id, event })
                     .map_err(|e| ClientError::Decode(e.to_string()));
-                s.ended = item.as_ref().map_or(true, |e| e.event.is_final());
-                return Some((item, s));
+                let more = item.as_ref().is_ok_and(|e| !e.event.is_final());
+                return Some((item, more.then_some(lines)));
             }
         })
         .boxed()
@@ -411,52 +376,22 @@ impl Client {
         &self,
         body: BoxStream<'static, reqwest::Result<axum::body::Bytes>>,
     ) -> BoxStream<'static, Result<FindEvent, ClientError>> {
-        struct State {
-            body: BoxStream<'static, reqwest::Result<axum::body::Bytes>>,
-            lines: Lines,
-            ended: bool,
-            client: Client,
-        }
-        let state = State { body, lines: Lines::default(), ended: false, client: self.clone() };
-        futures::stream::unfold(state, |mut s| async move {
+        let lines = BodyLines::new(body, Lines::default(), self.clone(), "a find event");
+        futures::stream::unfold(Some(lines), |lines| async move {
+            let mut lines = lines?;
             loop {
-                if s.ended {
-                    return None;
-                }
-                let line = match s.lines.next_line() {
-                    Err(LineTooLong) => {
-                        s.ended = true;
-                        let e = format!("a find event is longer than {MAX_LINE_BYTES} bytes");
-                        return Some((Err(ClientError::Decode(e)), s));
-                    }
+                let line = match lines.next().await {
                     Ok(Some(line)) => line,
-                    Ok(None) => match s.body.next().await {
-                        Some(Ok(chunk)) => {
-                            s.lines.push(&chunk);
-                            continue;
-                        }
-                        Some(Err(e)) => {
-                            s.ended = true;
-                            let e = s.client.transport_error(e);
-                            return Some((Err(e), s));
-                        }
-                        None => {
-                            let rest = s.lines.rest();
-                            if rest.trim_ascii().is_empty() {
-                                s.ended = true;
-                                return Some((Err(ClientError::Incomplete), s));
-                            }
-                            rest
-                        }
-                    },
+                    Ok(None) => return Some((Err(ClientError::Incomplete), None)),
+                    Err(e) => return Some((Err(e), None)),
                 };
                 if line.trim_ascii().is_empty() {
                     continue;
                 }
                 let event = serde_json::from_slice::<FindEvent>(&line);
-                s.ended = !matches!(event, Ok(FindEvent::Hit(_)));
+                let more = matches!(event, Ok(FindEvent::Hit(_)));
                 let item = event.map_err(|e| ClientError::Decode(e.to_string()));
-                return Some((item, s));
+                return Some((item, more.then_some(lines)));
             }
         })
         .boxed()
@@ -517,6 +452,51 @@ impl Client {
             ClientError::TimedOut { after: bound.unwrap_or(self.timeout) }
         } else {
             ClientError::Http(e)
+        }
+    }
+}
+
+/// A streamed body read line by line (the NDJSON of find, the Server-Sent Events of a call).
+struct BodyLines {
+    body: futures::stream::Fuse<BoxStream<'static, reqwest::Result<axum::body::Bytes>>>,
+    lines: Lines,
+    client: Client,
+    /// What a line is, for the error of one too long.
+    what: &'static str,
+}
+
+impl BodyLines {
+    fn new(
+        body: BoxStream<'static, reqwest::Result<axum::body::Bytes>>,
+        lines: Lines,
+        client: Client,
+        what: &'static str,
+    ) -> Self {
+        Self { body: body.fuse(), lines, client, what }
+    }
+
+    /// The next line (without its newline); what follows the last newline comes as a last
+    /// line; `Ok(None)` once the body has ended. Cancel-safe.
+    async fn next(&mut self) -> Result<Option<Vec<u8>>, ClientError> {
+        loop {
+            match self.lines.next_line() {
+                Err(LineTooLong) => {
+                    let max = self.lines.max();
+                    return Err(ClientError::Decode(format!(
+                        "{} is longer than {max} bytes",
+                        self.what
+                    )));
+                }
+                Ok(Some(line)) => return Ok(Some(line)),
+                Ok(None) => match self.body.next().await {
+                    Some(Ok(chunk)) => self.lines.push(&chunk),
+                    Some(Err(e)) => return Err(self.client.transport_error(e)),
+                    None => {
+                        let rest = self.lines.rest();
+                        return Ok((!rest.trim_ascii().is_empty()).then_some(rest));
+                    }
+                },
+            }
         }
     }
 }

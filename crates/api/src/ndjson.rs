@@ -28,6 +28,11 @@ impl Lines {
         Self { buf: Vec::new(), scanned: 0, max }
     }
 
+    /// The longest line taken.
+    pub(crate) fn max(&self) -> usize {
+        self.max
+    }
+
     pub(crate) fn push(&mut self, chunk: &[u8]) {
         self.buf.extend_from_slice(chunk);
     }

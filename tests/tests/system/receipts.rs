@@ -206,7 +206,8 @@ fn receipts_list_show_export_and_verify_an_offline_ledger() {
     for (seq, (line, (kind, signed))) in lines.iter().zip(&all).enumerate() {
         let mut keys: Vec<&str> = line.as_object().unwrap().keys().map(String::as_str).collect();
         keys.sort_unstable();
-        assert_eq!(keys, ["hash", "id", "kind", "record", "seq", "signed"]);
+        assert_eq!(keys, ["hash", "id", "kind", "note", "record", "seq", "signed"]);
+        assert_eq!(line["note"], Value::Null, "no call here was made through a node");
         assert_eq!(line["seq"], seq);
         assert_eq!(line["kind"], format!("{kind:?}"));
         assert_eq!(unb64(&line["signed"]), *signed);
