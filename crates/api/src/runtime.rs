@@ -19,6 +19,8 @@ use crate::agents::{AgentFrame, FrameError, NodeFrame};
 /// Largest message the WebSocket layer reads at all; past [`FRAME_MAX`] a message is refused
 /// with `TooLarge` but the socket stays up, past this the socket is closed.
 pub(crate) const SOCKET_MESSAGE_MAX: usize = 4 << 20;
+/// Read buffer of a runtime socket.
+pub(crate) const SOCKET_READ_BUFFER: usize = 16 << 10;
 /// Largest frame the node takes from an agent: 1 MiB of output plus room for the envelope.
 pub const FRAME_MAX: usize = (1 << 20) + (64 << 10);
 /// Frames per second an agent may send, sustained …

@@ -682,8 +682,14 @@ async fn attach<B: Backend>(
     })?;
     let link = app.backend.attach(id).await?;
     let shutdown = app.shutdown.clone();
+    // Small buffers (the default is 128 KiB each way): a node holds a socket per session, and
+    // frames are written whole, one at a time; the write buffer is bounded.
     Ok(upgrade
+        .read_buffer_size(runtime::SOCKET_READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(2 * runtime::SOCKET_MESSAGE_MAX)
         .max_message_size(runtime::SOCKET_MESSAGE_MAX)
+        .max_frame_size(runtime::SOCKET_MESSAGE_MAX)
         .on_upgrade(move |socket| runtime::pump(socket, link, shutdown)))
 }
 
