@@ -85,6 +85,8 @@ impl Backend for NodeApi {
             },
             published: self.mesh.published(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
+            reachability: info.reachability.as_str().to_string(),
+            relay_reservations: info.relay_reservations.iter().map(|a| a.to_string()).collect(),
         })
     }
 
@@ -99,6 +101,7 @@ impl Backend for NodeApi {
                 addrs: p.addrs.iter().map(|a| a.to_string()).collect(),
                 connected: p.connected,
                 last_seen: if p.connected { now } else { 0 },
+                connection: p.connection.map_or("none", |c| c.as_str()).to_string(),
             })
             .collect())
     }

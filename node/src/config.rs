@@ -209,6 +209,14 @@ pub struct NetworkConfig {
     /// Relays to hold a reservation on, each ending in `/p2p/<relay id>` (the node is then
     /// reachable at `<relay>/p2p-circuit/p2p/<own id>`). Default none.
     pub relays: Vec<String>,
+    /// Whether the node is reachable from outside: "auto" (as AutoNAT finds), "public" or
+    /// "private". A private node reserves relay slots by itself. Default "auto".
+    pub reachability: Reachability,
+    /// Relay reservations a private node holds, on relays chosen among its connected peers
+    /// (configured `relays` count). 0: none made automatically. Default 2.
+    pub relay_reservations: usize,
+    /// AutoNAT probes to and from private addresses (a lab on private ranges). Default false.
+    pub autonat_allow_private: bool,
     /// Take part in registry gossip. Default true.
     pub gossip: bool,
     /// Most established connections, and per peer. Defaults 256 and 2.
@@ -219,6 +227,32 @@ pub struct NetworkConfig {
     pub peers_low: u32,
     pub peers_high: u32,
 }
+
+/// `network.reachability`, parsed once from the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reachability {
+    /// As AutoNAT finds.
+    #[default]
+    Auto,
+    /// Reachable at its own addresses: no relay reservations made automatically.
+    Public,
+    /// Behind a NAT or firewall: relay reservations made whatever AutoNAT says.
+    Private,
+}
+
+impl From<Reachability> for capmesh_net::ReachabilityMode {
+    fn from(r: Reachability) -> Self {
+        match r {
+            Reachability::Auto => Self::Auto,
+            Reachability::Public => Self::Public,
+            Reachability::Private => Self::Private,
+        }
+    }
+}
+
+/// Most relay reservations a node may ask for (`network.relay_reservations`).
+pub const MAX_RELAY_RESERVATIONS: usize = 8;
 
 /// `[api]`: the local HTTP API.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -298,6 +332,9 @@ impl Default for NetworkConfig {
             kad_mode: "auto".into(),
             relay_server: false,
             relays: Vec::new(),
+            reachability: Reachability::Auto,
+            relay_reservations: 2,
+            autonat_allow_private: false,
             gossip: true,
             max_connections: 256,
             max_connections_per_peer: 2,
@@ -425,6 +462,11 @@ impl Config {
             "network.peers_low = {} must be at most network.peers_high = {} (at least 1)",
             self.network.peers_low,
             self.network.peers_high
+        );
+        anyhow::ensure!(
+            self.network.relay_reservations <= MAX_RELAY_RESERVATIONS,
+            "network.relay_reservations = {} is above {MAX_RELAY_RESERVATIONS}: a few relays are enough to stay reachable",
+            self.network.relay_reservations
         );
         anyhow::ensure!(
             ["auto", "client", "server"].contains(&self.network.kad_mode.as_str()),
@@ -609,6 +651,20 @@ price_amount = 2
         std::fs::write(&path, "[envelope]\nmax_depth = 1000\n").unwrap();
         let err = format!("{:#}", Config::load(&path).unwrap_err());
         assert!(err.contains("max_depth = 1000"), "{err}");
+    }
+
+    #[test]
+    fn reachability_is_one_of_three_words_and_reservations_are_bounded() {
+        let config: Config =
+            toml::from_str("[network]\nreachability = \"private\"\nrelay_reservations = 3\n")
+                .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.network.reachability, Reachability::Private);
+        let err = toml::from_str::<Config>("[network]\nreachability = \"nat\"\n").unwrap_err();
+        assert!(err.to_string().contains("auto"), "{err}");
+        let config: Config = toml::from_str("[network]\nrelay_reservations = 100\n").unwrap();
+        let err = format!("{:#}", config.validate().unwrap_err());
+        assert!(err.contains("relay_reservations = 100"), "{err}");
     }
 
     #[test]

@@ -361,6 +361,9 @@ fn net_config(config: &Config, tuning: &Tuning) -> anyhow::Result<capmesh_net::C
             _ => KadMode::Auto,
         })
         .with_relay_server(n.relay_server)
+        .with_reachability(n.reachability.into())
+        .with_relay_reservations(n.relay_reservations)
+        .with_autonat_allow_private(n.autonat_allow_private)
         .with_gossip(n.gossip)
         .with_max_connections(n.max_connections, n.max_connections_per_peer)
         .with_peer_trim(n.peers_low, n.peers_high, Duration::from_secs(60))

@@ -384,6 +384,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("version     {}", status.version);
                 println!("listening   {}", status.listen_addrs.join(" "));
                 println!("external    {}", status.external_addrs.join(" "));
+                println!("reachable   {}", status.reachability);
+                println!("relays      {} reservations", status.relay_reservations.len());
+                for circuit in &status.relay_reservations {
+                    println!("            {circuit}");
+                }
                 println!(
                     "peers       {} connected, {} in routing table (kademlia {})",
                     status.connected_peers, status.routing_table_peers, status.kad_mode
@@ -438,7 +443,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&peers)?);
             } else {
                 for p in &peers {
-                    let state = if p.connected { "connected" } else { "known" };
+                    let state = if p.connected {
+                        format!("connected ({})", p.connection)
+                    } else {
+                        "known".to_string()
+                    };
                     println!("{}  {state}  {}", p.peer_id, p.addrs.join(" "));
                 }
                 if peers.is_empty() {

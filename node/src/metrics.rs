@@ -274,17 +274,50 @@ fn encode(s: &Snapshot, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Er
             e.encode_descriptor(name, help, None, MetricType::Gauge)?.encode_gauge(&value)?;
         }
         let g = &net.gossip;
-        let mut gossip = e.encode_descriptor(
-            "gossip_messages",
-            "Registry gossip messages judged before forwarding, by verdict (ignored includes those dropped for rate or load)",
+        {
+            let mut gossip = e.encode_descriptor(
+                "gossip_messages",
+                "Registry gossip messages judged before forwarding, by verdict (ignored includes those dropped for rate or load)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (verdict, n) in
+                [("accepted", g.accepted), ("ignored", g.ignored), ("rejected", g.rejected)]
+            {
+                counter(&mut gossip, &[("verdict", verdict)], n)?;
+            }
+        }
+        let h = &net.hole_punch;
+        e.encode_descriptor(
+            "hole_punch_attempts",
+            "Relayed connections this node accepted, on each of which DCUtR starts a hole punch",
             None,
             MetricType::Counter,
-        )?;
-        for (verdict, n) in
-            [("accepted", g.accepted), ("ignored", g.ignored), ("rejected", g.rejected)]
+        )?
+        .encode_counter::<NoLabelSet, _, u64>(&h.attempts, None)?;
         {
-            counter(&mut gossip, &[("verdict", verdict)], n)?;
+            let mut punches = e.encode_descriptor(
+                "hole_punches",
+                "DCUtR hole punches that ended, by outcome (failed_dial: no direct dial got through; failed_protocol: the DCUtR exchange failed)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (outcome, n) in [
+                ("succeeded", h.succeeded),
+                ("failed_dial", h.failed_dial),
+                ("failed_protocol", h.failed_protocol),
+            ] {
+                counter(&mut punches, &[("outcome", outcome)], n)?;
+            }
         }
+        let reservations = net.relay_reservations.len() as u64;
+        e.encode_descriptor(
+            "relay_reservations",
+            "Relay reservations held (circuit addresses the relays accepted)",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&reservations)?;
     }
     Ok(())
 }
@@ -360,6 +393,14 @@ mod tests {
                 gossip: GossipCounters { accepted: 6, ..Default::default() },
                 rpc_dropped: 0,
                 providers_dropped: 0,
+                reachability: capmesh_net::Reachability::Private,
+                relay_reservations: vec!["/ip4/127.0.0.1/tcp/1/p2p-circuit".parse().unwrap()],
+                hole_punch: capmesh_net::HolePunchCounters {
+                    attempts: 3,
+                    succeeded: 2,
+                    failed_dial: 1,
+                    failed_protocol: 0,
+                },
             });
         }
         let mut text = String::new();
@@ -383,6 +424,11 @@ mod tests {
             ("capmesh_routing_table_peers", 5.0),
             ("capmesh_gossip_peers", 1.0),
             (r#"capmesh_gossip_messages_total{verdict="accepted"}"#, 6.0),
+            ("capmesh_hole_punch_attempts_total", 3.0),
+            (r#"capmesh_hole_punches_total{outcome="succeeded"}"#, 2.0),
+            (r#"capmesh_hole_punches_total{outcome="failed_dial"}"#, 1.0),
+            (r#"capmesh_hole_punches_total{outcome="failed_protocol"}"#, 0.0),
+            ("capmesh_relay_reservations", 1.0),
         ] {
             assert_eq!(sample(&text, series), Some(want), "{series} in\n{text}");
         }

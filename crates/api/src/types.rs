@@ -82,6 +82,14 @@ pub struct Status {
     #[serde(with = "repr")]
     pub published: Vec<Cid>,
     pub uptime_ms: u64,
+    /// `"public"`, `"private"` (reachable through relay reservations) or `"unknown"` (AutoNAT
+    /// has not decided). Empty from nodes older than this field.
+    #[serde(default)]
+    pub reachability: String,
+    /// Circuit addresses of the relay reservations held
+    /// (`<relay addr>/p2p/<relay id>/p2p-circuit/p2p/<own id>`).
+    #[serde(default)]
+    pub relay_reservations: Vec<String>,
 }
 
 /// Counters of the registry replica.
@@ -121,6 +129,10 @@ pub struct PeerInfo {
     pub connected: bool,
     /// When the peer was last heard from (unix ms).
     pub last_seen: u64,
+    /// `"direct"`, `"relayed"` (through a relay circuit), `"hole_punched"` (direct, after DCUtR
+    /// replaced a relayed connection) or `"none"` (not connected). Empty from older nodes.
+    #[serde(default)]
+    pub connection: String,
 }
 
 /// Changes the block list: `POST /v1/blocked`. Unblocking comes first, so a peer in both

@@ -214,16 +214,39 @@ impl Mesh {
     }
 }
 
+/// How long the node's addresses must stay unchanged before its adverts are republished with
+/// them (a relay reservation confirms one address, then more may follow).
+const ADDRS_SETTLE: Duration = Duration::from_secs(1);
+
 pub(crate) async fn refresh_loop(mesh: Mesh) {
     let every = mesh.inner.config.republish_every.max(Duration::from_millis(100));
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
+    // Adverts name the node's addresses: when they change (a relay reservation, a confirmed
+    // external address), callers must learn the new ones before the next refresh.
+    let mut addrs = mesh.net().external_addrs();
+    addrs.borrow_and_update();
     loop {
         tokio::select! {
             _ = mesh.inner.cancel.cancelled() => return,
             _ = tick.tick() => {
                 let n = mesh.republish().await;
                 tracing::debug!(refreshed = n, "adverts refreshed");
+            }
+            Ok(()) = addrs.changed() => {
+                loop {
+                    tokio::select! {
+                        _ = mesh.inner.cancel.cancelled() => return,
+                        changed = tokio::time::timeout(ADDRS_SETTLE, addrs.changed()) => {
+                            if !matches!(changed, Ok(Ok(()))) {
+                                break; // settled (or the network service stopped)
+                            }
+                        }
+                    }
+                }
+                let n = mesh.republish().await;
+                tracing::debug!(republished = n, "the node's addresses changed: adverts republished");
+                tick.reset();
             }
         }
     }

@@ -93,7 +93,9 @@ impl Behaviour {
         let autonat = autonat::Behaviour::new(
             peer_id,
             autonat::Config {
-                only_global_ips: !config.announces_addresses(),
+                // Servers refuse, and clients skip, non-global addresses by default: a
+                // loopback testnet or a lab on private ranges needs them.
+                only_global_ips: !(config.announces_addresses() || config.autonat_allow_private),
                 ..Default::default()
             },
         );

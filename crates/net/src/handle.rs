@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use capmesh_types::PeerId;
 use libp2p::Multiaddr;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::NetError;
 
@@ -55,6 +55,26 @@ pub struct NetInfo {
     pub rpc_dropped: u64,
     /// Others' provider records refused because the provider store was full.
     pub providers_dropped: u64,
+    /// Public, private (relay reservations needed) or unknown.
+    pub reachability: crate::Reachability,
+    /// Circuit addresses of the relay reservations the relays accepted
+    /// (`<relay addr>/p2p/<relay>/p2p-circuit/p2p/<self>`).
+    pub relay_reservations: Vec<Multiaddr>,
+    pub hole_punch: HolePunchCounters,
+}
+
+/// DCUtR hole punches since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HolePunchCounters {
+    /// Relayed connections this node accepted: DCUtR starts an upgrade on each.
+    pub attempts: u64,
+    /// Upgrades that made a direct connection (reported on either side).
+    pub succeeded: u64,
+    /// Upgrades that failed because no direct dial got through (after DCUtR's retries).
+    pub failed_dial: u64,
+    /// Upgrades that failed in the DCUtR exchange itself (the peer does not speak it, the
+    /// stream failed).
+    pub failed_protocol: u64,
 }
 
 /// Gossip verdicts and drops since start.
@@ -75,6 +95,8 @@ pub struct PeerSummary {
     pub peer: PeerId,
     pub addrs: Vec<Multiaddr>,
     pub connected: bool,
+    /// How it is connected (`None` when not connected).
+    pub connection: Option<crate::ConnectionKind>,
 }
 
 /// Talks to the [`NetworkService`](crate::NetworkService). Cheap to clone.
@@ -82,6 +104,8 @@ pub struct PeerSummary {
 pub struct NetworkHandle {
     pub(crate) tx: mpsc::Sender<Command>,
     pub(crate) local: PeerId,
+    /// The confirmed external addresses, as they change.
+    pub(crate) addrs: watch::Receiver<Vec<Multiaddr>>,
     /// Bound on waiting for the swarm task to answer simple commands.
     pub(crate) timeout: Duration,
 }
@@ -90,6 +114,12 @@ impl NetworkHandle {
     /// This node's PeerId.
     pub fn peer_id(&self) -> PeerId {
         self.local
+    }
+
+    /// The confirmed external addresses (configured, confirmed by AutoNAT, relay circuits),
+    /// updated as they change: what adverts and provider records should carry.
+    pub fn external_addrs(&self) -> watch::Receiver<Vec<Multiaddr>> {
+        self.addrs.clone()
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, NetError> {

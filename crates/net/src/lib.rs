@@ -19,8 +19,10 @@
 //! # Ok(()) }
 //! ```
 
+mod autorelay;
 mod behaviour;
 pub mod codec;
+mod conns;
 pub mod convert;
 mod handle;
 mod listen;
@@ -34,7 +36,9 @@ use std::{
 };
 
 pub use behaviour::{IDENTIFY_PROTOCOL, KAD_PROTOCOL, REGISTRY_TOPIC, kademlia};
-pub use handle::{GossipCounters, NetInfo, NetworkHandle, PeerSummary, ProviderEvent};
+pub use handle::{
+    GossipCounters, HolePunchCounters, NetInfo, NetworkHandle, PeerSummary, ProviderEvent,
+};
 pub use libp2p::{Multiaddr, metrics::Registry, multiaddr::Protocol};
 pub use service::NetworkService;
 
@@ -79,6 +83,63 @@ pub enum Verdict {
     Reject,
 }
 
+/// Whether the node can be reached from outside: what [`NetworkHandle::info`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reachability {
+    /// Reachable at its own addresses (configured, or AutoNAT's probes succeeded).
+    Public,
+    /// Not reachable directly: others reach it through its relay reservations.
+    Private,
+    /// Not known yet (AutoNAT has not decided).
+    #[default]
+    Unknown,
+}
+
+impl Reachability {
+    /// `"public"`, `"private"` or `"unknown"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Public => "public",
+            Self::Private => "private",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+/// How the node decides its [`Reachability`] (`network.reachability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReachabilityMode {
+    /// As AutoNAT finds.
+    #[default]
+    Auto,
+    /// Always public: no relay reservations are made automatically.
+    Public,
+    /// Always private: relay reservations are made whatever AutoNAT says.
+    Private,
+}
+
+/// How a connected peer is connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionKind {
+    /// A direct connection (TCP or QUIC).
+    Direct,
+    /// Through a relay circuit.
+    Relayed,
+    /// A direct connection DCUtR made to replace a relayed one (a hole punch).
+    HolePunched,
+}
+
+impl ConnectionKind {
+    /// `"direct"`, `"relayed"` or `"hole_punched"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Relayed => "relayed",
+            Self::HolePunched => "hole_punched",
+        }
+    }
+}
+
 /// Kademlia mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KadMode {
@@ -108,6 +169,15 @@ pub struct Config {
     pub kad_mode: KadMode,
     /// Serve as a relay for others. Default false.
     pub relay_server: bool,
+    /// How reachability is decided. Default [`ReachabilityMode::Auto`] (AutoNAT).
+    pub reachability: ReachabilityMode,
+    /// Relay reservations a private node holds, on relays chosen among its connected peers
+    /// (`autorelay.rs`). Circuits listened on through [`NetworkHandle::listen`] count. 0: none
+    /// are made automatically. Default 2.
+    pub relay_reservations: usize,
+    /// AutoNAT probes to and from private (non-global) addresses: a lab on private ranges.
+    /// Always on when the node announces its addresses (loopback testnets). Default false.
+    pub autonat_allow_private: bool,
     /// Subscribe to the registry topic. Default true.
     pub gossip: bool,
     /// Gossip messages accepted per second per peer, after a burst. Default 100 / burst 400.
@@ -169,6 +239,9 @@ impl std::fmt::Debug for Config {
             .field("announce_listen_addrs", &self.announce_listen_addrs)
             .field("kad_mode", &self.kad_mode)
             .field("relay_server", &self.relay_server)
+            .field("reachability", &self.reachability)
+            .field("relay_reservations", &self.relay_reservations)
+            .field("autonat_allow_private", &self.autonat_allow_private)
             .field("gossip", &self.gossip)
             .field("metrics", &self.metrics.is_some())
             .finish_non_exhaustive()
@@ -184,6 +257,9 @@ impl Default for Config {
             announce_listen_addrs: false,
             kad_mode: KadMode::Auto,
             relay_server: false,
+            reachability: ReachabilityMode::Auto,
+            relay_reservations: 2,
+            autonat_allow_private: false,
             gossip: true,
             gossip_rate: 100,
             gossip_burst: 400,
@@ -236,6 +312,18 @@ impl Config {
     }
     pub fn with_relay_server(mut self, on: bool) -> Self {
         self.relay_server = on;
+        self
+    }
+    pub fn with_reachability(mut self, mode: ReachabilityMode) -> Self {
+        self.reachability = mode;
+        self
+    }
+    pub fn with_relay_reservations(mut self, n: usize) -> Self {
+        self.relay_reservations = n;
+        self
+    }
+    pub fn with_autonat_allow_private(mut self, on: bool) -> Self {
+        self.autonat_allow_private = on;
         self
     }
     pub fn with_gossip(mut self, on: bool) -> Self {

@@ -11,21 +11,29 @@ use std::{
 use capmesh_types::NodeKey;
 use futures::StreamExt;
 use libp2p::{
-    Multiaddr, PeerId, Swarm, autonat, gossipsub, identify, kad,
+    Multiaddr, PeerId, Swarm, autonat, dcutr, gossipsub, identify, kad,
     metrics::{Metrics, Recorder},
     multiaddr::Protocol,
     noise, request_response,
     swarm::{ConnectionId, SwarmEvent, dial_opts::DialOpts},
     tcp, yamux,
 };
-use tokio::{sync::mpsc, task::JoinSet};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Config, Handler, NetError, Verdict,
+    Config, Handler, KadMode, NetError, Reachability, Verdict,
+    autorelay::{self, AutoRelay},
     behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL, REGISTRY_TOPIC},
+    conns::Connections,
     convert,
-    handle::{Command, GossipCounters, NetInfo, NetworkHandle, PeerSummary, ProviderEvent, Reply},
+    handle::{
+        Command, GossipCounters, HolePunchCounters, NetInfo, NetworkHandle, PeerSummary,
+        ProviderEvent, Reply,
+    },
     rate::RateLimiter,
     trim::Activity,
 };
@@ -61,6 +69,15 @@ pub struct NetworkService {
     cut: HashSet<PeerId>,
     activity: Activity,
     last_trim: Instant,
+    /// Relay reservations while private (`autorelay.rs`).
+    relays: AutoRelay,
+    /// The reachability Kademlia's mode was last set for.
+    kad_reachability: Reachability,
+    /// How each peer is connected.
+    conns: Connections,
+    hole_punch: HolePunchCounters,
+    /// Confirmed external addresses, for [`NetworkHandle::external_addrs`].
+    addrs: watch::Sender<Vec<Multiaddr>>,
 }
 
 impl std::fmt::Debug for NetworkService {
@@ -180,7 +197,8 @@ impl NetworkService {
             config.gossip_burst,
             config.max_connections as usize,
         );
-        let handle = NetworkHandle { tx, local, timeout: Duration::from_secs(10) };
+        let (addrs, addrs_rx) = watch::channel(swarm.external_addresses().cloned().collect());
+        let handle = NetworkHandle { tx, local, addrs: addrs_rx, timeout: Duration::from_secs(10) };
         Ok((
             Self {
                 swarm,
@@ -201,6 +219,11 @@ impl NetworkService {
                 cut: HashSet::new(),
                 activity: Activity::default(),
                 last_trim: Instant::now(),
+                relays: AutoRelay::new(config.reachability, config.relay_reservations),
+                kad_reachability: Reachability::Unknown,
+                conns: Connections::default(),
+                hole_punch: HolePunchCounters::default(),
+                addrs,
                 config,
             },
             handle,
@@ -270,6 +293,9 @@ impl NetworkService {
         match cmd {
             Command::Listen { addr, reply } => match self.swarm.listen_on(addr.clone()) {
                 Ok(id) => {
+                    if let Some(relay) = autorelay::relay_of(&addr) {
+                        self.relays.own_listener(relay, id);
+                    }
                     self.pending.listen.insert(id, (reply, deadline));
                 }
                 Err(e) => {
@@ -408,6 +434,7 @@ impl NetworkService {
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event, handler),
             SwarmEvent::NewListenAddr { listener_id, address } => {
                 tracing::info!(%address, "listening");
+                self.relays.listen_addr(listener_id, &address);
                 if self.config.announce_listen_addrs {
                     self.swarm.add_external_address(address.clone());
                 }
@@ -416,6 +443,8 @@ impl NetworkService {
                 }
             }
             SwarmEvent::ListenerClosed { listener_id, reason, .. } => {
+                tracing::debug!(?listener_id, ?reason, "listener closed");
+                self.relays.listener_closed(listener_id, Instant::now());
                 if let Some((reply, _)) = self.pending.listen.remove(&listener_id) {
                     let reason = match reason {
                         Ok(()) => "closed".to_string(),
@@ -442,6 +471,11 @@ impl NetworkService {
                 if endpoint.is_dialer() {
                     self.book.add(peer_id, endpoint.get_remote_address().clone());
                 }
+                self.conns.established(peer_id, connection_id, endpoint.is_relayed());
+                if endpoint.is_relayed() && !endpoint.is_dialer() {
+                    // DCUtR starts an upgrade on every relayed connection it accepts.
+                    self.hole_punch.attempts += 1;
+                }
                 let capmesh_peer = convert::from_libp2p(&peer_id);
                 if let Some((reply, _)) = self.pending.dial.remove(&connection_id) {
                     let _ = reply.send(capmesh_peer.ok_or_else(|| NetError::Dial {
@@ -464,32 +498,97 @@ impl NetworkService {
                     let _ = reply.send(Err(NetError::Dial { target, reason: error.to_string() }));
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
-                self.rate.remove(&peer_id);
-                self.activity.forget(&peer_id);
+            SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } => {
+                self.conns.closed(&peer_id, connection_id);
+                if num_established == 0 {
+                    self.rate.remove(&peer_id);
+                    self.activity.forget(&peer_id);
+                }
+                if !self.conns.has_direct(&peer_id) {
+                    for action in self.relays.relay_gone(&peer_id, Instant::now()) {
+                        self.act(action);
+                    }
+                }
             }
             SwarmEvent::NewExternalAddrOfPeer { peer_id, address } => {
                 self.book.add(peer_id, address)
             }
             SwarmEvent::ExternalAddrConfirmed { address } => {
                 tracing::info!(%address, "external address confirmed");
+                self.publish_addrs();
+            }
+            SwarmEvent::ExternalAddrExpired { address } => {
+                tracing::info!(%address, "external address expired");
+                self.publish_addrs();
             }
             _ => {}
         }
+        self.drive_relays();
+    }
+
+    /// Carries out what the auto-relay state asks for, and keeps Kademlia's mode in line with
+    /// the reachability.
+    fn drive_relays(&mut self) {
+        let reachability = self.relays.reachability();
+        if reachability != self.kad_reachability {
+            self.kad_reachability = reachability;
+            tracing::info!(reachability = reachability.as_str(), "reachability");
+            // A private node answers no Kademlia queries: it would be queried through its
+            // relays (libp2p's automatic mode would make it a server, circuits being
+            // confirmed external addresses). Explicit modes are left alone.
+            if self.config.kad_mode == KadMode::Auto && !self.config.announces_addresses() {
+                let mode = (reachability == Reachability::Private).then_some(kad::Mode::Client);
+                self.swarm.behaviour_mut().kad.set_mode(mode);
+            }
+        }
+        for action in self.relays.poll(Instant::now()) {
+            self.act(action);
+        }
+    }
+
+    fn act(&mut self, action: autorelay::Action) {
+        match action {
+            autorelay::Action::Reserve { relay, addr } => {
+                let circuit = addr.with(Protocol::P2p(relay)).with(Protocol::P2pCircuit);
+                match self.swarm.listen_on(circuit.clone()) {
+                    Ok(id) => {
+                        tracing::info!(%circuit, "reserving a relay slot");
+                        self.relays.listening(relay, id);
+                    }
+                    Err(e) => {
+                        tracing::debug!(%circuit, error = %e, "relay reservation not started");
+                        self.relays.reserve_failed(relay, Instant::now());
+                    }
+                }
+            }
+            autorelay::Action::Release { listener } => {
+                self.swarm.remove_listener(listener);
+            }
+        }
+    }
+
+    /// Sends the confirmed external addresses to [`NetworkHandle::external_addrs`] readers
+    /// when they changed.
+    fn publish_addrs(&mut self) {
+        let now: Vec<Multiaddr> = self.swarm.external_addresses().cloned().collect();
+        self.addrs.send_if_modified(|old| {
+            let changed = *old != now;
+            if changed {
+                *old = now;
+            }
+            changed
+        });
     }
 
     fn on_behaviour_event<H: Handler>(&mut self, event: BehaviourEvent, handler: &Arc<H>) {
         match event {
             // Without this a peer that dialed us never enters our routing table: Kademlia
             // only learns addresses of peers it dialed itself.
-            BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })
-                if info.protocols.contains(&KAD_PROTOCOL) =>
-            {
-                for addr in info.listen_addrs.into_iter().take(ADDRS_PER_PEER) {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr.clone());
-                    self.book.add(peer_id, addr);
-                }
-            }
+            BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                connection_id,
+                info,
+            }) => self.on_identify(peer_id, connection_id, info),
             BehaviourEvent::Kad(event) => self.on_kad_event(event),
             BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                 propagation_source,
@@ -502,8 +601,49 @@ impl NetworkService {
             BehaviourEvent::Rpc(event) => self.on_rpc_event(event, handler),
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { old, new }) => {
                 tracing::info!(?old, ?new, "NAT status changed");
+                self.relays.nat_status(match new {
+                    autonat::NatStatus::Public(_) => Reachability::Public,
+                    autonat::NatStatus::Private => Reachability::Private,
+                    autonat::NatStatus::Unknown => Reachability::Unknown,
+                });
             }
+            BehaviourEvent::Dcutr(dcutr::Event { remote_peer_id, result }) => match result {
+                Ok(connection) => {
+                    tracing::info!(peer = %remote_peer_id, "hole punched");
+                    self.hole_punch.succeeded += 1;
+                    self.conns.punched(&remote_peer_id, connection);
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %remote_peer_id, error = %e, "hole punch failed");
+                    // DCUtR's error kinds are private; its message names them.
+                    if e.to_string().contains("dial attempts") {
+                        self.hole_punch.failed_dial += 1;
+                    } else {
+                        self.hole_punch.failed_protocol += 1;
+                    }
+                }
+            },
             _ => {}
+        }
+    }
+
+    fn on_identify(&mut self, peer: PeerId, connection: ConnectionId, info: identify::Info) {
+        // Without this a peer that dialed us never enters our routing table: Kademlia
+        // only learns addresses of peers it dialed itself.
+        if info.protocols.contains(&KAD_PROTOCOL) {
+            for addr in info.listen_addrs.iter().take(ADDRS_PER_PEER) {
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+                self.book.add(peer, addr.clone());
+            }
+        }
+        // A relay we reach directly is a candidate for a reservation: at the address we
+        // dialed it at first (our book holds dialed addresses first), then those it listens on.
+        if info.protocols.contains(&libp2p::relay::HOP_PROTOCOL_NAME)
+            && self.conns.is_direct(&peer, connection)
+        {
+            let mut addrs = self.book.get(&peer);
+            addrs.extend(info.listen_addrs.into_iter().take(ADDRS_PER_PEER));
+            self.relays.relay_found(peer, addrs);
         }
     }
 
@@ -714,6 +854,8 @@ impl NetworkService {
         if now.duration_since(self.last_trim) >= TRIM_EVERY {
             self.trim(now);
         }
+        self.drive_relays();
+        self.publish_addrs();
         let timeout = NetError::Timeout(self.config.query_timeout);
         let p = &mut self.pending;
         expire_map(&mut p.listen, now, &timeout);
@@ -772,6 +914,9 @@ impl NetworkService {
             gossip: self.counters,
             rpc_dropped: self.rpc_dropped,
             providers_dropped: self.providers_dropped,
+            reachability: self.relays.reachability(),
+            relay_reservations: self.relays.reserved_addrs(),
+            hole_punch: self.hole_punch,
         }
     }
 
@@ -834,12 +979,18 @@ impl NetworkService {
                     peer: convert::from_libp2p(p)?,
                     addrs: addrs.clone(),
                     connected: connected.contains(p),
+                    connection: self.conns.kind(p),
                 })
             })
             .collect();
         for p in connected.iter().filter(|p| !self.book.peers.contains_key(p)) {
             if let Some(peer) = convert::from_libp2p(p) {
-                peers.push(PeerSummary { peer, addrs: Vec::new(), connected: true });
+                peers.push(PeerSummary {
+                    peer,
+                    addrs: Vec::new(),
+                    connected: true,
+                    connection: self.conns.kind(p),
+                });
             }
         }
         peers.sort_by(|a, b| {

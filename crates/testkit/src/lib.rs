@@ -117,6 +117,31 @@ impl NodeOpts {
         self.bootstrap = from.to_vec();
         self
     }
+    /// `network.reachability`: a private node reserves relay slots by itself.
+    pub fn reachability(mut self, r: capmesh::config::Reachability) -> Self {
+        self.config.network.reachability = r;
+        self
+    }
+    /// `network.relay_reservations`.
+    pub fn relay_reservations(mut self, n: usize) -> Self {
+        self.config.network.relay_reservations = n;
+        self
+    }
+    /// Listens on nothing: others reach the node only through relay circuits, as behind a NAT.
+    pub fn no_listen(mut self) -> Self {
+        self.config.network.listen.clear();
+        self
+    }
+    /// `network.announce_listen_addrs` (on by default in testnets).
+    pub fn announce(mut self, on: bool) -> Self {
+        self.config.network.announce_listen_addrs = on;
+        self
+    }
+    /// `network.kad_mode`: "auto", "client" or "server".
+    pub fn kad_mode(mut self, mode: &str) -> Self {
+        self.config.network.kad_mode = mode.into();
+        self
+    }
     pub fn relayed_through(mut self, relays: &[usize]) -> Self {
         self.relays = relays.to_vec();
         self.config.network.listen.clear();

@@ -15,5 +15,6 @@ mod metrics;
 mod otlp;
 mod partition;
 mod processes;
+mod reachability;
 mod receipts;
 mod registry;

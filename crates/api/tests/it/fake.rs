@@ -127,6 +127,10 @@ pub(crate) fn status() -> Status {
         gossip: GossipStatus { accepted: 10, ignored: 11, rejected: 12, rate_limited: 13 },
         published: vec![cid(1), cid(2)],
         uptime_ms: 14,
+        reachability: "private".into(),
+        relay_reservations: vec![
+            "/ip4/127.0.0.1/tcp/4003/p2p/12D3KooWRelay/p2p-circuit/p2p/12D3KooWSelf".into(),
+        ],
     }
 }
 
@@ -137,8 +141,15 @@ pub(crate) fn peers() -> Vec<PeerInfo> {
             addrs: vec!["/ip4/127.0.0.1/tcp/4002".into()],
             connected: true,
             last_seen: 1,
+            connection: "relayed".into(),
         },
-        PeerInfo { peer_id: peer(3), addrs: vec![], connected: false, last_seen: 2 },
+        PeerInfo {
+            peer_id: peer(3),
+            addrs: vec![],
+            connected: false,
+            last_seen: 2,
+            connection: "none".into(),
+        },
     ]
 }
 
