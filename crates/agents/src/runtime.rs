@@ -32,6 +32,8 @@ pub const MAX_CAPABILITIES: usize = 64;
 pub const MAX_PENDING: usize = 1024;
 /// Chunks of one streaming call queued between the socket and the provider's stream.
 const CHUNK_QUEUE: usize = 64;
+/// How close to its deadline a dropped call counts as timed out rather than cancelled.
+const TIMEOUT_SLACK: Duration = Duration::from_millis(50);
 /// Longest error message of an agent kept for the caller, in bytes.
 const MAX_MESSAGE: usize = 4096;
 
@@ -555,7 +557,9 @@ impl Drop for PendingGuard {
             return;
         };
         if lock(&runtime.state).pending.remove(&call_id).is_some() {
-            let reason = if Instant::now() >= self.deadline {
+            // The executor's timer started a moment before this deadline was taken: a drop
+            // this close to it is the timeout.
+            let reason = if Instant::now() + TIMEOUT_SLACK >= self.deadline {
                 CancelReason::Timeout
             } else {
                 CancelReason::Cancelled
