@@ -60,6 +60,11 @@ enum Command {
     Plot { report: PathBuf },
     /// Stop every node (SIGTERM, then SIGKILL after 15 s) and check that none is left.
     Down,
+    /// The NAT lab: hosts in Linux network namespaces behind nftables NATs (needs root).
+    Lab {
+        #[command(subcommand)]
+        command: capmesh_testnet::lab::LabCommand,
+    },
     /// In-process Kademlia simulator (no node processes): N swarms on libp2p's memory transport
     /// running the node's Kademlia; reports requests per provider lookup, peers on the path to
     /// the first provider, and latency beside a one-request baseline (JSON report, table).
@@ -299,6 +304,12 @@ async fn run_command(cli: Cli) -> anyhow::Result<()> {
             capmesh_testnet::sim::save(&report, &path)?;
             print!("{}", report.table());
             println!("report {}", path.display());
+        }
+        Command::Lab { command } => {
+            let code = capmesh_testnet::lab::command(&cli.dir, command).await?;
+            if code != 0 {
+                std::process::exit(code);
+            }
         }
         Command::Down => {
             let (stopped, killed) = procs::down(&cli.dir).await?;
