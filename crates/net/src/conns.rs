@@ -22,10 +22,17 @@ pub(crate) struct Connections {
 
 impl Connections {
     pub(crate) fn established(&mut self, peer: PeerId, id: ConnectionId, relayed: bool) {
+        // A direct connection that comes while a relayed one is open is DCUtR's upgrade: only
+        // one side gets DCUtR's event, the other sees the new connection only.
+        let upgrades = |peers: &HashMap<PeerId, Vec<(ConnectionId, ConnectionKind)>>| {
+            peers.get(&peer).is_some_and(|c| c.iter().any(|(_, k)| *k == ConnectionKind::Relayed))
+        };
         let kind = if relayed {
             ConnectionKind::Relayed
         } else if let Some(i) = self.early.iter().position(|c| *c == id) {
             self.early.remove(i);
+            ConnectionKind::HolePunched
+        } else if upgrades(&self.peers) {
             ConnectionKind::HolePunched
         } else {
             ConnectionKind::Direct
@@ -104,6 +111,13 @@ mod tests {
         c.closed(&p, relayed);
         assert_eq!(c.kind(&p), Some(ConnectionKind::HolePunched));
         c.closed(&p, punched);
+        // The other side of a punch: no DCUtR event, a direct connection beside a relayed one.
+        let (relayed2, upgraded) = (ConnectionId::new_unchecked(4), ConnectionId::new_unchecked(5));
+        c.established(p, relayed2, true);
+        c.established(p, upgraded, false);
+        assert_eq!(c.kind(&p), Some(ConnectionKind::HolePunched));
+        c.closed(&p, relayed2);
+        c.closed(&p, upgraded);
         // Reported after: the entry changes.
         c.established(p, later, false);
         assert_eq!(c.kind(&p), Some(ConnectionKind::Direct));
