@@ -111,5 +111,9 @@ async fn a_dns4_bootstrap_address_connects_at_start() {
         if b.connected_to(&a.id).await { Ok(()) } else { Err(format!("not connected to {named}")) }
     })
     .await;
-    assert!(a.connected_to(&b.id).await);
+    // A's swarm sees the connection in its own time (each side handles its event apart).
+    wait_for("A sees the connection too", GUARD, async || {
+        if a.connected_to(&b.id).await { Ok(()) } else { Err("A not connected to B") }
+    })
+    .await;
 }
