@@ -12,23 +12,13 @@ use std::{
 
 use serde_json::{Value, json};
 
+mod common;
+use common::capmesh_bin;
+
 /// Bound on anything awaited: a guard against hangs, never a measurement.
 const T: Duration = Duration::from_secs(90);
 /// How long a relayed connection is watched for DCUtR's upgrade.
 const PUNCH_WAIT: Duration = Duration::from_secs(10);
-
-/// The `capmesh` binary of this tree, built with the same cargo and profile.
-fn capmesh_bin() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    build.args(["build", "--quiet", "--locked", "-p", "capmesh", "--bin", "capmesh"]);
-    if !cfg!(debug_assertions) {
-        build.arg("--release");
-    }
-    assert!(build.status().unwrap().success(), "building capmesh failed");
-    let testnet = PathBuf::from(env!("CARGO_BIN_EXE_capmesh-testnet"));
-    testnet.with_file_name(format!("capmesh{}", std::env::consts::EXE_SUFFIX))
-}
 
 /// Whether the lab can run here: not root → skip (with a message); root without the tools →
 /// fail, saying what to install.

@@ -4,24 +4,14 @@
 #![allow(clippy::unwrap_used)]
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output},
 };
 
 use serde_json::Value;
 
-/// The `capmesh` binary of this tree, built with the same cargo and profile.
-fn capmesh_bin() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = Command::new(cargo);
-    build.args(["build", "--quiet", "--locked", "-p", "capmesh", "--bin", "capmesh"]);
-    if !cfg!(debug_assertions) {
-        build.arg("--release");
-    }
-    assert!(build.status().unwrap().success(), "building capmesh failed");
-    let testnet = PathBuf::from(env!("CARGO_BIN_EXE_capmesh-testnet"));
-    testnet.with_file_name(format!("capmesh{}", std::env::consts::EXE_SUFFIX))
-}
+mod common;
+use common::capmesh_bin;
 
 fn testnet(dir: &Path, args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_capmesh-testnet"))
