@@ -44,6 +44,10 @@ const ADDRS_PER_PEER: usize = 16;
 const SWEEP_EVERY: Duration = Duration::from_millis(250);
 /// How often connected peers are trimmed (see `trim.rs`).
 const TRIM_EVERY: Duration = Duration::from_secs(5);
+/// How long a failed dial to a known peer waits for a racing connection to that peer (the
+/// peer's own dial, a bootstrap) before it reports its failure: the per-peer limit denies, or
+/// the remote closes, whichever connection comes second.
+const DIAL_RACE_GRACE: Duration = Duration::from_millis(500);
 
 /// Owns the swarm; consumed by [`NetworkService::run`].
 pub struct NetworkService {
@@ -96,6 +100,15 @@ struct Pending {
     providing: HashMap<kad::QueryId, (Reply<u32>, Instant)>,
     providers: HashMap<kad::QueryId, Lookup>,
     bootstrap: HashMap<kad::QueryId, (Reply<()>, Instant)>,
+    /// Failed dials waiting [`DIAL_RACE_GRACE`] for another connection to their peer.
+    raced: HashMap<PeerId, Vec<RacedDial>>,
+}
+
+/// A dial that failed while another connection to the same peer may still succeed.
+struct RacedDial {
+    reply: Reply<capmesh_types::PeerId>,
+    error: NetError,
+    until: Instant,
 }
 
 struct Lookup {
@@ -477,11 +490,17 @@ impl NetworkService {
                     self.hole_punch.attempts += 1;
                 }
                 let capmesh_peer = convert::from_libp2p(&peer_id);
-                if let Some((reply, _)) = self.pending.dial.remove(&connection_id) {
-                    let _ = reply.send(capmesh_peer.ok_or_else(|| NetError::Dial {
+                let as_dialed = || {
+                    capmesh_peer.ok_or_else(|| NetError::Dial {
                         target: peer_id.to_string(),
                         reason: "not an ed25519 peer".into(),
-                    }));
+                    })
+                };
+                if let Some((reply, _)) = self.pending.dial.remove(&connection_id) {
+                    let _ = reply.send(as_dialed());
+                }
+                for raced in self.pending.raced.remove(&peer_id).unwrap_or_default() {
+                    let _ = raced.reply.send(as_dialed());
                 }
                 self.activity.touch(peer_id, Instant::now());
                 if num_established.get() == 1 {
@@ -495,7 +514,22 @@ impl NetworkService {
                 tracing::debug!(peer = ?peer_id, error = %error, "outgoing connection failed");
                 if let Some((reply, _)) = self.pending.dial.remove(&connection_id) {
                     let target = peer_id.map(|p| p.to_string()).unwrap_or_default();
-                    let _ = reply.send(Err(NetError::Dial { target, reason: error.to_string() }));
+                    let error = NetError::Dial { target, reason: dial_reason(&error) };
+                    match peer_id {
+                        // A dial that lost a race to another connection to the same peer has
+                        // done what was asked if that one is up, or comes up soon.
+                        Some(peer) if self.swarm.is_connected(&peer) => {
+                            let _ = reply.send(convert::from_libp2p(&peer).ok_or(error));
+                        }
+                        Some(peer) => {
+                            let until = Instant::now() + DIAL_RACE_GRACE;
+                            let raced = self.pending.raced.entry(peer).or_default();
+                            raced.push(RacedDial { reply, error, until });
+                        }
+                        None => {
+                            let _ = reply.send(Err(error));
+                        }
+                    }
                 }
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, num_established, .. } => {
@@ -860,6 +894,12 @@ impl NetworkService {
         let p = &mut self.pending;
         expire_map(&mut p.listen, now, &timeout);
         expire_map(&mut p.dial, now, &timeout);
+        p.raced.retain(|_, dials| {
+            for raced in dials.extract_if(.., |d| d.until <= now || d.reply.is_closed()) {
+                let _ = raced.reply.send(Err(raced.error));
+            }
+            !dials.is_empty()
+        });
         let mut queries = expire_map(&mut p.providing, now, &timeout);
         queries.extend(expire_map(&mut p.bootstrap, now, &timeout));
         for id in queries {
@@ -1073,5 +1113,17 @@ impl AddressBook {
 
     fn get(&self, peer: &PeerId) -> Vec<Multiaddr> {
         self.peers.get(peer).cloned().unwrap_or_default()
+    }
+}
+
+/// A dial error with its cause: libp2p prints a denial as bare "Dial error", the behaviour
+/// that denied it (limits, block list) is in the source chain.
+fn dial_reason(error: &libp2p::swarm::DialError) -> String {
+    match error {
+        libp2p::swarm::DialError::Denied { cause } => match std::error::Error::source(cause) {
+            Some(inner) => format!("denied: {inner}"),
+            None => "denied".into(),
+        },
+        other => other.to_string(),
     }
 }

@@ -117,3 +117,28 @@ async fn a_dns4_bootstrap_address_connects_at_start() {
     })
     .await;
 }
+
+/// Dials racing each other (both sides, several at once, as a bootstrap and a test's own dial
+/// do) exceed the per-peer connection limit; the denied ones still end with the peer connected,
+/// so each `dial` reports success. A fresh-clone CI run once failed on this race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dials_racing_past_the_per_peer_limit_all_report_the_peer() {
+    init_logs();
+    for round in 0..5u8 {
+        let a = Node::start(80 + 2 * round, cfg(), &[tcp()]).await;
+        let b = Node::start(81 + 2 * round, cfg(), &[tcp()]).await;
+        let mut dials = tokio::task::JoinSet::new();
+        for _ in 0..3 {
+            let (ha, addr_b) = (a.handle.clone(), b.addr());
+            dials.spawn(async move { ha.dial(addr_b).await });
+            let (hb, addr_a) = (b.handle.clone(), a.addr());
+            dials.spawn(async move { hb.dial(addr_a).await });
+        }
+        let mut reached = Vec::new();
+        while let Some(res) = guard("racing dials", dials.join_next()).await {
+            reached.push(res.expect("dial task").expect("every racing dial succeeds"));
+        }
+        assert_eq!(reached.iter().filter(|p| **p == b.id).count(), 3, "round {round}");
+        assert_eq!(reached.iter().filter(|p| **p == a.id).count(), 3, "round {round}");
+    }
+}
