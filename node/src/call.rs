@@ -150,10 +150,9 @@ async fn run_call(
     }
 }
 
-#[allow(clippy::print_stdout)]
 fn print_result(done: &CallResult, json: bool) -> anyhow::Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string_pretty(done)?);
+        outln!("{}", serde_json::to_string_pretty(done)?)?;
     } else {
         let mut out = std::io::stdout().lock();
         match &done.output {
@@ -193,14 +192,18 @@ fn receipt_line(done: &CallResult) -> String {
     )
 }
 
-#[allow(clippy::print_stdout)]
 fn print_failure(e: &ApiError, json: bool) -> anyhow::Result<ExitCode> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "error": e }))?);
+        outln!("{}", serde_json::to_string_pretty(&serde_json::json!({ "error": e }))?)?;
     }
     match &e.call {
         Some(call) => {
-            eprintln!("error: {} ({}; {})", e.message, call.code, e.code);
+            // The call's own code and the API's say the same thing when they are one name.
+            if call.code == e.code.as_str() {
+                eprintln!("error: {} ({})", e.message, e.code);
+            } else {
+                eprintln!("error: {} ({}; {})", e.message, call.code, e.code);
+            }
             for a in &call.attempts {
                 eprintln!("  {a}");
             }
@@ -222,7 +225,6 @@ fn exit_status(code: ErrorCode) -> u8 {
 }
 
 /// `capmesh attest`.
-#[allow(clippy::print_stdout)]
 pub(crate) fn attest(dir: &DataDir, args: AttestArgs) -> anyhow::Result<ExitCode> {
     let Some(subject) = parse_subject(&args.subject) else {
         eprintln!("error: {:?} is neither a peer id (12D3KooW…) nor a CID (b…)", args.subject);
@@ -239,9 +241,13 @@ pub(crate) fn attest(dir: &DataDir, args: AttestArgs) -> anyhow::Result<ExitCode
         Err(e) => return Err(remote::explain(e)),
     };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&attested)?);
+        outln!("{}", serde_json::to_string_pretty(&attested)?)?;
     } else {
-        println!("{}", attested.id);
+        eprintln!(
+            "attestation {:?} about {} signed, stored and gossiped; its id:",
+            req.claim, args.subject
+        );
+        outln!("{}", attested.id)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,7 +9,7 @@
 //! let contract = cap::parse_contract(text.as_bytes())?;
 //! let id = cap::capability_id(&contract)?;
 //! assert!(id.to_string().starts_with('b'));
-//! // The scaffold's input is an object with no properties (and no others allowed).
+//! // The scaffold's input has one example property, `text`, and allows no others.
 //! let args = cap::parse_json(br#"{"city": "Lyon"}"#)?;
 //! let Verdict::Invalid(violations) = cap::validate(&contract, Which::Input, &args)? else {
 //!     unreachable!("an unexpected property is refused")
@@ -30,6 +30,12 @@ pub enum CapError {
     /// Not JSON text (or JSON with a member name twice in one object).
     #[error("not JSON (NotJson): {0}")]
     NotJson(serde_json::Error),
+    /// JSON nested deeper than the parser goes.
+    #[error(
+        "JSON nested deeper than {max} levels (TooDeep): a contract nests at most {} levels",
+        capmesh_contract::MAX_CONTRACT_DEPTH
+    )]
+    TooDeep { max: usize },
     /// JSON, but not shaped like a contract.
     #[error(
         "not a contract (NotContract): {0}; a contract has exactly the members name, version, \
@@ -47,6 +53,7 @@ impl CapError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::NotJson(_) => "NotJson",
+            Self::TooDeep { .. } => "TooDeep",
             Self::NotContract(_) => "NotContract",
             Self::Refused(e) => e.code(),
         }
@@ -78,7 +85,41 @@ pub fn scaffold_json(name: &str) -> Result<String, CapError> {
 /// Parses JSON text strictly: a member name twice in one object is refused, since it would let
 /// one text mean two values.
 pub fn parse_json(bytes: &[u8]) -> Result<Value, CapError> {
+    if nesting(bytes) > MAX_JSON_DEPTH {
+        return Err(CapError::TooDeep { max: MAX_JSON_DEPTH });
+    }
     capmesh_wire::json::from_slice_strict(bytes).map_err(CapError::NotJson)
+}
+
+/// serde_json's recursion limit: deeper text fails to parse, and is told so by [`nesting`]
+/// first rather than as a syntax error.
+const MAX_JSON_DEPTH: usize = 128;
+
+/// The deepest nesting of arrays and objects in JSON text (outside strings). Only for the
+/// message: malformed text is judged by the parser.
+fn nesting(bytes: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// Parses a contract from JSON text (strictly, see [`parse_json`]). Unknown members are
@@ -114,6 +155,17 @@ mod tests {
 
     use super::*;
 
+    #[test]
+    fn json_too_deep_to_parse_says_so_and_strings_do_not_count() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let e = parse_json(deep.as_bytes()).unwrap_err();
+        assert!(matches!(e, CapError::TooDeep { max: MAX_JSON_DEPTH }), "{e}");
+        assert!(!e.to_string().contains("not JSON"), "{e}");
+        let quoted = format!(r#"{{"a": "{}\"{}"}}"#, "[".repeat(300), "{".repeat(300));
+        assert_eq!(nesting(quoted.as_bytes()), 1);
+        parse_json(quoted.as_bytes()).expect("brackets inside a string are text");
+    }
+
     fn forecast() -> Value {
         json!({
             "name": "weather.forecast",
@@ -143,6 +195,13 @@ mod tests {
         let c = parse_contract(text.as_bytes()).unwrap();
         assert_eq!(c.name, "weather.forecast");
         capability_id(&c).unwrap();
+        // Published as is, it takes no arguments or its example one, and refuses others.
+        for (args, valid) in
+            [(json!({}), true), (json!({"text": "hi"}), true), (json!({"text": 1}), false)]
+        {
+            let verdict = validate(&c, Which::Input, &args).unwrap();
+            assert_eq!(verdict == Verdict::Valid, valid, "{args}");
+        }
         let e = scaffold_json("Weather").unwrap_err();
         assert_eq!(e.code(), "BadName");
         assert!(e.to_string().starts_with("contract refused (BadName): name \"Weather\""), "{e}");

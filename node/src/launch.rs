@@ -62,9 +62,18 @@ impl Node {
             tracing::info!(peer_id = %created.peer_id, dir = %dir.root().display(), "initialized data directory");
         }
         let key = dir.load_key()?;
+        tracing::info!(peer_id = %key.peer_id(), dir = %dir.root().display(), version = env!("CARGO_PKG_VERSION"), "starting");
         let store = {
             let (dir, config) = (dir.clone(), config.clone());
-            tokio::task::spawn_blocking(move || registry::open(&dir, &config)).await??
+            let root = dir.root().to_path_buf();
+            match tokio::task::spawn_blocking(move || registry::open(&dir, &config)).await? {
+                Err(registry::ReplicaError::InUse { .. }) => anyhow::bail!(
+                    "another capmesh node is running on the data directory {}: stop it, or \
+                     start this one with another --data-dir",
+                    root.display()
+                ),
+                opened => opened?,
+            }
         };
         let metrics_listen = config.metrics.addr()?;
         // libp2p's metrics are registered by the network service as it builds the swarm.
@@ -135,8 +144,13 @@ impl Node {
         if !config.network.bootstrap.is_empty() || !peers.is_empty() {
             let net = net.clone();
             tasks.spawn(async move {
-                if let Err(e) = net.bootstrap().await {
-                    tracing::debug!(error = %e, "kademlia bootstrap");
+                let outcome = net.bootstrap().await;
+                let connected =
+                    net.peers().await.map_or(0, |p| p.iter().filter(|p| p.connected).count());
+                match outcome {
+                    Ok(()) => tracing::info!(connected, "bootstrap done"),
+                    // Kademlia's bootstrap fails when no peer answers; the node keeps redialing.
+                    Err(e) => tracing::warn!(connected, error = %e, "bootstrap found no peers yet"),
                 }
             });
         } else {
@@ -222,9 +236,11 @@ impl Node {
         }
         for (i, entry) in config.serve.iter().enumerate() {
             let spec = serve_spec(&dir, entry).with_context(|| format!("serve[{i}]"))?;
+            let contract = spec.executor.contract();
+            let (name, version) = (contract.name.clone(), contract.version.clone());
             let published =
                 market.serve(spec).await.with_context(|| format!("cannot serve serve[{i}]"))?;
-            tracing::info!(capability = %published.capability, "serving");
+            tracing::info!(capability = %published.capability, %name, %version, "serving");
         }
         // Sessions end with the node: adverts an earlier run served for them and could not
         // retire (it was killed) are retired now.
@@ -236,9 +252,11 @@ impl Node {
                 .await?;
         match metrics_addr {
             Some(metrics) => {
-                tracing::info!(peer_id = %mesh.peer_id(), api = %api_addr, %metrics, "node running")
+                tracing::info!(peer_id = %mesh.peer_id(), api = %format!("http://{api_addr}"), metrics = %format!("http://{metrics}/metrics"), "node running")
             }
-            None => tracing::info!(peer_id = %mesh.peer_id(), api = %api_addr, "node running"),
+            None => {
+                tracing::info!(peer_id = %mesh.peer_id(), api = %format!("http://{api_addr}"), "node running")
+            }
         }
         Ok(Node {
             mesh,

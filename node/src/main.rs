@@ -1,5 +1,14 @@
 //! `capmesh`: the node's command line. Parses arguments, sets up logging, calls the library.
 
+/// `println!` that returns the write's error instead of panicking: output closed early
+/// (`capmesh status | head`) ends the command quietly (see [`closed_early`]).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 mod call;
 mod receipts;
 
@@ -14,6 +23,7 @@ use capmesh::{
     DataDir,
     cap::{self, Verdict},
     inspect, registry, remote,
+    telemetry::{LogFormat, Verbosity},
 };
 use capmesh_contract::Which;
 use capmesh_store::{Order, Query};
@@ -31,6 +41,10 @@ struct Cli {
     /// Data directory (key, configuration, replica).
     #[arg(long, global = true, env = "CAPMESH_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// How log lines on stderr are written. Levels come from RUST_LOG (e.g.
+    /// RUST_LOG=capmesh_net=debug,info); a node logs at info by default, other commands warn.
+    #[arg(long, global = true, env = "CAPMESH_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -157,8 +171,8 @@ struct RunArgs {
 
 #[derive(Debug, Args)]
 struct FindArgs {
-    /// Capability id.
-    #[arg(required_unless_present_any = ["tags", "text"], conflicts_with_all = ["tags", "text"])]
+    /// Capability id (or search with --tag / --text instead).
+    #[arg(conflicts_with_all = ["tags", "text"])]
     id: Option<Cid>,
     /// Search the replica by tag (repeat: every tag must be there).
     #[arg(long = "tag", value_name = "TAG")]
@@ -211,12 +225,16 @@ enum CapCommand {
     },
     /// Retire a capability this node publishes.
     Retire { id: Cid },
+    /// Print a capability's contract (JSON): from the running node (its replica, else asked of
+    /// a provider found through Kademlia), or from the replica on disk when no node runs.
+    Show { id: Cid },
 }
 
 #[derive(Debug, Subcommand)]
 enum RegistryCommand {
-    /// Query the local replica (not while a node holds it). One line per advert:
-    /// `<advert id>  <capability>  <name>  <amount> <unit>  <provider>`.
+    /// Query the registry replica: through the running node's API, or the replica on disk
+    /// when no node runs. One line per advert under a header:
+    /// `ADVERT  CAPABILITY  NAME  PRICE  PROVIDER`.
     Query(QueryArgs),
 }
 
@@ -315,7 +333,11 @@ fn main() -> ExitCode {
         _ => None,
     };
     // Held until the end of main: dropping it flushes the span exporter.
-    let _telemetry = match capmesh::telemetry::init(otlp.as_deref()) {
+    let verbosity = match &cli.command {
+        Command::Run(_) | Command::Mcp(_) => Verbosity::Node,
+        _ => Verbosity::Command,
+    };
+    let _telemetry = match capmesh::telemetry::init(cli.log_format, verbosity, otlp.as_deref()) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -324,6 +346,7 @@ fn main() -> ExitCode {
     };
     match run(cli) {
         Ok(code) => code,
+        Err(e) if closed_early(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -331,7 +354,6 @@ fn main() -> ExitCode {
     }
 }
 
-#[allow(clippy::print_stdout)]
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let data_dir = || -> anyhow::Result<DataDir> {
         Ok(DataDir::new(match &cli.data_dir {
@@ -347,15 +369,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 created.key_file.display(),
                 created.config_file.display()
             );
-            println!("{}", created.peer_id);
+            outln!("{}", created.peer_id)?;
         }
-        Command::Id => println!("{}", data_dir()?.load_key()?.peer_id()),
+        Command::Id => outln!("{}", data_dir()?.load_key()?.peer_id())?,
         Command::Cid { file } => {
             let text = read(&file)?;
             // Duplicate member names would make the id ambiguous: refused.
             let json = capmesh_wire::json::from_slice_strict(&text)
                 .with_context(|| format!("{} is not JSON", file.display()))?;
-            println!("{}", capmesh_wire::schema::json_cid(&json)?);
+            outln!("{}", capmesh_wire::schema::json_cid(&json)?)?;
         }
         Command::Envelope { command: EnvelopeCommand::Inspect { file, at } } => {
             // Rules come from the config when a data directory is set up; defaults otherwise.
@@ -369,7 +391,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 at.unwrap_or_else(capmesh::now_ms),
                 &config.envelope.rules(),
             )?;
-            println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+            outln!("{}", serde_json::to_string_pretty(&report.to_json())?)?;
         }
         Command::Cap { command } => return cap_command(command, data_dir),
         Command::Run(args) => return run_node(data_dir()?, args),
@@ -378,35 +400,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 remote::client(&data_dir()?)?.status().await.map_err(remote::explain)
             })?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&status)?);
+                outln!("{}", serde_json::to_string_pretty(&status)?)?;
             } else {
-                println!("peer id     {}", status.peer_id);
-                println!("version     {}", status.version);
-                println!("listening   {}", status.listen_addrs.join(" "));
-                println!("external    {}", status.external_addrs.join(" "));
-                println!("reachable   {}", status.reachability);
-                println!("relays      {} reservations", status.relay_reservations.len());
+                outln!("peer id     {}", status.peer_id)?;
+                outln!("version     {}", status.version)?;
+                outln!("listening   {}", status.listen_addrs.join(" "))?;
+                outln!("external    {}", status.external_addrs.join(" "))?;
+                outln!("reachable   {}", status.reachability)?;
+                outln!("relays      {} reservations", status.relay_reservations.len())?;
                 for circuit in &status.relay_reservations {
-                    println!("            {circuit}");
+                    outln!("            {circuit}")?;
                 }
-                println!(
+                outln!(
                     "peers       {} connected, {} in routing table (kademlia {})",
-                    status.connected_peers, status.routing_table_peers, status.kad_mode
-                );
-                println!(
+                    status.connected_peers,
+                    status.routing_table_peers,
+                    status.kad_mode
+                )?;
+                outln!(
                     "replica     {} records ({} refused, {} dropped)",
-                    status.replica.records, status.replica.refused, status.replica.dropped
-                );
-                println!(
+                    status.replica.records,
+                    status.replica.refused,
+                    status.replica.dropped
+                )?;
+                outln!(
                     "gossip      {} accepted, {} ignored, {} rejected, {} rate-limited",
                     status.gossip.accepted,
                     status.gossip.ignored,
                     status.gossip.rejected,
                     status.gossip.rate_limited
-                );
-                println!("published   {}", status.published.len());
+                )?;
+                outln!("published   {}", status.published.len())?;
                 for cap in &status.published {
-                    println!("            {cap}");
+                    outln!("            {cap}")?;
                 }
             }
         }
@@ -415,20 +441,30 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 remote::client(&data_dir()?)?.sessions().await.map_err(remote::explain)
             })?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                outln!("{}", serde_json::to_string_pretty(&list)?)?;
             } else {
                 let now = capmesh::now_ms();
+                if !list.sessions.is_empty() {
+                    remote::header(&[
+                        "SESSION",
+                        "NAME",
+                        "EXPIRES IN",
+                        "RUNTIME",
+                        "CAPABILITIES",
+                        "CALLS MADE/SERVED",
+                    ]);
+                }
                 for s in &list.sessions {
                     let left = s.expires_ms.saturating_sub(now) / 1000;
                     let runtime = if s.runtime_attached { "attached" } else { "detached" };
-                    println!(
+                    outln!(
                         "{}  {}  {left}s  {runtime}  {}  {}/{}",
                         s.id,
                         s.name,
                         s.capabilities.len(),
                         s.calls_made,
                         s.calls_served
-                    );
+                    )?;
                 }
                 if list.sessions.is_empty() {
                     eprintln!("no sessions");
@@ -440,15 +476,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 remote::client(&data_dir()?)?.peers().await.map_err(remote::explain)
             })?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&peers)?);
+                outln!("{}", serde_json::to_string_pretty(&peers)?)?;
             } else {
+                if !peers.is_empty() {
+                    remote::header(&["PEER", "STATE", "ADDRESSES"]);
+                }
                 for p in &peers {
                     let state = if p.connected {
                         format!("connected ({})", p.connection)
                     } else {
                         "known".to_string()
                     };
-                    println!("{}  {state}  {}", p.peer_id, p.addrs.join(" "));
+                    outln!("{}  {state}  {}", p.peer_id, p.addrs.join(" "))?;
                 }
                 if peers.is_empty() {
                     eprintln!("no peers");
@@ -519,6 +558,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Whether the command failed only because its reader closed stdout (`| head`): what it
+/// printed was read, and nothing is left to say.
+fn closed_early(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 /// Runs a future on a fresh runtime (the CLI is synchronous elsewhere).
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
@@ -530,8 +579,8 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 
 fn run_node(dir: DataDir, args: RunArgs) -> anyhow::Result<ExitCode> {
     // The data directory may not exist yet: its config is read after launch initializes it.
-    if dir.ensure_init()?.is_some() {
-        eprintln!("initialized {}", dir.root().display());
+    if let Some(created) = dir.ensure_init()? {
+        tracing::info!(peer_id = %created.peer_id, dir = %dir.root().display(), "initialized data directory");
     }
     let mut config = dir.config()?;
     let n = &mut config.network;
@@ -550,11 +599,11 @@ fn run_node(dir: DataDir, args: RunArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let node = capmesh::Node::launch(dir, config, Default::default()).await?;
-        eprintln!("capmesh node {} running; API on http://{}", node.peer_id(), node.api_addr);
         wait_for_signal(node.market.policy().clone()).await?;
-        eprintln!("shutting down");
+        tracing::info!("shutting down");
         node.shutdown().await
     })?;
+    tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -587,7 +636,6 @@ async fn wait_for_signal(policy: capmesh_policy::PolicyHandle) -> anyhow::Result
 }
 
 /// Changes the running node's block list (an empty request only reads it) and prints it.
-#[allow(clippy::print_stdout)]
 fn block(dir: &DataDir, req: capmesh_api::BlockRequest) -> anyhow::Result<()> {
     let blocked = block_on(async {
         let client = remote::client(dir)?;
@@ -599,7 +647,7 @@ fn block(dir: &DataDir, req: capmesh_api::BlockRequest) -> anyhow::Result<()> {
         blocked.map_err(remote::explain)
     })?;
     for peer in &blocked.peers {
-        println!("{peer}");
+        outln!("{peer}")?;
     }
     if blocked.peers.is_empty() {
         eprintln!("no peer blocked");
@@ -607,8 +655,12 @@ fn block(dir: &DataDir, req: capmesh_api::BlockRequest) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[allow(clippy::print_stdout)]
 fn find(dir: DataDir, args: FindArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.id.is_some() || !args.tags.is_empty() || args.text.is_some(),
+        "find what? give a capability id (`capmesh find ID`), or search the replica with \
+         --tag TAG (repeat for all of several) or --text WORDS"
+    );
     let client = remote::client(&dir)?;
     if let Some(id) = args.id {
         let req = capmesh_api::FindRequest {
@@ -617,11 +669,16 @@ fn find(dir: DataDir, args: FindArgs) -> anyhow::Result<ExitCode> {
             timeout_ms: args.timeout_ms,
         };
         let json = args.json;
+        let mut rows = 0;
         let hits = block_on(remote::find(&client, &req, |event| {
             if json {
-                println!("{}", serde_json::to_string(event).unwrap_or_default());
+                outln!("{}", serde_json::to_string(event).unwrap_or_default())?;
             } else if let Some(line) = remote::find_line(event) {
-                println!("{line}");
+                if rows == 0 {
+                    remote::header(remote::FIND_COLUMNS);
+                }
+                rows += 1;
+                outln!("{line}")?;
             } else if let capmesh_api::FindEvent::Done(d) = event {
                 eprintln!(
                     "{} found in {} ms ({} kademlia requests){}",
@@ -631,6 +688,7 @@ fn find(dir: DataDir, args: FindArgs) -> anyhow::Result<ExitCode> {
                     d.error.as_deref().map(|e| format!("; {e}")).unwrap_or_default()
                 );
             }
+            Ok(())
         }))?;
         return Ok(if hits > 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
@@ -644,13 +702,15 @@ fn find(dir: DataDir, args: FindArgs) -> anyhow::Result<ExitCode> {
     Ok(if page.hits.is_empty() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
-#[allow(clippy::print_stdout)]
 fn print_api_page(page: &capmesh_api::QueryPage, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(page)?);
+        outln!("{}", serde_json::to_string_pretty(page)?)?;
     } else {
+        if !page.hits.is_empty() {
+            remote::header(remote::QUERY_COLUMNS);
+        }
         for hit in &page.hits {
-            println!("{}", remote::query_hit_line(hit));
+            outln!("{}", remote::query_hit_line(hit))?;
         }
         match &page.next {
             Some(next) => eprintln!("more: --cursor {next}"),
@@ -661,7 +721,6 @@ fn print_api_page(page: &capmesh_api::QueryPage, json: bool) -> anyhow::Result<(
     Ok(())
 }
 
-#[allow(clippy::print_stdout)]
 fn cap_command(
     command: CapCommand,
     data_dir: impl Fn() -> anyhow::Result<DataDir>,
@@ -670,10 +729,10 @@ fn cap_command(
         cap::parse_contract(&read(file)?).with_context(|| shown(file))
     };
     match command {
-        CapCommand::New { name } => println!("{}", cap::scaffold_json(&name)?),
+        CapCommand::New { name } => outln!("{}", cap::scaffold_json(&name)?)?,
         CapCommand::Id { file } => {
             let id = cap::capability_id(&contract(&file)?).with_context(|| shown(&file))?;
-            println!("{id}");
+            outln!("{id}")?;
         }
         CapCommand::Validate { contract: file, args, output } => {
             anyhow::ensure!(
@@ -684,7 +743,7 @@ fn cap_command(
             let value = cap::parse_json(&read(&args)?).with_context(|| shown(&args))?;
             let which = if output { Which::Output } else { Which::Input };
             match cap::validate(&c, which, &value).with_context(|| shown(&file))? {
-                Verdict::Valid => println!("valid"),
+                Verdict::Valid => outln!("valid")?,
                 Verdict::Invalid(violations) => {
                     for violation in &violations {
                         eprintln!("{}", cap::violation_line(violation));
@@ -708,12 +767,42 @@ fn cap_command(
                 "published, advert {} (seq {}, expires {})",
                 published.advert_id, published.seq, published.expires
             );
-            println!("{}", published.capability);
+            outln!("{}", published.capability)?;
+        }
+        CapCommand::Show { id } => {
+            let dir = data_dir()?;
+            let (contract, from) = match capmesh_api::Client::from_data_dir(dir.root()) {
+                Ok(client) => match block_on(client.contract(id)) {
+                    Ok(info) => (
+                        info.contract,
+                        match info.source {
+                            capmesh_api::Source::Replica => "node's replica".to_string(),
+                            capmesh_api::Source::Kademlia => {
+                                "provider found through Kademlia".to_string()
+                            }
+                        },
+                    ),
+                    Err(e) if remote::is_not_running(&e) => {
+                        registry::contract_json(&dir, &dir.config()?, id)?
+                    }
+                    Err(e) => return Err(remote::explain(e)),
+                },
+                Err(e) if remote::is_not_running(&e) => {
+                    registry::contract_json(&dir, &dir.config()?, id)?
+                }
+                Err(e) => return Err(remote::explain(e)),
+            };
+            eprintln!("capability {id}, contract from the {from}:");
+            outln!("{}", serde_json::to_string_pretty(&contract)?)?;
         }
         CapCommand::Retire { id } => {
             let client = remote::client(&data_dir()?)?;
             let retired = block_on(client.retire(id)).map_err(remote::explain)?;
-            println!("{}", retired.retirement_id);
+            eprintln!(
+                "retired capability {} (seq {}); the retirement record's id:",
+                retired.capability, retired.seq
+            );
+            outln!("{}", retired.retirement_id)?;
         }
     }
     Ok(ExitCode::SUCCESS)

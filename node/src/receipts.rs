@@ -79,7 +79,6 @@ pub(crate) enum ReceiptsCommand {
 
 /// Runs a `receipts` command; `data_dir` is asked for only by commands that read the node's
 /// ledger.
-#[allow(clippy::print_stdout)]
 pub(crate) fn run(
     command: ReceiptsCommand,
     data_dir: impl Fn() -> anyhow::Result<DataDir>,
@@ -94,6 +93,9 @@ pub(crate) fn run(
                 let matches = e.note.as_ref().and_then(|n| n.trace) == Some(trace);
                 if !matches || printed >= limit || closed.is_some() {
                     return Ok(());
+                }
+                if printed == 0 && !json {
+                    crate::remote::header(LEDGER_COLUMNS);
                 }
                 printed += 1;
                 let line = if json { serde_json::to_string(e)? } else { entry_line(e) };
@@ -112,6 +114,9 @@ pub(crate) fn run(
         ReceiptsCommand::List { from, limit, json, trace: None } => {
             let page = Ledger::open(&data_dir()?)?.page(from, limit)?;
             let mut out = std::io::stdout().lock();
+            if !json && !page.entries.is_empty() {
+                crate::remote::header(LEDGER_COLUMNS);
+            }
             for e in &page.entries {
                 let line = if json { serde_json::to_string(e)? } else { entry_line(e) };
                 if let Err(e) = writeln!(out, "{line}") {
@@ -143,11 +148,11 @@ pub(crate) fn run(
                     File::open(&file).with_context(|| format!("cannot read {}", file.display()))?;
                 read_export(BufReader::new(f), &file.display().to_string())?
             };
-            return Ok(report(&entries));
+            return Ok(report(&entries)?);
         }
         ReceiptsCommand::Verify { file: None } => {
             let entries = Ledger::open(&data_dir()?)?.entries()?;
-            return Ok(report(&entries));
+            return Ok(report(&entries)?);
         }
         ReceiptsCommand::Export { out } => {
             let ledger = Ledger::open(&data_dir()?)?;
@@ -369,16 +374,15 @@ fn read_export(reader: impl BufRead, name: &str) -> anyhow::Result<Vec<LedgerEnt
 }
 
 /// Verifies `entries` and says so: `ok: …` on stdout, or the first bad entry on stderr.
-#[allow(clippy::print_stdout)]
-fn report(entries: &[LedgerEntry]) -> ExitCode {
+fn report(entries: &[LedgerEntry]) -> std::io::Result<ExitCode> {
     match verify_ledger(entries) {
         Ok(()) => {
-            println!("{}", summary(entries));
-            ExitCode::SUCCESS
+            outln!("{}", summary(entries))?;
+            Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
             eprintln!("{e}");
-            ExitCode::FAILURE
+            Ok(ExitCode::FAILURE)
         }
     }
 }
@@ -402,7 +406,6 @@ fn b64(bytes: &[u8]) -> String {
 
 /// Prints a receipt and its countersignature, each with its verdict; fails if one does not
 /// verify.
-#[allow(clippy::print_stdout)]
 fn show(found: &ReceiptEntries) -> anyhow::Result<ExitCode> {
     let mut ok = true;
     let receipt = check::<Receipt>(&found.receipt);
@@ -413,10 +416,10 @@ fn show(found: &ReceiptEntries) -> anyhow::Result<ExitCode> {
             format!("DOES NOT VERIFY: {e}")
         }
     };
-    println!("receipt {} (ledger entry {}): {verdict}", id_text(&found.receipt), found.receipt.seq);
-    println!("{}", serde_json::to_string_pretty(&found.receipt.record)?);
+    outln!("receipt {} (ledger entry {}): {verdict}", id_text(&found.receipt), found.receipt.seq)?;
+    outln!("{}", serde_json::to_string_pretty(&found.receipt.record)?)?;
     match &found.countersignature {
-        None => println!("no countersignature in the ledger"),
+        None => outln!("no countersignature in the ledger")?,
         Some(entry) => {
             let verdict = match check::<Countersignature>(entry) {
                 Ok(c) => match &receipt {
@@ -434,8 +437,8 @@ fn show(found: &ReceiptEntries) -> anyhow::Result<ExitCode> {
                     format!("DOES NOT VERIFY: {e}")
                 }
             };
-            println!("countersignature {} (ledger entry {}): {verdict}", id_text(entry), entry.seq);
-            println!("{}", serde_json::to_string_pretty(&entry.record)?);
+            outln!("countersignature {} (ledger entry {}): {verdict}", id_text(entry), entry.seq)?;
+            outln!("{}", serde_json::to_string_pretty(&entry.record)?)?;
         }
     }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
@@ -454,6 +457,10 @@ fn check<T: Record>(entry: &LedgerEntryJson) -> Result<T, VerifyError> {
 fn id_text(e: &LedgerEntryJson) -> String {
     e.id.map_or_else(|| "-".to_owned(), |id| id.to_string())
 }
+
+/// Columns of [`entry_line`]: a receipt's details are `CAPABILITY  PROVIDER->CALLER  STATUS
+/// PRICE  ENDED`, a countersignature's `of RECEIPT  by CALLER  SIGNED`; then the local note.
+const LEDGER_COLUMNS: &[&str] = &["SEQ", "KIND", "ID", "DETAILS"];
 
 /// One line of `receipts list`, fields separated by two spaces.
 fn entry_line(e: &LedgerEntryJson) -> String {

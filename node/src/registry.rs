@@ -28,8 +28,8 @@ pub enum ReplicaError {
     /// Another process has the replica open: sled lets one process at a time open it.
     #[error(
         "the replica at {} is in use by a running capmesh node (sled lets one process at a time \
-         open it); querying through the node's API comes with `capmesh run` — until then, stop \
-         the node and query again",
+         open it); commands reach a running node through its API, so this one is starting or \
+         stopping: try again in a moment",
         .path.display()
     )]
     InUse { path: PathBuf },
@@ -51,6 +51,26 @@ pub fn open(dir: &DataDir, config: &Config) -> Result<Store, ReplicaError> {
         StoreError::Locked(_) => ReplicaError::InUse { path: path.clone() },
         error => ReplicaError::Open { path: path.clone(), error },
     })
+}
+
+/// The contract of `capability` from the replica on disk (no node runs), as JSON, and where it
+/// came from (`"replica"`).
+pub fn contract_json(
+    dir: &DataDir,
+    config: &Config,
+    capability: capmesh_types::Cid,
+) -> anyhow::Result<(serde_json::Value, String)> {
+    let store = open(dir, config)?;
+    let found = store.contract(&capability).map_err(ReplicaError::Query);
+    store.close();
+    match found? {
+        Some(contract) => Ok((serde_json::to_value(&contract)?, "replica on disk".into())),
+        None => anyhow::bail!(
+            "no contract for capability {capability} in the replica at {}; start the node \
+             (`capmesh run`) to ask the mesh for it",
+            dir.replica_dir().display()
+        ),
+    }
 }
 
 /// Runs `q` on the replica of `dir` at `now_ms` (expired adverts are never hits), then closes
@@ -146,7 +166,7 @@ mod tests {
         assert!(matches!(e, ReplicaError::InUse { .. }), "{e:?}");
         let msg = e.to_string();
         assert!(msg.contains("in use by a running capmesh node"), "{msg}");
-        assert!(msg.contains("capmesh run"), "{msg}");
+        assert!(msg.contains("try again in a moment"), "{msg}");
         // Not reopened here: sled closes its file on one of its IO threads, a moment after the
         // last handle is dropped, so an immediate reopen in this process could still find it
         // locked. The system tests fill replicas in a child process for this reason.

@@ -28,6 +28,17 @@ pub fn is_not_running(e: &ClientError) -> bool {
     matches!(e, ClientError::NotRunning { .. } | ClientError::Unreachable { .. })
 }
 
+/// Column names of a table, printed on stderr before its first row: a terminal shows them,
+/// and a pipe (`| cut -d' ' -f1`) gets the rows alone, as `--json` gets JSON alone.
+pub fn header(columns: &[&str]) {
+    eprintln!("{}", columns.join("  "));
+}
+
+/// Columns of [`query_hit_line`].
+pub const QUERY_COLUMNS: &[&str] = &["ADVERT", "CAPABILITY", "NAME", "PRICE", "PROVIDER"];
+/// Columns of [`find_line`].
+pub const FIND_COLUMNS: &[&str] = &["SOURCE", "PROVIDER", "NAME@VERSION", "PRICE", "ADVERT"];
+
 /// One line per query hit: `<advert id>  <capability>  <name>  <amount> <unit>  <provider>`
 /// (as `capmesh registry query` prints offline).
 pub fn query_hit_line(h: &QueryHit) -> String {
@@ -41,7 +52,7 @@ pub fn query_hit_line(h: &QueryHit) -> String {
 pub async fn find(
     client: &Client,
     req: &FindRequest,
-    mut each: impl FnMut(&FindEvent),
+    mut each: impl FnMut(&FindEvent) -> std::io::Result<()>,
 ) -> anyhow::Result<u32> {
     let mut stream = client.find(req).await.map_err(explain)?;
     let mut hits = 0;
@@ -50,7 +61,7 @@ pub async fn find(
         if let FindEvent::Hit(_) = &event {
             hits += 1;
         }
-        each(&event);
+        each(&event)?;
         if let FindEvent::Done(_) = &event {
             break;
         }

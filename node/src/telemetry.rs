@@ -1,16 +1,97 @@
-//! Logs to stderr (`RUST_LOG`), and, when an OTLP endpoint is configured, the spans of calls
-//! exported over OTLP/HTTP (protobuf) — off by default. The spans of a call carry its trace id
+//! Logs to stderr, and, when an OTLP endpoint is configured, the spans of calls exported over
+//! OTLP/HTTP (protobuf) — off by default. The spans of a call carry its trace id
 //! (`capmesh_mesh::trace::link`), so a collector shows the caller's and the provider's spans in
 //! the trace the agent's `traceparent` started.
+//!
+//! Logs: `RUST_LOG` when set (tracing's `EnvFilter` syntax); otherwise a running node logs
+//! capmesh's own events at info (what an operator needs: identity, addresses, bootstrap,
+//! capabilities served, shutdown) and everything else at warn, and a one-shot command only
+//! warnings. Text for people (colour only on a terminal) or one JSON object per line.
+
+use std::io::IsTerminal;
 
 use anyhow::Context;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
-use tracing_subscriber::{Layer, filter::Targets, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{
+    EnvFilter, Layer, filter::Targets, layer::SubscriberExt, registry::LookupSpan,
+    util::SubscriberInitExt,
+};
 
 /// The OTLP/HTTP path of traces, appended to an endpoint given without it.
 const TRACES_PATH: &str = "/v1/traces";
+
+/// capmesh's crates, logged at info by a running node when `RUST_LOG` is not set.
+const NODE_TARGETS: &[&str] = &[
+    "capmesh",
+    "capmesh_net",
+    "capmesh_mesh",
+    "capmesh_market",
+    "capmesh_agents",
+    "capmesh_api",
+    "capmesh_mcp",
+    "capmesh_store",
+    "capmesh_exec",
+    "capmesh_policy",
+];
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per event (`timestamp`, `level`, `target`, `fields`, `spans`).
+    Json,
+}
+
+/// What runs, which sets the default level when `RUST_LOG` is not set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verbosity {
+    /// A node (`run`, `mcp`): capmesh at info, the rest at warn.
+    Node,
+    /// A one-shot command: warnings only.
+    Command,
+}
+
+impl Verbosity {
+    fn default_filter(self) -> String {
+        match self {
+            Verbosity::Node => {
+                let mut f = String::from("warn");
+                for target in NODE_TARGETS {
+                    f.push_str(&format!(",{target}=info"));
+                }
+                f
+            }
+            Verbosity::Command => "warn".into(),
+        }
+    }
+}
+
+/// The filter: `RUST_LOG` when set (a broken one is an error, not silence), else `verbosity`'s.
+fn filter(verbosity: Verbosity) -> anyhow::Result<EnvFilter> {
+    match std::env::var(EnvFilter::DEFAULT_ENV) {
+        Ok(spec) if !spec.trim().is_empty() => EnvFilter::try_new(&spec)
+            .with_context(|| format!("RUST_LOG={spec:?} is not a log filter")),
+        _ => Ok(EnvFilter::new(verbosity.default_filter())),
+    }
+}
+
+/// The stderr log layer in `format`; colour only when stderr is a terminal.
+fn log_layer<S>(format: LogFormat, filter: EnvFilter) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+{
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => {
+            fmt.with_ansi(std::io::stderr().is_terminal()).with_filter(filter).boxed()
+        }
+        LogFormat::Json => fmt.json().with_ansi(false).with_filter(filter).boxed(),
+    }
+}
 
 /// Installed telemetry; dropping it flushes and stops the exporter.
 #[derive(Debug)]
@@ -20,10 +101,12 @@ pub struct Telemetry {
 
 /// Sets up logging, and span export to `otlp` (an `http://host:port` base, or the full
 /// `…/v1/traces` URL) when given. Call once, first thing in `main`.
-pub fn init(otlp: Option<&str>) -> anyhow::Result<Telemetry> {
-    let logs = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_filter(tracing_subscriber::EnvFilter::from_default_env());
+pub fn init(
+    format: LogFormat,
+    verbosity: Verbosity,
+    otlp: Option<&str>,
+) -> anyhow::Result<Telemetry> {
+    let logs = log_layer(format, filter(verbosity)?);
     let Some(endpoint) = otlp else {
         tracing_subscriber::registry().with(logs).try_init()?;
         return Ok(Telemetry { provider: None });

@@ -13,6 +13,12 @@ use crate::{ContractError, TagProblem, Violation, Which};
 
 /// Largest canonical CBOR encoding of a contract, in bytes.
 pub const MAX_CONTRACT_BYTES: usize = 32 * 1024;
+/// Deepest nesting of a contract's canonical CBOR, counted as the decoder counts it
+/// (specs/protocol.md §4.4: the contract's own map at level 0; an array or map opened at level
+/// `d` is accepted only if `d` < this). Messages put a contract at most 3 levels down
+/// (`DiscoverResult` and `SyncResult`: payload → body → `contracts` → contract), so a contract
+/// within this limit fits in every message under the decoder's limit of 64.
+pub const MAX_CONTRACT_DEPTH: usize = 61;
 /// Longest name, in bytes (`^[a-z][a-z0-9_.-]{0,63}$`).
 pub const MAX_NAME_BYTES: usize = 64;
 /// Longest description, in bytes.
@@ -61,6 +67,12 @@ pub(crate) fn admit(contract: &Contract, bytes: &[u8]) -> Result<Admitted, Contr
     if bytes.len() > MAX_CONTRACT_BYTES {
         return Err(ContractError::TooLarge { size: bytes.len(), max: MAX_CONTRACT_BYTES });
     }
+    let depth = cbor::Limits::default()
+        .with_max_size(MAX_CONTRACT_BYTES)
+        .with_max_depth(MAX_CONTRACT_DEPTH);
+    if let Err(cbor::DecodeError::TooDeep { .. }) = cbor::check(bytes, depth) {
+        return Err(ContractError::TooDeep { max: MAX_CONTRACT_DEPTH });
+    }
     check_name(&contract.name)?;
     semver(&contract.version).map_err(|reason| ContractError::BadVersion {
         version: contract.version.clone(),
@@ -90,7 +102,18 @@ pub fn scaffold(name: &str) -> Result<Contract, ContractError> {
             "Describe what {name} does, what each argument means and what it returns, in a few \
              sentences: people and agents read this to choose a tool."
         ),
-        input: json!({"type": "object", "properties": {}, "additionalProperties": false}),
+        // One example argument, optional, so the scaffold published as is already takes both
+        // `{}` and `{"text": "…"}`; unknown arguments stay refused.
+        input: json!({
+            "type": "object",
+            "properties": {
+                "text": {
+                    "type": "string",
+                    "description": "An example argument: rename it, change its type, or add others."
+                }
+            },
+            "additionalProperties": false
+        }),
         output: json!({"type": "object"}),
         tags: Vec::new(),
         read_only: false,

@@ -91,6 +91,12 @@ pub enum ContractError {
     )]
     TooLarge { size: usize, max: usize },
     #[error(
+        "the contract nests deeper than {max} levels (its own object is the first; each object \
+         or array inside a schema opens one more): flatten the schemas, e.g. with \"$defs\" \
+         and \"$ref\""
+    )]
+    TooDeep { max: usize },
+    #[error(
         "name {name:?} is not a capability name: use 1 to 64 characters among a-z 0-9 _ . -, \
          starting with a letter (e.g. \"weather.forecast\")"
     )]
@@ -130,7 +136,17 @@ pub enum ContractError {
     )]
     IdMismatch { expected: Cid, actual: Cid },
     #[error("the contract has no canonical CBOR encoding: {0}")]
-    Encode(#[from] EncodeError),
+    Encode(EncodeError),
+}
+
+impl From<EncodeError> for ContractError {
+    /// Too deep to encode at all is the same refusal as too deep to carry.
+    fn from(e: EncodeError) -> Self {
+        match e {
+            EncodeError::TooDeep { .. } => Self::TooDeep { max: crate::MAX_CONTRACT_DEPTH },
+            e => Self::Encode(e),
+        }
+    }
 }
 
 impl ContractError {
@@ -138,6 +154,7 @@ impl ContractError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::TooLarge { .. } => "TooLarge",
+            Self::TooDeep { .. } => "TooDeep",
             Self::BadName { .. } => "BadName",
             Self::BadVersion { .. } => "BadVersion",
             Self::BadDescription { .. } => "BadDescription",

@@ -50,7 +50,7 @@ mod error;
 pub use cache::{Compiled, Validators};
 pub use capmesh_wire::Contract;
 pub use check::{
-    DRAFT_2020_12, MAX_CONTRACT_BYTES, MAX_DESCRIPTION_BYTES, MAX_NAME_BYTES, MAX_TAG_BYTES,
-    MAX_TAGS, capability_id, check, scaffold,
+    DRAFT_2020_12, MAX_CONTRACT_BYTES, MAX_CONTRACT_DEPTH, MAX_DESCRIPTION_BYTES, MAX_NAME_BYTES,
+    MAX_TAG_BYTES, MAX_TAGS, capability_id, check, scaffold,
 };
 pub use error::{ContractError, TagProblem, Violation, Which, summarize};

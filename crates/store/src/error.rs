@@ -3,13 +3,16 @@ use capmesh_types::{Cid, PeerId};
 use capmesh_wire::VerifyError;
 
 /// Why a record was not stored. Every refusal leaves the store untouched.
+///
+/// The messages carry their cause's text, so no variant names a `source`: an error chain
+/// printed whole (`anyhow`'s `{:#}`) would say it twice.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     #[error("record refused ({code}): {0}", code = .0.code())]
-    Verify(#[from] VerifyError),
+    Verify(VerifyError),
     #[error("contract refused ({code}): {0}", code = .0.code())]
-    Contract(#[from] ContractError),
+    Contract(ContractError),
     #[error(
         "record {id} has seq {got}, but seq {have} is already stored for this provider and capability"
     )]
@@ -21,11 +24,29 @@ pub enum StoreError {
     #[error("the replica at {} is in use by another process (one process at a time may open it)", .0.display())]
     Locked(std::path::PathBuf),
     #[error("storage failed: {0}")]
-    Storage(#[from] sled::Error),
+    Storage(sled::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
     #[error("the store is closed")]
     Closed,
+}
+
+impl From<VerifyError> for StoreError {
+    fn from(e: VerifyError) -> Self {
+        Self::Verify(e)
+    }
+}
+
+impl From<ContractError> for StoreError {
+    fn from(e: ContractError) -> Self {
+        Self::Contract(e)
+    }
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(e: sled::Error) -> Self {
+        Self::Storage(e)
+    }
 }
 
 impl StoreError {

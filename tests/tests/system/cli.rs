@@ -157,3 +157,23 @@ fn envelope_inspect_names_garbage() {
     let err = inspect(&user, "00", &Value::from(0)).failure();
     assert!(err.contains("not a signed object (InvalidObject)"), "{err}");
 }
+
+/// Output closed before the command writes (`capmesh … | head` once panicked with exit 101):
+/// the command ends quietly, with success and nothing on stderr.
+#[test]
+fn output_closed_early_ends_the_command_quietly() {
+    let user = User::new();
+    for args in [&["cap", "new", "tool"][..], &["init"][..]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(capmesh_bin())
+            .args(args)
+            .env("CAPMESH_DATA_DIR", user.data_dir.path())
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

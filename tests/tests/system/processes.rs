@@ -16,11 +16,15 @@ struct Running {
 
 impl Running {
     fn start(extra: &[&str]) -> Running {
-        let user = User::new();
+        Running::start_with(User::new(), extra, Stdio::null())
+    }
+
+    /// Starts a node for `user` (whose data directory may hold a config already), its log to
+    /// `stderr`.
+    fn start_with(user: User, extra: &[&str], stderr: Stdio) -> Running {
         let mut args = vec!["run", "--listen", "/ip4/127.0.0.1/tcp/0", "--announce-listen-addrs"];
         args.extend_from_slice(extra);
-        let child =
-            user.command(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let child = user.command(&args).stdout(Stdio::null()).stderr(stderr).spawn().unwrap();
         let running = Running { user, child };
         running.wait_until(
             || running.user.data_dir.path().join("api.addr").exists(),
@@ -115,6 +119,23 @@ fn three_processes_form_a_mesh_and_answer_find() {
     let peers = b.user.run(&["peers", "--json"]).success();
     assert!(peers.contains(a.status()["peer_id"].as_str().unwrap()), "{peers}");
     assert!(a.status()["published"].as_array().unwrap().iter().any(|p| p == cap));
+    // As a table: the header on stderr, the rows alone on stdout.
+    let table = b.user.run(&["peers"]);
+    assert!(table.stderr.starts_with("PEER  STATE  ADDRESSES"), "{table:?}");
+    assert!(table.success().lines().all(|l| l.starts_with("12D3KooW")));
+
+    // The contract behind the id, printed from C (which found it through Kademlia).
+    let shown: serde_json::Value =
+        serde_json::from_str(&c.user.run(&["cap", "show", cap]).success()).unwrap();
+    assert_eq!(shown["name"], "proc-echo");
+    let err = c.user.run(&["find"]).failure();
+    assert!(err.contains("--tag") && err.contains("--text"), "{err}");
+    // A second node on A's data directory is told that one already runs there.
+    let err = a
+        .user
+        .run_within(Duration::from_secs(60), &["run", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .failure();
+    assert!(err.contains("another capmesh node is running on the data directory"), "{err}");
 
     for node in [c, b, a] {
         assert!(node.stop().success(), "a clean exit on SIGTERM");
@@ -128,5 +149,69 @@ fn commands_that_need_a_node_say_so_when_none_runs() {
     for args in [&["status"][..], &["peers"], &["find", "--tag", "x"]] {
         let err = user.run(args).failure();
         assert!(err.contains("no capmesh node is running"), "{args:?}: {err}");
+    }
+}
+
+/// At its default level a node tells an operator who it is, where it listens, how its
+/// bootstrap went, what it serves, where its API and metrics are, and that it stopped; as
+/// text without colour codes when stderr is a file, or as one JSON object per line.
+#[test]
+fn a_node_logs_what_an_operator_needs_as_text_or_json() {
+    let logs = tempfile::tempdir().unwrap();
+    let provider = User::new();
+    provider.run(&["init"]).success();
+    std::fs::write(
+        provider.data_dir.path().join("config.toml"),
+        "[[serve]]\nruntime = { type = \"builtin\", name = \"blake3\" }\n",
+    )
+    .unwrap();
+    let a_log = logs.path().join("a.log");
+    let a = Running::start_with(
+        provider,
+        &["--log-format", "json"],
+        Stdio::from(std::fs::File::create(&a_log).unwrap()),
+    );
+    let (a_id, a_addr) = (a.status()["peer_id"].as_str().unwrap().to_string(), a.addr());
+    let b_log = logs.path().join("b.log");
+    let b = Running::start_with(
+        User::new(),
+        &["--bootstrap", &a_addr],
+        Stdio::from(std::fs::File::create(&b_log).unwrap()),
+    );
+    let b_id = b.status()["peer_id"].as_str().unwrap().to_string();
+    let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap();
+    b.wait_until(|| read(&b_log).contains("bootstrap done"), "B's bootstrap logged");
+    assert!(b.stop().success());
+    assert!(a.stop().success());
+
+    let lines: Vec<serde_json::Value> = read(&a_log)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let event = |message: &str| {
+        lines
+            .iter()
+            .find(|l| l["fields"]["message"] == message)
+            .unwrap_or_else(|| panic!("no {message:?} in {lines:#?}"))
+    };
+    assert_eq!(event("starting")["fields"]["peer_id"], a_id.as_str());
+    assert!(
+        event("listening")["fields"]["address"]
+            .as_str()
+            .unwrap()
+            .starts_with("/ip4/127.0.0.1/tcp/")
+    );
+    assert_eq!(event("serving")["fields"]["name"], "builtin.blake3");
+    assert!(event("serving")["fields"]["capability"].as_str().unwrap().starts_with('b'));
+    let running = &event("node running")["fields"];
+    assert!(running["api"].as_str().unwrap().starts_with("http://127.0.0.1:"), "{running}");
+    assert!(running["metrics"].as_str().unwrap().ends_with("/metrics"), "{running}");
+    event("shutting down");
+    event("stopped");
+
+    let text = read(&b_log);
+    assert!(!text.contains('\u{1b}'), "colour codes in a log file: {text}");
+    for needle in [b_id.as_str(), "listening", "bootstrap done", "node running", "stopped"] {
+        assert!(text.contains(needle), "{needle:?} not in {text}");
     }
 }

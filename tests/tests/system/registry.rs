@@ -284,7 +284,7 @@ fn registry_query_fails_fast_while_the_replica_is_held() {
     assert!(run.stdout.is_empty(), "{}", run.stdout);
     let err = run.failure();
     assert!(err.contains("in use by a running capmesh node"), "{err}");
-    assert!(err.contains("capmesh run"), "{err}");
+    assert!(err.contains("try again in a moment"), "{err}");
     assert!(err.contains(replica_dir(&user).to_str().unwrap()), "names the replica: {err}");
     assert_eq!(err.lines().count(), 1, "one clear line: {err}");
     store.close();
