@@ -8,6 +8,7 @@ use std::{collections::BTreeMap, fmt, str::FromStr};
 
 use capmesh_types::{Cid, PeerId};
 use capmesh_wire::{CallId, CallLimits, Price, repr::Bytes};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -51,6 +52,20 @@ impl FromStr for SessionId {
 impl Serialize for SessionId {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
+    }
+}
+
+impl JsonSchema for SessionId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "SessionId".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A session id: 16 random bytes as 32 lowercase hex digits.",
+            "type": "string",
+            "pattern": "^[0-9a-f]{32}$",
+        })
     }
 }
 
@@ -132,6 +147,21 @@ impl Serialize for TraceId {
     }
 }
 
+impl JsonSchema for TraceId {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "TraceId".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A W3C trace id: 16 bytes as 32 lowercase hex digits, not all zero.",
+            "type": "string",
+            "pattern": "^[0-9a-f]{32}$",
+            "not": { "const": "00000000000000000000000000000000" },
+        })
+    }
+}
+
 impl<'de> Deserialize<'de> for TraceId {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
@@ -140,7 +170,7 @@ impl<'de> Deserialize<'de> for TraceId {
 }
 
 /// Open a session: `POST /v1/sessions`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionRequest {
     /// Who the agent is, for people and ledgers: 1 to [`SESSION_NAME_MAX`] bytes.
@@ -152,6 +182,7 @@ pub struct SessionRequest {
         deserialize_with = "crate::types::null_as_default",
         skip_serializing_if = "BTreeMap::is_empty"
     )]
+    #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
     pub metadata: BTreeMap<String, serde_json::Value>,
     /// Lifetime without a heartbeat, [`SESSION_TTL_MIN_SECS`] to [`SESSION_TTL_MAX_SECS`];
     /// absent: [`SESSION_TTL_DEFAULT_SECS`].
@@ -167,7 +198,7 @@ impl SessionRequest {
 }
 
 /// A session just opened: the answer of `POST /v1/sessions`. The token is shown once.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SessionCreated {
     pub session: SessionInfo,
     /// The bearer token scoped to this session (64 hex digits).
@@ -175,7 +206,7 @@ pub struct SessionCreated {
 }
 
 /// A session as the node reports it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SessionInfo {
     pub id: SessionId,
     pub name: String,
@@ -196,32 +227,37 @@ pub struct SessionInfo {
 }
 
 /// A capability served for a session's runtime.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ServedCapability {
     #[serde(with = "repr")]
+    #[schemars(with = "crate::openapi::Cid")]
     pub capability: Cid,
     pub name: String,
     #[serde(with = "repr")]
+    #[schemars(with = "crate::openapi::Cid")]
     pub advert_id: Cid,
 }
 
 /// `GET /v1/sessions`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SessionList {
     pub sessions: Vec<SessionInfo>,
 }
 
 /// One capability an agent's runtime announces.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Announcement {
     /// The contract (`specs/schemas/records/Contract.json`); its CID is the capability id.
+    #[schemars(with = "crate::openapi::Contract")]
     pub contract: serde_json::Value,
     /// Price per call; absent: 0 `free` (as for `POST /v1/capabilities`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<crate::openapi::Price>")]
     pub price: Option<Price>,
     /// Limits offered; absent: the node's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<crate::openapi::Limits>")]
     pub limits: Option<CallLimits>,
     /// Expected latency quoted in offers; absent: the running average of past runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -230,7 +266,7 @@ pub struct Announcement {
 
 /// A frame an agent sends on its runtime socket (`GET /v1/sessions/{id}/runtime`), as JSON text
 /// with a `type` tag.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AgentFrame {
     /// Serve these capabilities for the session's lifetime (answered by `announced`).
@@ -238,6 +274,7 @@ pub enum AgentFrame {
     /// Stop serving one (answered by `retired`).
     Retire {
         #[serde(with = "repr")]
+        #[schemars(with = "crate::openapi::Cid")]
         capability: Cid,
     },
     /// The output of call `call_id` (checked against the contract's output schema).
@@ -250,6 +287,7 @@ pub enum AgentFrame {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         text: Option<String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[schemars(with = "Option<crate::openapi::Bytes>")]
         data: Option<Bytes>,
     },
     /// The end of a streaming call's chunks.
@@ -259,7 +297,7 @@ pub enum AgentFrame {
 }
 
 /// A frame the node sends on a runtime socket.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum NodeFrame {
     /// First frame on a socket: the session and what it serves already (after a reconnect
@@ -270,6 +308,7 @@ pub enum NodeFrame {
     /// Answer to `retire`.
     Retired {
         #[serde(with = "repr")]
+        #[schemars(with = "crate::openapi::Cid")]
         capability: Cid,
     },
     /// Run a call: answer with `result` or `error`, or `chunk`s then `end` for a streaming
@@ -277,6 +316,7 @@ pub enum NodeFrame {
     Call {
         call_id: String,
         #[serde(with = "repr")]
+        #[schemars(with = "crate::openapi::Cid")]
         capability: Cid,
         args: serde_json::Value,
         deadline_ms: u64,
@@ -299,7 +339,7 @@ pub enum NodeFrame {
 }
 
 /// Why the node cancelled a call pushed to an agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum CancelReason {
     /// The caller cancelled the call.
     Cancelled,
@@ -310,7 +350,7 @@ pub enum CancelReason {
 }
 
 /// Why a frame from an agent was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum FrameError {
     /// Not JSON, or not one of the frames of `specs/api.md` §4.3.
     BadFrame,
@@ -337,7 +377,7 @@ pub enum FrameError {
 }
 
 /// Where an asynchronous call is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CallState {
     /// Looking for providers.
@@ -362,18 +402,21 @@ impl CallState {
 }
 
 /// A call accepted for asynchronous running: the answer (`202`) of `POST /v1/calls`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CallAccepted {
+    #[schemars(with = "crate::openapi::CallId")]
     pub call_id: CallId,
     pub trace: TraceId,
     pub state: CallState,
 }
 
 /// An asynchronous call: `GET /v1/calls/{call_id}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CallStatus {
+    #[schemars(with = "crate::openapi::CallId")]
     pub call_id: CallId,
     #[serde(with = "repr")]
+    #[schemars(with = "crate::openapi::Cid")]
     pub capability: Cid,
     pub trace: TraceId,
     pub state: CallState,
@@ -386,6 +429,7 @@ pub struct CallStatus {
     pub ended_ms: Option<u64>,
     /// The provider of the current (or last) try.
     #[serde(with = "crate::types::repr::option", default)]
+    #[schemars(with = "Option<crate::openapi::PeerId>")]
     pub provider: Option<PeerId>,
     /// Events so far (the `id` of the next event is this number).
     pub events: u64,
@@ -398,43 +442,54 @@ pub struct CallStatus {
 }
 
 /// One event of an asynchronous call, as sent on `GET /v1/calls/{call_id}/events` (the SSE
-/// `event:` field is [`CallEvent::name`], `data:` this JSON, `id:` its sequence number).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// `event:` field is its `event` tag, [`CallEvent::name`]; `data:` this JSON; `id:` its sequence
+/// number).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum CallEvent {
     /// Providers found (after this node's policy), in the order they are asked.
     Providers {
         #[serde(with = "peer_list")]
+        #[schemars(with = "Vec<crate::openapi::PeerId>")]
         providers: Vec<PeerId>,
     },
     /// A usable offer.
     Offer {
         #[serde(with = "repr")]
+        #[schemars(with = "crate::openapi::PeerId")]
         provider: PeerId,
+        #[schemars(with = "crate::openapi::Price")]
         price: Price,
         latency_ms: u64,
     },
     /// A try starts at this provider (`warm`: under a standing offer).
     Chosen {
         #[serde(with = "repr")]
+        #[schemars(with = "crate::openapi::PeerId")]
         provider: PeerId,
         warm: bool,
     },
     /// The provider accepted the call and runs it.
     Accepted {
         #[serde(with = "repr")]
+        #[schemars(with = "crate::openapi::PeerId")]
         provider: PeerId,
     },
     /// A try failed; the call fails over if it can.
     AttemptFailed { attempt: Attempt },
     /// A chunk of a streaming output, as it arrived (`seq` from 0).
-    Progress { seq: u64, data: Bytes },
+    Progress {
+        seq: u64,
+        #[schemars(with = "crate::openapi::Bytes")]
+        data: Bytes,
+    },
     /// Chunks past the call's event budget were not kept as events (they are still counted
     /// and covered by the receipt's stream root).
     ProgressTruncated { dropped: u64 },
     /// The call succeeded.
     Done {
         #[serde(with = "repr")]
+        #[schemars(with = "crate::openapi::Cid")]
         receipt_id: Cid,
         trace: TraceId,
         result: Box<CallResult>,

@@ -3,12 +3,13 @@
 
 use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::types::CallFailure;
 
 /// The class of an API error; each has one HTTP status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[non_exhaustive]
 pub enum ErrorCode {
     /// 401: no `Authorization: Bearer` header, or the wrong token.
@@ -119,7 +120,7 @@ impl fmt::Display for ErrorCode {
 /// An error the node answers with: the body is `{"error": {"code": …, "message": …}}` and the
 /// HTTP status is [`ErrorCode::http_status`]. The message is for people and says what to do.
 /// Errors of `POST /v1/call` also carry `call`: why the call failed, provider by provider.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema, thiserror::Error)]
 #[error("{message}")]
 pub struct ApiError {
     pub code: ErrorCode,
@@ -161,7 +162,7 @@ impl ApiError {
 }
 
 /// The JSON body of every error response.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub(crate) struct ErrorBody {
     pub(crate) error: ApiError,
 }

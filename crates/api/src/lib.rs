@@ -11,6 +11,8 @@
 //! - [`agents`]: sessions (each with a token scoped to it, the [`Principal`] of what is done
 //!   under it), the frames of a runtime attached over a WebSocket ([`RuntimeLink`] is the
 //!   backend's side), asynchronous calls and their Server-Sent Events.
+//! - [`openapi`]: the API's OpenAPI 3.1 document, generated from these types, served at
+//!   `GET /v1/openapi.json` (no token needed) and checked in as `specs/openapi.json`.
 //! - [`types`]: the request and response bodies; [`ApiError`] (with an [`ErrorCode`] that fixes
 //!   the HTTP status) for what the node refuses, [`ClientError`] for everything a caller meets.
 //!
@@ -38,6 +40,7 @@ mod client;
 mod error;
 mod files;
 mod ndjson;
+pub mod openapi;
 mod runtime;
 mod server;
 pub mod types;

@@ -1,7 +1,9 @@
 //! The HTTP server: axum routes over a [`Backend`], behind a bearer [`Token`].
 //!
 //! Every request is checked against the token (in constant time) before anything else runs:
-//! without it nothing is parsed and the backend is never called. Malformed input and unknown
+//! without it nothing is parsed and the backend is never called. The one exception is
+//! `GET /v1/openapi.json` ([`PUBLIC_ROUTES`]): the API's OpenAPI document, the same for every
+//! node of a version, served to anyone who can reach the port. Malformed input and unknown
 //! routes get the typed error body of every other error (`{"error": {"code", "message"}}`),
 //! never axum's plain-text rejections.
 
@@ -295,6 +297,7 @@ fn router<B: Backend>(backend: Arc<B>, token: Token, shutdown: CancellationToken
         .route("/v1/sessions/{session}/heartbeat", post(heartbeat::<B>))
         .route("/v1/sessions/{session}/runtime", get(attach::<B>))
         .route("/v1/attest", post(attest::<B>))
+        .route("/v1/openapi.json", get(openapi))
         .fallback(no_route)
         .method_not_allowed_fallback(no_route)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -350,9 +353,13 @@ struct Auth<B> {
     backend: Arc<B>,
 }
 
+/// Routes that need no token (by route pattern): nothing of the node's is in them. A token sent
+/// with them is not read.
+pub(crate) const PUBLIC_ROUTES: &[(Method, &str)] = &[(Method::GET, "/v1/openapi.json")];
+
 /// Routes a session's token may use (by route pattern); the session's own id is checked by
 /// the handlers of `/v1/sessions/{session}…`.
-const SESSION_ROUTES: &[(Method, &str)] = &[
+pub(crate) const SESSION_ROUTES: &[(Method, &str)] = &[
     (Method::GET, "/v1/status"),
     (Method::GET, "/v1/find/{capability}"),
     (Method::GET, "/v1/contracts/{capability}"),
@@ -373,6 +380,9 @@ async fn authorize<B: Backend>(
     mut req: Request,
     next: Next,
 ) -> Response {
+    if is_on(&req, PUBLIC_ROUTES) {
+        return next.run(req).await;
+    }
     let candidate = match bearer(req.headers()) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
@@ -380,10 +390,7 @@ async fn authorize<B: Backend>(
     let principal = if auth.token.matches(candidate) {
         Principal::Node
     } else if let Some(id) = auth.backend.authenticate(candidate) {
-        let allowed = req.extensions().get::<axum::extract::MatchedPath>().is_some_and(|p| {
-            SESSION_ROUTES.iter().any(|(m, r)| m == req.method() && *r == p.as_str())
-        });
-        if !allowed {
+        if !is_on(&req, SESSION_ROUTES) {
             return ApiError::new(
                 crate::ErrorCode::Denied,
                 format!(
@@ -405,6 +412,13 @@ async fn authorize<B: Backend>(
     };
     req.extensions_mut().insert(principal);
     next.run(req).await
+}
+
+/// Whether `req` was routed to one of `routes`.
+fn is_on(req: &Request, routes: &[(Method, &str)]) -> bool {
+    req.extensions()
+        .get::<axum::extract::MatchedPath>()
+        .is_some_and(|p| routes.iter().any(|(m, r)| m == req.method() && *r == p.as_str()))
 }
 
 #[cfg(test)]
@@ -436,6 +450,12 @@ fn bearer(headers: &HeaderMap) -> Result<&[u8], ApiError> {
         }
     };
     Ok(candidate.trim_ascii())
+}
+
+/// `GET /v1/openapi.json`: the OpenAPI document (public, see [`PUBLIC_ROUTES`]).
+async fn openapi() -> Response {
+    let headers = [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))];
+    (headers, crate::openapi::json()).into_response()
 }
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {
@@ -490,10 +510,13 @@ async fn query<B: Backend>(
 }
 
 /// The query string of `GET /v1/find/{capability}`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct FindParams {
+pub(crate) struct FindParams {
+    /// Stop after this many hits (1 to 1000); absent: 20.
     limit: Option<u32>,
+    /// Stop searching after this long (at most 120000); absent: the node's find timeout
+    /// (15000 by default).
     timeout_ms: Option<u64>,
 }
 
@@ -570,15 +593,15 @@ async fn call_status<B: Backend>(
 }
 
 /// The query string of `GET /v1/calls/{call_id}/events`.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct EventsParams {
-    /// First event id wanted (also read from `Last-Event-ID`, plus one).
+pub(crate) struct EventsParams {
+    /// First event id wanted; absent: the one after `Last-Event-ID`, or 0 without it.
     from: Option<u64>,
 }
 
 /// How often an idle event stream sends an SSE comment, so proxies and clients keep it open.
-const SSE_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+pub(crate) const SSE_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
 async fn call_events<B: Backend>(
     State(app): State<App<B>>,

@@ -10,6 +10,7 @@ use capmesh_wire::{
     Attestation, CallId, CallLimits, Countersignature, Filter, Price, Receipt, Signed, Subject,
     cbor::Limits, repr::Bytes,
 };
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Serde for the ids of `capmesh-types` in their text form, through the wire crate's
@@ -62,15 +63,18 @@ where
 }
 
 /// What the node is and how it is doing: `GET /v1/status`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Status {
     #[serde(with = "repr")]
+    #[schemars(with = "crate::openapi::PeerId")]
     pub peer_id: PeerId,
     /// The node's software version.
     pub version: String,
     /// Multiaddrs the node listens on.
+    #[schemars(with = "Vec<crate::openapi::Multiaddr>")]
     pub listen_addrs: Vec<String>,
     /// Multiaddrs other peers have confirmed reach the node.
+    #[schemars(with = "Vec<crate::openapi::Multiaddr>")]
     pub external_addrs: Vec<String>,
     pub connected_peers: u32,
     /// `"client"` or `"server"`.
@@ -80,6 +84,7 @@ pub struct Status {
     pub gossip: GossipStatus,
     /// Capability ids this node currently advertises.
     #[serde(with = "repr")]
+    #[schemars(with = "Vec<crate::openapi::Cid>")]
     pub published: Vec<Cid>,
     pub uptime_ms: u64,
     /// `"public"`, `"private"` (reachable through relay reservations) or `"unknown"` (AutoNAT
@@ -89,11 +94,12 @@ pub struct Status {
     /// Circuit addresses of the relay reservations held
     /// (`<relay addr>/p2p/<relay id>/p2p-circuit/p2p/<own id>`).
     #[serde(default)]
+    #[schemars(with = "Vec<crate::openapi::Multiaddr>")]
     pub relay_reservations: Vec<String>,
 }
 
 /// Counters of the registry replica.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 pub struct ReplicaStatus {
     /// Records held now.
     pub records: u64,
@@ -110,7 +116,7 @@ pub struct ReplicaStatus {
 }
 
 /// Counters of the registry gossip topic since start.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 pub struct GossipStatus {
     pub accepted: u64,
     pub ignored: u64,
@@ -119,11 +125,13 @@ pub struct GossipStatus {
 }
 
 /// A peer the node knows: `GET /v1/peers`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PeerInfo {
     #[serde(with = "repr")]
+    #[schemars(with = "crate::openapi::PeerId")]
     pub peer_id: PeerId,
     /// Multiaddrs known for the peer.
+    #[schemars(with = "Vec<crate::openapi::Multiaddr>")]
     pub addrs: Vec<String>,
     /// A connection is open now.
     pub connected: bool,
@@ -137,35 +145,41 @@ pub struct PeerInfo {
 
 /// Changes the block list: `POST /v1/blocked`. Unblocking comes first, so a peer in both
 /// lists ends blocked.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BlockRequest {
     /// Peers to block: their connections are closed and new ones refused, both ways.
     #[serde(default, with = "repr")]
+    #[schemars(with = "Vec<crate::openapi::PeerId>")]
     pub block: Vec<PeerId>,
     /// Peers to unblock: those a block disconnected are dialed again.
     #[serde(default, with = "repr")]
+    #[schemars(with = "Vec<crate::openapi::PeerId>")]
     pub unblock: Vec<PeerId>,
 }
 
 /// The peers blocked now: `GET /v1/blocked`, and the answer to `POST /v1/blocked`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 pub struct Blocked {
     #[serde(with = "repr")]
+    #[schemars(with = "Vec<crate::openapi::PeerId>")]
     pub peers: Vec<PeerId>,
 }
 
 /// Publish a capability from its contract: `POST /v1/capabilities`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
     /// The contract (specs/schemas/records/Contract.json).
+    #[schemars(with = "crate::openapi::Contract")]
     pub contract: serde_json::Value,
     /// Price per call; absent: free (`{"amount": 0, "unit": "free"}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<crate::openapi::Price>")]
     pub price: Option<Price>,
     /// What the provider bears per call; absent: the node's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<crate::openapi::Limits>")]
     pub limits: Option<CallLimits>,
     /// Lifetime of the advert; absent: the node's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -178,15 +192,18 @@ pub struct PublishRequest {
         deserialize_with = "null_as_default",
         skip_serializing_if = "std::ops::Not::not"
     )]
+    #[schemars(with = "Option<bool>")]
     pub announce_only: bool,
 }
 
 /// The advert a publish produced.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Published {
     #[serde(with = "repr")]
+    #[schemars(with = "crate::openapi::Cid")]
     pub capability: Cid,
     #[serde(with = "repr")]
+    #[schemars(with = "crate::openapi::Cid")]
     pub advert_id: Cid,
     pub seq: u64,
     /// Expiry of the advert (unix ms).
@@ -194,11 +211,13 @@ pub struct Published {
 }
 
 /// The retirement a `DELETE /v1/capabilities/{capability}` produced.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Retired {
     #[serde(with = "repr")]
+    #[schemars(with = "crate::openapi::Cid")]
     pub capability: Cid,
     #[serde(with = "repr")]
+    #[schemars(with = "crate::openapi::Cid")]
     pub retirement_id: Cid,
     pub seq: u64,
 }
@@ -225,7 +244,7 @@ impl FindRequest {
 }
 
 /// One line of the find stream: `{"hit": …}` per provider found, then one `{"done": …}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FindEvent {
     Hit(FindHit),
@@ -233,7 +252,7 @@ pub enum FindEvent {
 }
 
 /// Where a hit came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Source {
     /// The node's own registry replica.
@@ -243,23 +262,28 @@ pub enum Source {
 }
 
 /// A provider of the capability, with the terms of its advert.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct FindHit {
     pub source: Source,
     /// Kademlia requests sent so far in this search.
     pub kad_requests: u32,
     #[serde(with = "repr")]
+    #[schemars(with = "crate::openapi::PeerId")]
     pub provider: PeerId,
     /// Multiaddrs of the provider.
+    #[schemars(with = "Vec<crate::openapi::Multiaddr>")]
     pub addrs: Vec<String>,
     #[serde(with = "repr")]
+    #[schemars(with = "crate::openapi::Cid")]
     pub capability: Cid,
     #[serde(with = "repr")]
+    #[schemars(with = "crate::openapi::Cid")]
     pub advert_id: Cid,
     /// Contract name.
     pub name: String,
     /// Contract version.
     pub version: String,
+    #[schemars(with = "crate::openapi::Price")]
     pub price: Price,
     /// Expiry of the advert (unix ms).
     pub expires: u64,
@@ -268,7 +292,7 @@ pub struct FindHit {
 }
 
 /// The end of a search.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct FindDone {
     pub hits: u32,
     pub kad_requests: u32,
@@ -282,28 +306,33 @@ pub struct FindDone {
 ///
 /// The capability id is the CID of the contract, and the node checked that it is before
 /// answering, so `contract` is exactly what the id names.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ContractInfo {
     #[serde(with = "repr")]
+    #[schemars(with = "crate::openapi::Cid")]
     pub capability: Cid,
     /// The contract's JSON projection (specs/schemas/records/Contract.json).
+    #[schemars(with = "crate::openapi::Contract")]
     pub contract: serde_json::Value,
     /// Where the node found it: its own replica, or a provider found through Kademlia.
     pub source: Source,
 }
 
 /// A replica query: `POST /v1/registry/query`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueryRequest {
     /// Only adverts of this capability.
     #[serde(with = "repr::option", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<crate::openapi::Cid>")]
     pub capability: Option<Cid>,
     /// Conditions that must all hold; absent: none.
     #[serde(default, deserialize_with = "null_as_default")]
+    #[schemars(with = "Option<crate::openapi::Filter>")]
     pub filter: Filter,
     /// Newest first (default: oldest first).
     #[serde(default, deserialize_with = "null_as_default")]
+    #[schemars(with = "Option<bool>")]
     pub newest: bool,
     /// Page size; absent: the node's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -314,7 +343,7 @@ pub struct QueryRequest {
 }
 
 /// A page of query results.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct QueryPage {
     pub hits: Vec<QueryHit>,
     /// Cursor of the next page (lowercase hex); `null` on the last page.
@@ -323,17 +352,21 @@ pub struct QueryPage {
 }
 
 /// A live advert matching a query.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct QueryHit {
     /// The advert's id.
     #[serde(with = "repr")]
+    #[schemars(with = "crate::openapi::Cid")]
     pub id: Cid,
     #[serde(with = "repr")]
+    #[schemars(with = "crate::openapi::Cid")]
     pub capability: Cid,
     /// Contract name.
     pub name: String,
     #[serde(with = "repr")]
+    #[schemars(with = "crate::openapi::PeerId")]
     pub provider: PeerId,
+    #[schemars(with = "crate::openapi::Price")]
     pub price: Price,
     pub issued: u64,
     pub expires: u64,
@@ -345,7 +378,7 @@ pub const LEDGER_PAGE_DEFAULT: u32 = 100;
 pub const LEDGER_PAGE_MAX: u32 = 1000;
 
 /// A page of the receipt ledger: `GET /v1/receipts?from=&limit=` (the query string).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerRequest {
     /// First sequence number; absent: 0.
@@ -357,7 +390,7 @@ pub struct LedgerRequest {
 }
 
 /// What a ledger entry holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum LedgerKind {
     /// A provider's signed `Receipt`.
     Receipt,
@@ -370,24 +403,29 @@ pub enum LedgerKind {
 ///
 /// `seq`, `hash`, `kind` and `signed` are the entry: what verification reads. `id` and `record`
 /// are derived from `signed` for people and carry no trust of their own.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "LedgerEntry")]
 pub struct LedgerEntryJson {
     /// Position in the ledger, from 0, without gaps.
     pub seq: u64,
     /// Chain hash: BLAKE3(previous entry's hash ‖ kind byte ‖ signed), the first entry chaining
     /// from 32 zero bytes (unpadded base64url).
     #[serde(with = "repr")]
+    #[schemars(with = "crate::openapi::Digest")]
     pub hash: Digest,
     pub kind: LedgerKind,
     /// The record's id (CID of its payload); `null` if `signed` is not a signed object.
     #[serde(with = "repr::option", default)]
+    #[schemars(with = "Option<crate::openapi::Cid>")]
     pub id: Option<Cid>,
     /// The canonical CBOR `{payload, sig}` of the record (unpadded base64url).
+    #[schemars(with = "crate::openapi::Bytes")]
     pub signed: Bytes,
     /// The record's JSON projection `{"payload": …, "sig": …}` (`specs/schemas/records/Signed.json`
     /// over `Receipt.json` or `Countersignature.json`); `null` if the bytes do not decode as
     /// that record.
     #[serde(default)]
+    #[schemars(with = "Option<crate::openapi::LedgerRecord>")]
     pub record: Option<serde_json::Value>,
     /// What this node knows locally about the call (not signed, not part of the chain):
     /// its trace id and the agent session it was made or served under. `null` when none.
@@ -396,7 +434,8 @@ pub struct LedgerEntryJson {
 }
 
 /// The local context of a ledger entry's call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "LedgerNote")]
 pub struct LedgerNoteJson {
     /// The call's trace id; `null` if unknown.
     #[serde(default)]
@@ -430,7 +469,7 @@ fn project<T: capmesh_wire::Payload>(bytes: &[u8]) -> (Option<Cid>, Option<serde
 }
 
 /// A page of the ledger.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct LedgerPage {
     /// Entries in sequence order, from `from` on.
     pub entries: Vec<LedgerEntryJson>,
@@ -442,7 +481,7 @@ pub struct LedgerPage {
 }
 
 /// A receipt and its countersignature: `GET /v1/receipts/{receipt_id}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ReceiptEntries {
     pub receipt: LedgerEntryJson,
     /// The caller's countersignature, if the ledger holds one.
@@ -455,10 +494,11 @@ pub struct ReceiptEntries {
 pub const MAX_STREAM_BYTES: usize = 1 << 20;
 
 /// Make a call: `POST /v1/call`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CallRequest {
     #[serde(with = "repr")]
+    #[schemars(with = "crate::openapi::Cid")]
     pub capability: Cid,
     /// The arguments, checked against the contract's input schema before anything leaves the
     /// node.
@@ -466,12 +506,14 @@ pub struct CallRequest {
     /// The call's id (16 bytes, unpadded base64url): an idempotency key, and what
     /// `POST /v1/calls/{call_id}/cancel` names. Absent: the node picks one at random.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<crate::openapi::CallId>")]
     pub call_id: Option<CallId>,
     /// How offers are ranked; absent: the node's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub optimize: Option<Optimize>,
     /// The most the call may cost; offers above it or in another unit are refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<crate::openapi::Price>")]
     pub max_price: Option<Price>,
     /// How long the call may take, failovers included; absent: the node's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -487,7 +529,7 @@ impl CallRequest {
 
 /// Weights of offer selection (DESIGN §5 `select.optimize`): each a finite number ≥ 0, not all
 /// 0; only their ratios matter. A weight left out is 0.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Optimize {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -499,15 +541,18 @@ pub struct Optimize {
 }
 
 /// A call that succeeded: the answer of `POST /v1/call`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CallResult {
     /// The id the call ended under: the request's, unless a failover to a provider of a
     /// non-idempotent capability needed a fresh one.
+    #[schemars(with = "crate::openapi::CallId")]
     pub call_id: CallId,
     #[serde(with = "repr")]
+    #[schemars(with = "crate::openapi::Cid")]
     pub capability: Cid,
     /// The provider that ran it.
     #[serde(with = "repr")]
+    #[schemars(with = "crate::openapi::PeerId")]
     pub provider: PeerId,
     /// The output (valid against the contract's output schema); `null` for a streaming
     /// capability, whose output is its chunks.
@@ -518,21 +563,26 @@ pub struct CallResult {
     /// The chain root over the chunks, as the receipt names it (unpadded base64url); `null`
     /// unless streaming.
     #[serde(with = "repr::option", default)]
+    #[schemars(with = "Option<crate::openapi::Digest>")]
     pub stream_root: Option<Digest>,
     /// The chunks' bytes, in order (unpadded base64url each), at most [`MAX_STREAM_BYTES`] in
     /// all.
+    #[schemars(with = "Vec<crate::openapi::Bytes>")]
     pub stream: Vec<Bytes>,
     /// Whether chunks were left out of `stream` to keep it within [`MAX_STREAM_BYTES`].
     pub stream_truncated: bool,
     /// The receipt's id (the CID of its payload), as `GET /v1/receipts/{receipt_id}` knows it.
     #[serde(with = "repr")]
+    #[schemars(with = "crate::openapi::Cid")]
     pub receipt_id: Cid,
     /// The provider's signed receipt, verified by the node: its JSON projection
     /// `{"payload": Receipt, "sig": …}`.
+    #[schemars(with = "crate::openapi::SignedReceipt")]
     pub receipt: Signed<Receipt>,
     /// Where the receipt is in the node's ledger.
     pub ledger_seq: u64,
     /// What the call cost.
+    #[schemars(with = "crate::openapi::Price")]
     pub price: Price,
     /// Made under a standing offer, without asking for terms first.
     pub warm: bool,
@@ -549,9 +599,10 @@ pub struct CallResult {
 }
 
 /// Why a call failed: the `call` member of an error of `POST /v1/call`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CallFailure {
     /// The call's id (the one the request named or the node chose).
+    #[schemars(with = "crate::openapi::CallId")]
     pub call_id: CallId,
     /// The call's protocol code (protocol.md §11.2: `InvalidArgs`, `PolicyDenied`,
     /// `RateLimited`, …), or `Exhausted` when the providers failed for different reasons.
@@ -565,9 +616,10 @@ pub struct CallFailure {
 }
 
 /// One try at one provider that did not succeed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Attempt {
     #[serde(with = "repr")]
+    #[schemars(with = "crate::openapi::PeerId")]
     pub provider: PeerId,
     /// The provider's protocol code (protocol.md §11), or one the caller gave the try:
     /// `Unreachable`, `Declined`, `BadReceipt`, `OutputInvalid`, `InvalidObject`, …
@@ -592,20 +644,22 @@ impl std::fmt::Display for Attempt {
 }
 
 /// Whether a call was cancelled: the answer of `POST /v1/calls/{call_id}/cancel`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Cancelled {
     /// Always `true` (a call not in flight is `404 NotFound`).
     pub cancelled: bool,
 }
 
 /// Issue an attestation: `POST /v1/attest`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttestRequest {
     /// What the claim is about: a peer id (`12D3KooW…`) or a CID (`b…`), as text.
     #[serde(with = "subject_text")]
+    #[schemars(with = "crate::openapi::SubjectText")]
     pub subject: Subject,
     /// The claim, `^[a-z0-9][a-z0-9_.:/-]{0,127}$` (e.g. `member`, `org:acme/audited`).
+    #[schemars(with = "crate::openapi::Claim")]
     pub claim: String,
     /// When the attestation expires (unix ms); absent: 30 days from now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -613,12 +667,14 @@ pub struct AttestRequest {
 }
 
 /// The attestation `POST /v1/attest` signed, stored and gossiped.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Attested {
     /// Its id (the CID of its payload).
     #[serde(with = "repr")]
+    #[schemars(with = "crate::openapi::Cid")]
     pub id: Cid,
     /// Its JSON projection `{"payload": Attestation, "sig": …}`.
+    #[schemars(with = "crate::openapi::SignedAttestation")]
     pub attestation: Signed<Attestation>,
 }
 

@@ -11,4 +11,5 @@ mod client;
 mod contracts;
 mod errors;
 mod find;
+mod openapi;
 mod receipts;
