@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use capmesh_agents::Agents;
 use capmesh_api::{
-    ApiError, AttestRequest, Attested, Backend, BlockRequest, Blocked, CallAccepted, CallRequest,
-    CallResult, CallStatus, ContractInfo, FindDone, FindEvent, FindHit, FindRequest, GossipStatus,
-    LedgerPage, PeerInfo, Principal, PublishRequest, Published, QueryPage, QueryRequest,
-    ReceiptEntries, ReplicaStatus, Retired, RuntimeLink, Sequenced, SessionCreated, SessionId,
-    SessionInfo, SessionList, SessionRequest, Source, Status, TraceId,
+    ApiError, AttestRequest, AttestationList, AttestationsRequest, Attested, Backend, BlockRequest,
+    Blocked, CallAccepted, CallRequest, CallResult, CallStatus, ContractInfo, FindDone, FindEvent,
+    FindHit, FindRequest, GossipStatus, LedgerPage, PeerInfo, Principal, PublishRequest, Published,
+    QueryPage, QueryRequest, ReceiptEntries, ReplicaStatus, Retired, RuntimeLink, Sequenced,
+    SessionCreated, SessionId, SessionInfo, SessionList, SessionRequest, Source, Status, TraceId,
 };
 use capmesh_market::Market;
 use capmesh_mesh::{Mesh, MeshError};
@@ -370,6 +370,30 @@ impl Backend for NodeApi {
         }
         let signed = self.mesh.attest(req.subject, req.claim, expires).await.map_err(mesh_error)?;
         Ok(Attested { id: signed.id(), attestation: signed })
+    }
+
+    async fn attestations(
+        &self,
+        req: AttestationsRequest,
+        limit: u32,
+    ) -> Result<AttestationList, ApiError> {
+        let store = self.store.clone();
+        let now = crate::now_ms();
+        let found = tokio::task::spawn_blocking(move || {
+            store.attestations(
+                req.subject.as_ref(),
+                req.issuer.as_ref(),
+                req.claim.as_deref(),
+                now,
+                limit as usize,
+            )
+        })
+        .await
+        .map_err(internal)?
+        .map_err(internal)?;
+        let attestations =
+            found.into_iter().map(|a| Attested { id: a.id(), attestation: a }).collect();
+        Ok(AttestationList { attestations })
     }
 }
 

@@ -81,6 +81,77 @@ pub(crate) struct AttestArgs {
     json: bool,
 }
 
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum AttestationsCommand {
+    /// List the unexpired attestations the running node holds (its own and those gossiped to
+    /// it): `ID  ISSUER  CLAIM  SUBJECT  EXPIRES`.
+    List(AttestationsListArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct AttestationsListArgs {
+    /// Only about this subject: a peer id (12D3KooW…) or a CID (b…).
+    #[arg(long, value_name = "SUBJECT", value_parser = subject_arg)]
+    subject: Option<Subject>,
+    /// Only issued by this peer.
+    #[arg(long, value_name = "PEER_ID")]
+    issuer: Option<PeerId>,
+    /// Only with this claim.
+    #[arg(long)]
+    claim: Option<String>,
+    /// Most attestations listed (1 to 1000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    limit: u32,
+    /// Print the API's answer as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn subject_arg(text: &str) -> Result<Subject, String> {
+    parse_subject(text)
+        .ok_or_else(|| format!("{text:?} is neither a peer id (12D3KooW…) nor a CID (b…)"))
+}
+
+/// `capmesh attestations list`.
+pub(crate) fn attestations(
+    dir: &DataDir,
+    command: AttestationsCommand,
+) -> anyhow::Result<ExitCode> {
+    let AttestationsCommand::List(args) = command;
+    let req = capmesh_api::AttestationsRequest {
+        subject: args.subject,
+        issuer: args.issuer,
+        claim: args.claim,
+        limit: Some(args.limit),
+    };
+    let client = remote::client(dir)?;
+    let list = crate::block_on(client.attestations(&req)).map_err(remote::explain)?;
+    if args.json {
+        outln!("{}", serde_json::to_string_pretty(&list)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if list.attestations.is_empty() {
+        eprintln!("no attestations match");
+        return Ok(ExitCode::SUCCESS);
+    }
+    remote::header(&["ID", "ISSUER", "CLAIM", "SUBJECT", "EXPIRES"]);
+    for a in &list.attestations {
+        let p = a.attestation.decode(capmesh_wire::cbor::Limits::default())?;
+        let subject = match &p.subject {
+            Subject::Peer(peer) => peer.to_string(),
+            Subject::Cid(cid) => cid.to_string(),
+        };
+        outln!(
+            "{}  {}  {}  {subject}  {}",
+            a.id,
+            p.issuer,
+            p.claim,
+            crate::receipts::utc(p.expires)
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `capmesh call`.
 pub(crate) fn call(dir: &DataDir, args: CallArgs) -> anyhow::Result<ExitCode> {
     let text = match args.args.strip_prefix('@') {

@@ -107,6 +107,11 @@ enum Command {
     /// Sign an attestation about a peer or a CID through the running node, which stores and
     /// gossips it; prints its id.
     Attest(call::AttestArgs),
+    /// Attestations the running node holds.
+    Attestations {
+        #[command(subcommand)]
+        command: call::AttestationsCommand,
+    },
     /// The receipt ledger: list, show, verify, export; through the node's API while one runs.
     Receipts {
         #[command(subcommand)]
@@ -503,6 +508,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Find(args) => return find(data_dir()?, args),
         Command::Call(args) => return call::call(&data_dir()?, args),
         Command::Attest(args) => return call::attest(&data_dir()?, args),
+        Command::Attestations { command } => return call::attestations(&data_dir()?, command),
         Command::Receipts { command } => return receipts::run(command, data_dir),
         Command::Mcp(args) => {
             let dir = data_dir()?;

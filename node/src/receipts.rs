@@ -514,7 +514,7 @@ fn short(peer: &PeerId) -> String {
 }
 
 /// Unix ms as UTC, `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-fn utc(ms: u64) -> String {
+pub(crate) fn utc(ms: u64) -> String {
     let (secs, millis) = (ms / 1000, ms % 1000);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm, for days ≥ 0).

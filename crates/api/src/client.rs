@@ -18,9 +18,10 @@ use crate::{
     files::{ADDR_FILE, TOKEN_FILE},
     ndjson::{LineTooLong, Lines, MAX_LINE_BYTES},
     types::{
-        AttestRequest, Attested, BlockRequest, Blocked, CallRequest, CallResult, Cancelled,
-        ContractInfo, FindEvent, FindRequest, LedgerPage, LedgerRequest, PeerInfo, PublishRequest,
-        Published, QueryPage, QueryRequest, ReceiptEntries, Retired, Status,
+        AttestRequest, AttestationList, AttestationsRequest, Attested, BlockRequest, Blocked,
+        CallRequest, CallResult, Cancelled, ContractInfo, FindEvent, FindRequest, LedgerPage,
+        LedgerRequest, PeerInfo, PublishRequest, Published, QueryPage, QueryRequest,
+        ReceiptEntries, Retired, Status,
     },
 };
 
@@ -80,13 +81,13 @@ impl Client {
                 io::ErrorKind::NotFound if name == ADDR_FILE => {
                     ClientError::NotRunning { data_dir: data_dir.to_owned() }
                 }
-                _ => ClientError::Io { path, source },
+                _ => ClientError::Io { path, error: source },
             })
         };
         let addr_text = read(ADDR_FILE)?;
         let addr = addr_text.trim().parse::<SocketAddr>().map_err(|_| ClientError::Io {
             path: data_dir.join(ADDR_FILE),
-            source: io::Error::new(
+            error: io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
                     "{:?} is not IP:PORT; remove the file and restart the node",
@@ -339,6 +340,15 @@ impl Client {
     /// once sent, the node may issue it even if the future is dropped.
     pub async fn attest(&self, req: &AttestRequest) -> Result<Attested, ClientError> {
         self.call_json(self.request(Method::POST, "/v1/attest").json(req)).await
+    }
+
+    /// `GET /v1/attestations`: unexpired attestations the node holds that match `req`.
+    /// Cancel-safe (it changes nothing).
+    pub async fn attestations(
+        &self,
+        req: &AttestationsRequest,
+    ) -> Result<AttestationList, ClientError> {
+        self.call_json(self.request(Method::GET, "/v1/attestations").query(req)).await
     }
 
     /// `GET /v1/find/{capability}`: the events as the node sends them, ending after the

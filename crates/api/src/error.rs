@@ -202,16 +202,13 @@ pub enum ClientError {
     /// The find stream ended before its `done` event.
     #[error("the node closed the find stream before its final `done` event; did it shut down?")]
     Incomplete,
-    /// `api.addr` or `api.token` could not be read.
-    #[error("cannot read {}: {source}", .path.display())]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// Any other HTTP failure.
+    /// `api.addr` or `api.token` could not be read. (The message carries the cause, so it is
+    /// not a `source` too: a chain printed whole would say it twice.)
+    #[error("cannot read {}: {error}", .path.display())]
+    Io { path: PathBuf, error: std::io::Error },
+    /// Any other HTTP failure (its cause in the message, as for `Io`).
     #[error("talking to the node failed: {0}")]
-    Http(#[source] reqwest::Error),
+    Http(reqwest::Error),
 }
 
 #[cfg(test)]

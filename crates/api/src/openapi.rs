@@ -40,7 +40,8 @@ use crate::{
     error::{ErrorBody, ErrorCode},
     server::{EventsParams, FindParams, PUBLIC_ROUTES, SESSION_ROUTES, SSE_KEEPALIVE},
     types::{
-        AttestRequest, Attested, BlockRequest, Blocked, CallRequest, CallResult, Cancelled,
+        ATTESTATIONS_DEFAULT, ATTESTATIONS_MAX, AttestRequest, AttestationList,
+        AttestationsRequest, Attested, BlockRequest, Blocked, CallRequest, CallResult, Cancelled,
         ContractInfo, LEDGER_PAGE_DEFAULT, LEDGER_PAGE_MAX, LedgerPage, LedgerRequest,
         MAX_STREAM_BYTES, PeerInfo, PublishRequest, Published, QueryPage, QueryRequest,
         ReceiptEntries, Retired, Status,
@@ -797,6 +798,18 @@ pub(crate) fn operations(res: &mut SchemaGenerator, req: &mut SchemaGenerator) -
             )
             .body(req.subschema_for::<AttestRequest>())
             .ok(200, "The attestation.", res.subschema_for::<Attested>())
+            .errors(errs::BAD),
+        Op::new(M::GET, "/v1/attestations", "attestations", "attestations")
+            .doc(
+                "List attestations",
+                format!(
+                    "Unexpired attestations the node holds (its own and those gossiped to it) \
+                     matching every filter given, at most `limit` (1 to {ATTESTATIONS_MAX}, \
+                     default {ATTESTATIONS_DEFAULT}). api.md §3.12."
+                ),
+            )
+            .params(query::<AttestationsRequest>(req))
+            .ok(200, "The attestations.", res.subschema_for::<AttestationList>())
             .errors(errs::BAD),
         Op::new(M::GET, "/v1/openapi.json", "openapi", "meta")
             .doc(

@@ -37,7 +37,8 @@ use crate::{
     error::ErrorBody,
     runtime::{self, RuntimeLink},
     types::{
-        AttestRequest, Attested, BlockRequest, Blocked, CallRequest, CallResult, Cancelled,
+        ATTESTATIONS_DEFAULT, ATTESTATIONS_MAX, AttestRequest, AttestationList,
+        AttestationsRequest, Attested, BlockRequest, Blocked, CallRequest, CallResult, Cancelled,
         ContractInfo, FindEvent, FindRequest, LEDGER_PAGE_DEFAULT, LEDGER_PAGE_MAX, LedgerPage,
         LedgerRequest, PeerInfo, PublishRequest, Published, QueryPage, QueryRequest,
         ReceiptEntries, Retired, Status,
@@ -187,6 +188,15 @@ pub trait Backend: Send + Sync + 'static {
     /// `POST /v1/attest`.
     fn attest(&self, req: AttestRequest)
     -> impl Future<Output = Result<Attested, ApiError>> + Send;
+    /// Unexpired attestations in the replica matching `req`, at most `limit` (checked by the
+    /// server: 1 to [`ATTESTATIONS_MAX`]).
+    ///
+    /// `GET /v1/attestations`.
+    fn attestations(
+        &self,
+        req: AttestationsRequest,
+        limit: u32,
+    ) -> impl Future<Output = Result<AttestationList, ApiError>> + Send;
 }
 
 /// The bearer token of the API: 32 random bytes as 64 lowercase hex digits. A new one is made
@@ -297,6 +307,7 @@ fn router<B: Backend>(backend: Arc<B>, token: Token, shutdown: CancellationToken
         .route("/v1/sessions/{session}/heartbeat", post(heartbeat::<B>))
         .route("/v1/sessions/{session}/runtime", get(attach::<B>))
         .route("/v1/attest", post(attest::<B>))
+        .route("/v1/attestations", get(attestations::<B>))
         .route("/v1/openapi.json", get(openapi))
         .fallback(no_route)
         .method_not_allowed_fallback(no_route)
@@ -728,6 +739,20 @@ async fn cancel<B: Backend>(
             "no call {call_id:?} in flight on this node: it ended, or never started here"
         )))
     }
+}
+
+async fn attestations<B: Backend>(
+    State(app): State<App<B>>,
+    ApiQuery(req): ApiQuery<AttestationsRequest>,
+) -> Result<Json<AttestationList>, ApiError> {
+    let limit = req.limit.unwrap_or(ATTESTATIONS_DEFAULT);
+    if limit == 0 || limit > ATTESTATIONS_MAX {
+        return Err(ApiError::bad_request(format!(
+            "limit must be 1 to {ATTESTATIONS_MAX}, not {limit}; narrow with subject, issuer or \
+             claim"
+        )));
+    }
+    app.backend.attestations(req, limit).await.map(Json)
 }
 
 async fn attest<B: Backend>(

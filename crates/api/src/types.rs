@@ -678,6 +678,39 @@ pub struct Attested {
     pub attestation: Signed<Attestation>,
 }
 
+/// Attestations the node holds (its own and those gossiped to it): `GET /v1/attestations`.
+/// Every filter given must match; expired attestations are never listed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationsRequest {
+    /// Only about this subject: a peer id (`12D3KooW…`) or a CID (`b…`), as text.
+    #[serde(default, with = "subject_text::optional", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<crate::openapi::SubjectText>")]
+    pub subject: Option<Subject>,
+    /// Only issued by this peer.
+    #[serde(default, with = "repr", skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<crate::openapi::PeerId>")]
+    pub issuer: Option<PeerId>,
+    /// Only with this claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<crate::openapi::Claim>")]
+    pub claim: Option<String>,
+    /// Most attestations, 1 to [`ATTESTATIONS_MAX`]; absent: [`ATTESTATIONS_DEFAULT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+/// Most attestations one `GET /v1/attestations` lists.
+pub const ATTESTATIONS_MAX: u32 = 1000;
+/// Attestations listed when `limit` is absent.
+pub const ATTESTATIONS_DEFAULT: u32 = 100;
+
+/// The answer of `GET /v1/attestations`, in the replica's key order (by subject).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct AttestationList {
+    pub attestations: Vec<Attested>,
+}
+
 /// A [`Subject`] as the text of a peer id or of a CID.
 mod subject_text {
     use capmesh_types::{Cid, PeerId};
@@ -705,6 +738,30 @@ mod subject_text {
             return Some(Subject::Peer(peer));
         }
         text.parse::<Cid>().ok().map(Subject::Cid)
+    }
+
+    /// The same for an optional field.
+    pub(super) mod optional {
+        use capmesh_wire::Subject;
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub(crate) fn serialize<S: Serializer>(
+            subject: &Option<Subject>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match subject {
+                Some(subject) => super::serialize(subject, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<Subject>, D::Error> {
+            #[derive(Deserialize)]
+            struct Text(#[serde(deserialize_with = "super::deserialize")] Subject);
+            Ok(Option::<Text>::deserialize(d)?.map(|Text(s)| s))
+        }
     }
 }
 

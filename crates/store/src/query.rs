@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 
 use capmesh_types::{Cid, PeerId};
-use capmesh_wire::Filter;
+use capmesh_wire::{Attestation, Filter, Signed, Subject, cbor::Limits};
 
 use crate::{
     Store, StoreError, keys,
@@ -231,6 +231,48 @@ impl Store {
             return self.attested(&s.provider, f.claim.as_deref(), f.issuer.as_ref(), now_ms);
         }
         Ok(true)
+    }
+
+    /// Unexpired attestations at `now_ms` about `subject` (any, when `None`), issued by
+    /// `issuer` and with `claim` when given, at most `limit`, in key order (by subject).
+    pub fn attestations(
+        &self,
+        subject: Option<&Subject>,
+        issuer: Option<&PeerId>,
+        claim: Option<&str>,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<Signed<Attestation>>, StoreError> {
+        let prefix = match subject {
+            Some(s) => keys::cat(&[keys::ATT_SUBJECT, &crate::registry::subject_bytes(s)]),
+            None => keys::ATT_SUBJECT.to_vec(),
+        };
+        let mut found = Vec::new();
+        for entry in self.inner.db.scan_prefix(prefix) {
+            if found.len() >= limit {
+                break;
+            }
+            let (k, v) = entry?;
+            let (Some(by), Some(expires)) = (v.get(..32), keys::u64_at(&v, 32)) else {
+                return Err(StoreError::Corrupt("attestation index value".into()));
+            };
+            let ok_issuer = issuer.is_none_or(|i| i.public_key().as_bytes().as_slice() == by);
+            let ok_claim = claim.is_none_or(|c| v.get(40..) == Some(c.as_bytes()));
+            if !(ok_issuer && ok_claim && expires >= now_ms) {
+                continue;
+            }
+            // The key ends with the attestation's binary id.
+            let id = k
+                .len()
+                .checked_sub(Cid::BINARY_LEN)
+                .and_then(|at| Cid::from_bytes(&k[at..]).ok())
+                .ok_or_else(|| StoreError::Corrupt("attestation index key".into()))?;
+            let Some((_, bytes)) = self.record(&id)? else { continue };
+            let signed = Signed::<Attestation>::from_bytes(&bytes, Limits::default())
+                .map_err(|e| StoreError::Corrupt(format!("attestation {id}: {e}")))?;
+            found.push(signed);
+        }
+        Ok(found)
     }
 
     /// Whether `subject` holds an unexpired attestation with `claim`, issued by `issuer`.

@@ -199,6 +199,21 @@ fn calls_and_attestations_from_the_command_line() {
     let (code, _, err) = b.run(&["attest", &a.peer_id(), "Not A Claim"]);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("claim"), "{err}");
+    // Listed by the issuer at once, and by A once gossip brings it (A gossips with B).
+    let listed = |node: &Node| {
+        let (code, out, err) =
+            node.run(&["attestations", "list", "--subject", &a.peer_id(), "--claim", "member"]);
+        assert_eq!(code, Some(0), "{err}");
+        out.lines().filter(|l| l.starts_with(id)).count()
+    };
+    assert_eq!(listed(&b), 1);
+    let deadline = std::time::Instant::now() + HANG;
+    while listed(&a) == 0 {
+        assert!(std::time::Instant::now() < deadline, "A never listed B's attestation");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (_, out, _) = b.run(&["attestations", "list", "--issuer", &a.peer_id()]);
+    assert!(out.is_empty(), "A issued nothing: {out}");
 
     // A long call, interrupted. A short sleep first makes the next call warm: one TaskStart.
     b.user.run(&["call", &sleep, "--args", r#"{"ms": 1}"#]).success();

@@ -177,3 +177,16 @@ fn output_closed_early_ends_the_command_quietly() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+/// An error says its cause once: `api.token` unreadable (a directory here, since root reads
+/// any file) once printed "… Is a directory (os error 21): Is a directory (os error 21)".
+#[test]
+fn an_unreadable_api_token_is_named_with_its_cause_once() {
+    let user = User::new();
+    user.run(&["init"]).success();
+    std::fs::write(user.data_dir.path().join("api.addr"), "127.0.0.1:1").unwrap();
+    std::fs::create_dir(user.data_dir.path().join("api.token")).unwrap();
+    let err = user.run(&["status"]).failure();
+    assert!(err.contains("api.token"), "{err}");
+    assert_eq!(err.matches("os error").count(), 1, "{err}");
+}

@@ -9,17 +9,17 @@ use std::{
 };
 
 use capmesh_api::{
-    AgentFrame, ApiError, Attempt, AttestRequest, Attested, Backend, BlockRequest, Blocked,
-    CallAccepted, CallEvent, CallFailure, CallRequest, CallResult, CallState, Client, ContractInfo,
-    ErrorCode, FindDone, FindEvent, FindHit, FindRequest, GossipStatus, LedgerEntryJson,
-    LedgerKind, LedgerPage, NodeFrame, PeerInfo, Principal, PublishRequest, Published, QueryHit,
-    QueryPage, QueryRequest, ReceiptEntries, ReplicaStatus, Retired, RuntimeLink, Sequenced,
-    SessionCreated, SessionId, SessionInfo, SessionList, SessionRequest, Source, Status, Token,
-    TraceId, bind, serve, write_files,
+    AgentFrame, ApiError, Attempt, AttestRequest, AttestationList, AttestationsRequest, Attested,
+    Backend, BlockRequest, Blocked, CallAccepted, CallEvent, CallFailure, CallRequest, CallResult,
+    CallState, Client, ContractInfo, ErrorCode, FindDone, FindEvent, FindHit, FindRequest,
+    GossipStatus, LedgerEntryJson, LedgerKind, LedgerPage, NodeFrame, PeerInfo, Principal,
+    PublishRequest, Published, QueryHit, QueryPage, QueryRequest, ReceiptEntries, ReplicaStatus,
+    Retired, RuntimeLink, Sequenced, SessionCreated, SessionId, SessionInfo, SessionList,
+    SessionRequest, Source, Status, Token, TraceId, bind, serve, write_files,
 };
 use capmesh_types::{Cid, Codec, Digest, NodeKey, PeerId};
 use capmesh_wire::{
-    Attestation, CallId, CallStatus, Countersignature, Price, Receipt, Signed, Validation,
+    Attestation, CallId, CallStatus, Countersignature, Price, Receipt, Signed, Subject, Validation,
     repr::{Bytes, FixedBytes},
 };
 use tokio::{
@@ -62,6 +62,7 @@ pub(crate) enum Call {
     Start(Principal, CallId, CallRequest, Option<TraceId>),
     Cancel(CallId),
     Attest(AttestRequest),
+    Attestations(AttestationsRequest, u32),
     Blocked,
     Block(BlockRequest),
 }
@@ -623,6 +624,18 @@ impl Backend for Fake {
         self.record(Call::Attest(req.clone()));
         let attestation = attestation(&req);
         Ok(Attested { id: attestation.id(), attestation })
+    }
+
+    async fn attestations(
+        &self,
+        req: AttestationsRequest,
+        limit: u32,
+    ) -> Result<AttestationList, ApiError> {
+        self.record(Call::Attestations(req.clone(), limit));
+        let subject = req.subject.unwrap_or(Subject::Peer(peer(2)));
+        let attestation =
+            attestation(&AttestRequest { subject, claim: "member".into(), expires_ms: None });
+        Ok(AttestationList { attestations: vec![Attested { id: attestation.id(), attestation }] })
     }
 }
 

@@ -316,6 +316,16 @@ async fn the_servers_answers_match_their_schemas() {
             200,
         ),
         (
+            get.clone(),
+            "/v1/attestations",
+            format!("/v1/attestations?subject={}&claim=member&limit=5", fake::peer(3)),
+            None,
+            200,
+        ),
+        (get.clone(), "/v1/attestations", format!("/v1/attestations?subject={cap}"), None, 200),
+        (get.clone(), "/v1/attestations", "/v1/attestations?subject=alice".into(), None, 400),
+        (get.clone(), "/v1/attestations", "/v1/attestations?limit=0".into(), None, 400),
+        (
             post.clone(),
             "/v1/sessions",
             "/v1/sessions".into(),
