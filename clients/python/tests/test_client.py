@@ -139,6 +139,11 @@ def test_attestations_sign_and_filter_providers(mesh: Mesh, uniq: Callable[[str]
         assert payload["claim"] == "org:test/vetted" and attested.id.startswith("b")
         hits = b.query(capability=cap, claim="org:test/vetted", issuer=issuer).hits
         assert [h.provider for h in hits] == [mesh.a.peer_id]
+        listed = b.attestations(subject=mesh.a.peer_id, claim="org:test/vetted", issuer=issuer)
+        assert [x.id for x in listed] == [attested.id]
+        assert b.attestations(issuer=mesh.a.peer_id) == []
+        with pytest.raises(capmesh.BadRequest):
+            b.attestations(subject="not a peer")
         with pytest.raises(capmesh.BadRequest):
             b.attest("not a peer", "member")
         with pytest.raises(capmesh.BadRequest):

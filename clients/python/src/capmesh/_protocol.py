@@ -303,3 +303,12 @@ def verify_export(
     if err.startswith("error:") or run.returncode != 1:
         raise CapmeshError(f"`capmesh receipts verify` could not check {path}: {err or out}")
     return LedgerVerification(False, None, None, None, None, err)
+
+
+def attestations_params(
+    subject: str | None, issuer: str | None, claim: str | None, limit: int | None
+) -> dict[str, Any] | None:
+    """Query parameters of ``GET /v1/attestations`` (api.md §3.14): the filters given."""
+    params = {"subject": subject, "issuer": issuer, "claim": claim, "limit": limit}
+    given = {k: v for k, v in params.items() if v is not None}
+    return given or None

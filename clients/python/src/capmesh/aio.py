@@ -357,6 +357,19 @@ class AsyncClient(_Common):
             body["expires_ms"] = expires_ms
         return await self._model(Attested, p.Req("POST", "/v1/attest", body=body))
 
+    async def attestations(
+        self,
+        *,
+        subject: str | None = None,
+        issuer: str | None = None,
+        claim: str | None = None,
+        limit: int | None = None,
+    ) -> list[Attested]:
+        """``GET /v1/attestations``."""
+        params = p.attestations_params(subject, issuer, claim, limit)
+        doc = await self._send(p.Req("GET", "/v1/attestations", params=params))
+        return [Attested.from_json(a) for a in doc["attestations"]]
+
     # ---- sessions ------------------------------------------------------------------------------
 
     async def open_session(

@@ -448,6 +448,20 @@ class Client(_Common):
             body["expires_ms"] = expires_ms
         return self._model(Attested, p.Req("POST", "/v1/attest", body=body))
 
+    def attestations(
+        self,
+        *,
+        subject: str | None = None,
+        issuer: str | None = None,
+        claim: str | None = None,
+        limit: int | None = None,
+    ) -> list[Attested]:
+        """``GET /v1/attestations``: the unexpired attestations the node holds (its own and
+        those gossiped to it) matching every filter given; ``limit`` 1 to 1000 (default 100)."""
+        params = p.attestations_params(subject, issuer, claim, limit)
+        doc = self._send(p.Req("GET", "/v1/attestations", params=params))
+        return [Attested.from_json(a) for a in doc["attestations"]]
+
     # ---- sessions ------------------------------------------------------------------------------
 
     def open_session(
