@@ -2,7 +2,7 @@
 //! API, metrics endpoint and the periodic sweep, under one cancellation tree. `capmesh run` and
 //! the testkit both start nodes through [`Node::launch`].
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context;
 use capmesh_market::{Market, MarketConfig, ServeSpec};
@@ -52,6 +52,28 @@ pub struct Node {
     dir: DataDir,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
+    /// Stops everything if the node is dropped without [`Node::shutdown`].
+    _stop: Stop,
+}
+
+/// Cancels a node's token and removes the files that say it runs (`api.addr`, `api.token`,
+/// `metrics.addr`) when dropped: by a `launch` that fails half-way, or with a [`Node`] dropped
+/// without [`Node::shutdown`]. Every long-lived task of the node's services watches that token,
+/// so they end, release the replica, and no stale file points at a dead API.
+#[derive(Debug)]
+struct Stop {
+    cancel: CancellationToken,
+    root: PathBuf,
+}
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        // Only this process can have written them: the replica's lock is held since before
+        // the token existed. After a clean shutdown they are gone already.
+        let _ = capmesh_api::remove_files(&self.root);
+        let _ = crate::metrics::remove_addr(&self.root);
+    }
 }
 
 impl Node {
@@ -86,6 +108,8 @@ impl Node {
         net_config.bootstrap.extend(remembered_peers(&store, &net_config.bootstrap));
         let (service, net) = NetworkService::new(&key, net_config)?;
         let cancel = CancellationToken::new();
+        // From here on, an early return cancels what was started and removes the API files.
+        let stop = Stop { cancel: cancel.clone(), root: dir.root().to_path_buf() };
         let mut mesh_config = MeshConfig::default()
             .with_advert_ttl(
                 Duration::from_secs(config.registry.advert_ttl_secs),
@@ -272,6 +296,7 @@ impl Node {
             dir,
             cancel,
             tasks,
+            _stop: stop,
         })
     }
 
