@@ -25,6 +25,8 @@ pub(crate) const DEFAULT_ATTESTATION_MS: u64 = 30 * 86_400_000;
 
 #[derive(Debug)]
 pub(crate) struct NodeApi {
+    /// Signs the ledger's head (`GET /v1/receipts/head`).
+    key: capmesh_types::NodeKey,
     mesh: Mesh,
     store: Store,
     market: Market,
@@ -33,8 +35,14 @@ pub(crate) struct NodeApi {
 }
 
 impl NodeApi {
-    pub(crate) fn new(mesh: Mesh, store: Store, market: Market, agents: Agents) -> Self {
-        Self { mesh, store, market, agents, started: Instant::now() }
+    pub(crate) fn new(
+        key: capmesh_types::NodeKey,
+        mesh: Mesh,
+        store: Store,
+        market: Market,
+        agents: Agents,
+    ) -> Self {
+        Self { key, mesh, store, market, agents, started: Instant::now() }
     }
 }
 
@@ -370,6 +378,27 @@ impl Backend for NodeApi {
         }
         let signed = self.mesh.attest(req.subject, req.claim, expires).await.map_err(mesh_error)?;
         Ok(Attested { id: signed.id(), attestation: signed })
+    }
+
+    async fn ledger_head(&self) -> Result<capmesh_api::LedgerHeadLine, ApiError> {
+        let store = self.store.clone();
+        // The tip is read under the ledger's lock: a count and hash of one moment.
+        let (len, hash) = tokio::task::spawn_blocking(move || store.ledger_tip())
+            .await
+            .map_err(internal)?
+            .map_err(internal)?;
+        let head = capmesh_wire::LedgerHead {
+            node: self.key.peer_id(),
+            len,
+            hash,
+            issued: crate::now_ms(),
+        };
+        let signed = capmesh_wire::Signed::sign(&self.key, &head).map_err(internal)?;
+        Ok(capmesh_api::LedgerHeadLine {
+            kind: capmesh_api::HeadKind::Head,
+            signed: capmesh_wire::repr::Bytes(signed.to_bytes()),
+            record: serde_json::to_value(&signed).map_err(internal)?,
+        })
     }
 
     async fn attestations(

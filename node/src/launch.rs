@@ -126,6 +126,7 @@ impl Node {
         let policy_path = dir.root().join(&config.market.policy_file);
         let policy = capmesh_policy::PolicyHandle::open(&policy_path)
             .with_context(|| format!("invalid call policy {}", policy_path.display()))?;
+        let api_key = key.clone();
         let market = Market::new(
             key,
             mesh.clone(),
@@ -199,8 +200,13 @@ impl Node {
         }
         let agents =
             capmesh_agents::Agents::new(market.clone(), agents_config, cancel.child_token());
-        let backend =
-            Arc::new(NodeApi::new(mesh.clone(), store.clone(), market.clone(), agents.clone()));
+        let backend = Arc::new(NodeApi::new(
+            api_key,
+            mesh.clone(),
+            store.clone(),
+            market.clone(),
+            agents.clone(),
+        ));
         {
             let (token, cancel) = (token.clone(), cancel.child_token());
             tasks.spawn(async move {

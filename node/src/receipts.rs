@@ -1,8 +1,12 @@
-//! `capmesh receipts list|show|verify|export`: the receipt ledger (DESIGN §5 step 5), through
-//! the running node's API or, when no node runs, read from the replica offline (as
+//! `capmesh receipts list|show|verify|export|head`: the receipt ledger (DESIGN §5 step 5),
+//! through the running node's API or, when no node runs, read from the replica offline (as
 //! `registry query` does). Entries are printed in the API's one JSON shape,
 //! [`LedgerEntryJson`], whichever way they were read, and `verify FILE` checks an export
 //! anywhere, without a node.
+//!
+//! An export ends with the node's signed [`LedgerHead`] (protocol.md §6.9, §6.10): the number
+//! of entries and the last chain hash, signed with the node key of the data directory. The
+//! chain alone cannot tell a truncated ledger from a whole one; the head can.
 
 use std::{
     fs::File,
@@ -17,10 +21,10 @@ use capmesh_api::{
     Client, ClientError, ErrorCode, LEDGER_PAGE_MAX, LedgerEntryJson, LedgerPage, LedgerRequest,
     ReceiptEntries,
 };
-use capmesh_store::{LedgerEntry, LedgerKind, Store, verify_ledger};
-use capmesh_types::{Cid, Digest, PeerId};
+use capmesh_store::{LedgerEntry, LedgerKind, Store, ledger_chain, verify_head, verify_ledger};
+use capmesh_types::{Cid, Digest, NodeKey, PeerId};
 use capmesh_wire::{
-    Countersignature, Receipt, Record, Signed, VerifyError,
+    Countersignature, LedgerHead, Receipt, Record, Signed, VerifyError,
     cbor::Limits,
     repr::{Bytes, FixedBytes},
 };
@@ -62,19 +66,27 @@ pub(crate) enum ReceiptsCommand {
     /// Check a ledger: sequence numbers, BLAKE3 chain and every signature.
     ///
     /// Without FILE, the node's own ledger; with FILE (or - for stdin), an export, checked
-    /// offline (only `seq`, `hash`, `kind` and `signed` of each line are read). Prints
-    /// `ok: N entries (R receipts, C countersignatures), chain head <hash>`, or names the first
-    /// bad entry (`ledger entry SEQ is bad: REASON`) on stderr and exits 1.
+    /// offline: besides the chain and signatures, every line's `id` and `record` must be those
+    /// of its `signed` bytes, and the last line must be the node's signed head, whose entry
+    /// count and chain hash must be the file's (a truncated or emptied export is refused) and
+    /// whose signer must be a party to every entry. Prints `ok: N entries (R receipts, C
+    /// countersignatures), chain head <hash>` (and for a file, on a second line, who signed the
+    /// head and when), or on stderr what is wrong (`ledger entry SEQ is bad: REASON`, `FILE line
+    /// N: …`, `the head …`) and exits 1.
     Verify {
         /// An export (`receipts export`), or - for stdin.
         file: Option<PathBuf>,
     },
-    /// Write the whole ledger as NDJSON, one entry per line (the API's shape).
+    /// Write the whole ledger as NDJSON, one entry per line (the API's shape), then the node's
+    /// signed head (`{"kind": "Head", "signed": …, "record": …}`: entry count and last chain
+    /// hash, signed with the node key).
     Export {
         /// Write to FILE instead of stdout.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// Print the node's signed ledger head now: one JSON line, as an export ends with.
+    Head,
 }
 
 /// Runs a `receipts` command; `data_dir` is asked for only by commands that read the node's
@@ -141,27 +153,35 @@ pub(crate) fn run(
             return show(&found);
         }
         ReceiptsCommand::Verify { file: Some(file) } => {
-            let entries = if file == Path::new("-") {
+            let read = if file == Path::new("-") {
                 read_export(std::io::stdin().lock(), "stdin")?
             } else {
                 let f =
                     File::open(&file).with_context(|| format!("cannot read {}", file.display()))?;
                 read_export(BufReader::new(f), &file.display().to_string())?
             };
-            return Ok(report(&entries)?);
+            return Ok(report_export(read)?);
         }
         ReceiptsCommand::Verify { file: None } => {
             let entries = Ledger::open(&data_dir()?)?.entries()?;
             return Ok(report(&entries)?);
         }
+        ReceiptsCommand::Head => {
+            let dir = data_dir()?;
+            let key = dir.load_key()?;
+            let (len, hash) = Ledger::open(&dir)?.tip()?;
+            outln!("{}", head_line(&key, len, hash)?)?;
+        }
         ReceiptsCommand::Export { out } => {
-            let ledger = Ledger::open(&data_dir()?)?;
+            let dir = data_dir()?;
+            let key = dir.load_key()?;
+            let ledger = Ledger::open(&dir)?;
             let n = match &out {
                 Some(path) => {
                     let file = File::create(path)
                         .with_context(|| format!("cannot create {}", path.display()))?;
                     let mut w = BufWriter::new(file);
-                    let n = export(&ledger, &mut w, &path.display().to_string())?;
+                    let n = export(&ledger, &key, &mut w, &path.display().to_string())?;
                     w.into_inner()
                         .map_err(|e| e.into_error())
                         .and_then(|f| f.sync_all())
@@ -170,7 +190,7 @@ pub(crate) fn run(
                 }
                 None => {
                     let mut w = BufWriter::new(std::io::stdout().lock());
-                    match export(&ledger, &mut w, "stdout")
+                    match export(&ledger, &key, &mut w, "stdout")
                         .and_then(|n| Ok(w.flush().map(|()| n)?))
                     {
                         Ok(n) => n,
@@ -179,7 +199,7 @@ pub(crate) fn run(
                 }
             };
             let to = out.map(|p| format!(" to {}", p.display())).unwrap_or_default();
-            eprintln!("exported {n} ledger entries{to}");
+            eprintln!("exported {n} ledger entries{to}, and a head signed by {}", key.peer_id());
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -287,6 +307,23 @@ impl Ledger {
         }
     }
 
+    /// The ledger's length and last chain hash, as a [`LedgerHead`] states them.
+    fn tip(&self) -> anyhow::Result<(u64, Digest)> {
+        match self {
+            Ledger::Node { .. } => {
+                let len = self.page(0, 1)?.len;
+                if len == 0 {
+                    return Ok((0, Digest::from_bytes(LedgerHead::EMPTY_HASH)));
+                }
+                // The last entry of the length just read (the ledger only grows).
+                let last = self.page(len - 1, 1)?;
+                let e = last.entries.first().context("the node's ledger lost its last entry")?;
+                Ok((e.seq + 1, e.hash))
+            }
+            Ledger::Offline(store) => Ok(store.ledger_tip()?),
+        }
+    }
+
     /// The whole ledger, as verification reads it.
     fn entries(&self) -> anyhow::Result<Vec<LedgerEntry>> {
         match self {
@@ -323,13 +360,53 @@ fn store_kind(kind: capmesh_api::LedgerKind) -> LedgerKind {
     }
 }
 
-/// Writes every entry as one JSON line to `w` (named `to` in errors); returns how many.
-fn export(ledger: &Ledger, w: &mut impl Write, to: &str) -> anyhow::Result<u64> {
-    ledger.for_each(|e| {
+/// Writes every entry as one JSON line to `w` (named `to` in errors), then the head signed by
+/// `key` over what was written; returns how many entries.
+///
+/// The head is signed here, on demand, from the entries just written: it then covers exactly
+/// the export (entries appended meanwhile are beyond it), and it needs no API of its own, so it
+/// is the same whether the ledger was read through a running node or offline. The chain and
+/// sequence numbers are recomputed on the way (one BLAKE3 per entry), so the key never signs
+/// a head over a broken chain; signatures are not checked here (`receipts verify` does): the
+/// head states the ledger's length, not that every record in it is sound.
+fn export(ledger: &Ledger, key: &NodeKey, w: &mut impl Write, to: &str) -> anyhow::Result<u64> {
+    let (mut prev, mut next) = (Digest::from_bytes(LedgerHead::EMPTY_HASH), 0u64);
+    let n = ledger.for_each(|e| {
+        let entry = store_entry(e);
+        let reason = if entry.seq != next {
+            Some(format!("expected sequence {next}"))
+        } else if ledger_chain(&prev, entry.kind, &entry.signed) != entry.hash {
+            Some("chain hash does not match".to_owned())
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            anyhow::bail!(
+                "ledger entry {} is bad: {reason}; the export stops before it, without a head \
+                 (`capmesh receipts verify` checks the whole ledger)",
+                entry.seq
+            );
+        }
+        (prev, next) = (entry.hash, next + 1);
         let mut line = serde_json::to_vec(e)?;
         line.push(b'\n');
         w.write_all(&line).with_context(|| format!("cannot write {to}"))
-    })
+    })?;
+    let mut line = head_line(key, n, prev)?;
+    line.push('\n');
+    w.write_all(line.as_bytes()).with_context(|| format!("cannot write {to}"))?;
+    Ok(n)
+}
+
+/// The export line of a head `(len, hash)` signed now by `key`.
+fn head_line(key: &NodeKey, len: u64, hash: Digest) -> anyhow::Result<String> {
+    let head = LedgerHead { node: key.peer_id(), len, hash, issued: capmesh::now_ms() };
+    let signed = Signed::sign(key, &head).context("cannot sign the ledger head")?;
+    Ok(serde_json::to_string(&HeadLine {
+        kind: HeadKind::Head,
+        signed: Bytes(signed.to_bytes()),
+        record: serde_json::to_value(&signed)?,
+    })?)
 }
 
 /// Output cut short by a closed stdout (`… | head`) ends the command quietly; other errors
@@ -341,39 +418,89 @@ fn quiet_if_closed(e: anyhow::Error) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// One line of an export, as verification reads it: unknown members (`id`, `record`) are
-/// ignored.
+/// One entry line of an export, as verification reads it: every member of
+/// [`LedgerEntryJson`], and no other. `id` and `record` are derived from `signed` and must be
+/// what `signed` gives; `note` is local and unsigned (protocol.md §6.10), read but not judged.
 #[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ExportLine {
     seq: u64,
     hash: FixedBytes<32>,
     kind: capmesh_api::LedgerKind,
+    id: serde_json::Value,
     signed: Bytes,
+    record: serde_json::Value,
+    /// Local and unsigned: allowed, not judged.
+    #[serde(default, rename = "note")]
+    _note: serde_json::Value,
 }
 
-/// Reads an export (one JSON entry per line; blank lines are skipped). A line that is not an
-/// entry is an error naming its line number.
-fn read_export(reader: impl BufRead, name: &str) -> anyhow::Result<Vec<LedgerEntry>> {
-    let mut entries = Vec::new();
+/// The last line of an export: the node's signed [`LedgerHead`] (`signed`, canonical CBOR
+/// `{payload, sig}`) and its JSON projection (`record`, derived like an entry's).
+#[derive(serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeadLine {
+    kind: HeadKind,
+    signed: Bytes,
+    record: serde_json::Value,
+}
+
+/// The `kind` of a head line, which no entry has.
+#[derive(serde::Serialize, serde::Deserialize)]
+enum HeadKind {
+    Head,
+}
+
+/// An export as read: its entries, what each entry line claims its signed bytes give, and its
+/// head line (with its line number), if any.
+struct Export {
+    name: String,
+    entries: Vec<LedgerEntry>,
+    /// Per entry: its line number, `id` and `record`.
+    claims: Vec<(usize, serde_json::Value, serde_json::Value)>,
+    head: Option<(usize, HeadLine)>,
+}
+
+/// Reads an export (one JSON entry per line, then the head; blank lines are skipped). A line
+/// that is neither an entry nor a head is an error naming its line number (`Err`); a line
+/// after the head is the verdict (`Ok(Err(reason))`).
+fn read_export(reader: impl BufRead, name: &str) -> anyhow::Result<Result<Export, String>> {
+    let mut export =
+        Export { name: name.to_owned(), entries: Vec::new(), claims: Vec::new(), head: None };
     for (i, line) in reader.lines().enumerate() {
-        let at = || format!("{name} line {}", i + 1);
-        let line = line.with_context(|| format!("{}: cannot read", at()))?;
+        let at = format!("{name} line {}", i + 1);
+        let line = line.with_context(|| format!("{at}: cannot read"))?;
         if line.trim().is_empty() {
             continue;
         }
+        let value = capmesh_wire::json::from_str_strict(&line)
+            .with_context(|| format!("{at}: not a ledger entry"))?;
+        if let Some((n, _)) = &export.head {
+            return Ok(Err(format!(
+                "{at}: a line after the head (line {n}); the head must be the last line"
+            )));
+        }
+        if value.get("kind").and_then(serde_json::Value::as_str) == Some("Head") {
+            let head: HeadLine = serde_json::from_value(value)
+                .with_context(|| format!("{at}: not a ledger head"))?;
+            export.head = Some((i + 1, head));
+            continue;
+        }
         let e: ExportLine =
-            serde_json::from_str(&line).with_context(|| format!("{}: not a ledger entry", at()))?;
-        entries.push(LedgerEntry {
+            serde_json::from_value(value).with_context(|| format!("{at}: not a ledger entry"))?;
+        export.claims.push((i + 1, e.id, e.record));
+        export.entries.push(LedgerEntry {
             seq: e.seq,
             hash: Digest::from_bytes(e.hash.0),
             kind: store_kind(e.kind),
             signed: e.signed.0,
         });
     }
-    Ok(entries)
+    Ok(Ok(export))
 }
 
-/// Verifies `entries` and says so: `ok: …` on stdout, or the first bad entry on stderr.
+/// Verifies the node's ledger and says so: `ok: …` on stdout, or the first bad entry on
+/// stderr.
 fn report(entries: &[LedgerEntry]) -> std::io::Result<ExitCode> {
     match verify_ledger(entries) {
         Ok(()) => {
@@ -385,6 +512,76 @@ fn report(entries: &[LedgerEntry]) -> std::io::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// Verifies an export and says so: `ok: …` and the head on stdout, or on stderr the first thing
+/// wrong with it (protocol.md §6.10): its lines, its entries, then its head.
+fn report_export(read: Result<Export, String>) -> std::io::Result<ExitCode> {
+    match check_export(read) {
+        Ok((export, head)) => {
+            outln!("{}", summary(&export.entries))?;
+            outln!("head: signed by {} at {}", head.node, utc(head.issued))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(reason) => {
+            eprintln!("{reason}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// The checks of an export after its lines were read, in the order of protocol.md §6.10: the
+/// entries (sequence, chain, signatures), then what each line derives from its signed bytes,
+/// then the head (signature, parties, length, chain hash, its own `record`). The verdict as
+/// text.
+fn check_export(read: Result<Export, String>) -> Result<(Export, LedgerHead), String> {
+    let export = read?;
+    let name = &export.name;
+    if export.entries.is_empty() && export.head.is_none() {
+        return Err(format!(
+            "{name} is empty: a ledger export holds its entries and ends with the node's signed \
+             head (`capmesh receipts export`), even for an empty ledger"
+        ));
+    }
+    verify_ledger(&export.entries).map_err(|e| e.to_string())?;
+    for (e, (line, id, record)) in export.entries.iter().zip(&export.claims) {
+        // What the signed bytes give: the API's own derivation, so the two cannot drift.
+        let kind = match e.kind {
+            LedgerKind::Receipt => capmesh_api::LedgerKind::Receipt,
+            LedgerKind::Countersignature => capmesh_api::LedgerKind::Countersignature,
+        };
+        let derived =
+            serde_json::to_value(LedgerEntryJson::new(e.seq, e.hash, kind, e.signed.clone()))
+                .map_err(|err| format!("{name} line {line}: {err}"))?;
+        for (member, claimed) in [("id", id), ("record", record)] {
+            if derived[member] != *claimed {
+                return Err(format!(
+                    "{name} line {line} (ledger entry {}): `{member}` is not what its signed \
+                     bytes give",
+                    e.seq
+                ));
+            }
+        }
+    }
+    let Some((line, head)) = &export.head else {
+        return Err(format!(
+            "{name} has no signed head: its last line is ledger entry {}, and an export ends \
+             with the node's signed head, without which a truncated export cannot be told from \
+             a whole one",
+            export.entries.len().saturating_sub(1)
+        ));
+    };
+    let verified = verify_head(&export.entries, &head.signed.0)
+        .map_err(|e| format!("{name} line {line} (the head): {e}"))?;
+    let derived = Signed::<LedgerHead>::from_bytes(&head.signed.0, Limits::default())
+        .ok()
+        .and_then(|signed| serde_json::to_value(&signed).ok());
+    if derived.as_ref() != Some(&head.record) {
+        return Err(format!(
+            "{name} line {line} (the head): `record` is not what its signed bytes give"
+        ));
+    }
+    Ok((export, verified))
 }
 
 /// `ok: N entries (R receipts, C countersignatures), chain head <hash>`; the head of an empty
@@ -591,40 +788,79 @@ mod tests {
         assert!(entry_line(&bad).starts_with("5  Receipt  -  (does not decode: "), "{bad:?}");
     }
 
+    /// An export of `entries` (kind, signed bytes), with the head `key` signs over it.
+    fn export_text(entries: &[(capmesh_api::LedgerKind, Vec<u8>)], key: &NodeKey) -> String {
+        let mut prev = Digest::from_bytes([0; 32]);
+        let mut text = String::new();
+        for (seq, (kind, signed)) in entries.iter().enumerate() {
+            prev = capmesh_store::ledger_chain(&prev, store_kind(*kind), signed);
+            let e = LedgerEntryJson::new(seq as u64, prev, *kind, signed.clone());
+            text += &format!("{}\n", serde_json::to_string(&e).unwrap());
+        }
+        text + &head_line(key, entries.len() as u64, prev).unwrap() + "\n"
+    }
+
+    fn verdict(text: &str) -> Result<(Export, LedgerHead), String> {
+        check_export(read_export(text.as_bytes(), "x").unwrap())
+    }
+
     #[test]
     fn exports_read_back_and_malformed_lines_are_named() {
         let r = receipt();
-        let e = LedgerEntryJson::new(
-            0,
-            capmesh_store::ledger_chain(
-                &Digest::from_bytes([0; 32]),
-                LedgerKind::Receipt,
-                &r.to_bytes(),
-            ),
-            capmesh_api::LedgerKind::Receipt,
-            r.to_bytes(),
-        );
-        let line = serde_json::to_string(&e).unwrap();
-        let entries = read_export(format!("{line}\n\n").as_bytes(), "x").unwrap();
-        assert_eq!(entries, [store_entry(&e)]);
-        assert!(verify_ledger(&entries).is_ok());
+        let provider = NodeKey::from_seed([1; 32]);
+        let text = export_text(&[(capmesh_api::LedgerKind::Receipt, r.to_bytes())], &provider);
+        let (export, head) = verdict(&format!("{text}\n")).unwrap();
+        assert_eq!(export.entries.len(), 1);
+        assert_eq!((head.node, head.len), (provider.peer_id(), 1));
         assert_eq!(
-            summary(&entries),
+            summary(&export.entries),
             format!(
                 "ok: 1 entries (1 receipts, 0 countersignatures), chain head {}",
-                b64(e.hash.as_bytes())
+                b64(export.entries[0].hash.as_bytes())
             )
         );
         assert!(summary(&[]).ends_with(&format!("chain head {}", b64(&[0; 32]))));
+        // The caller is a party too; an empty ledger's export is its head alone.
+        let caller = NodeKey::from_seed([2; 32]);
+        verdict(&export_text(&[(capmesh_api::LedgerKind::Receipt, r.to_bytes())], &caller))
+            .unwrap();
+        assert_eq!(verdict(&export_text(&[], &provider)).unwrap().1.len, 0);
 
-        // `id` and `record` are not read: lies there change nothing.
-        let mut v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        v["id"] = "not an id".into();
-        v["record"] = serde_json::json!({"payload": {"provider": "someone else"}});
-        assert_eq!(read_export(v.to_string().as_bytes(), "x").unwrap(), entries);
+        // `id` and `record` must be what the signed bytes give.
+        let lines: Vec<&str> = text.lines().collect();
+        let mut v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        v["record"]["payload"]["price"]["amount"] = 8.into();
+        let err = verdict(&format!("{v}\n{}\n", lines[1])).err().unwrap();
+        assert_eq!(err, "x line 1 (ledger entry 0): `record` is not what its signed bytes give");
+        let mut v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        v["id"] = Cid::of(Codec::DagCbor, b"other").to_string().into();
+        let err = verdict(&format!("{v}\n{}\n", lines[1])).err().unwrap();
+        assert!(err.contains("`id` is not what"), "{err}");
+        let mut h: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+        h["record"]["payload"]["len"] = 2.into();
+        let err = verdict(&format!("{}\n{h}\n", lines[0])).err().unwrap();
+        assert_eq!(err, "x line 2 (the head): `record` is not what its signed bytes give");
 
-        let text = format!("{line}\n{{\"seq\": 1}}\n");
-        let err = read_export(text.as_bytes(), "export.ndjson").unwrap_err();
+        // Empty, headless, truncated, a line after the head, a head by a stranger.
+        assert!(verdict("\n").err().unwrap().starts_with("x is empty"));
+        let err = verdict(&format!("{}\n", lines[0])).err().unwrap();
+        assert!(err.starts_with("x has no signed head: its last line is ledger entry 0"), "{err}");
+        let err = verdict(&format!("{}\n", lines[1])).err().unwrap();
+        assert!(err.starts_with("x line 1 (the head): the head signed by "), "{err}");
+        assert!(err.contains("counts 1 entries, the ledger has 0"), "{err}");
+        let err = verdict(&format!("{}\n{}\n", lines[1], lines[0])).err().unwrap();
+        assert!(err.starts_with("x line 2: a line after the head (line 1)"), "{err}");
+        let stranger = NodeKey::from_seed([9; 32]);
+        let text = export_text(&[(capmesh_api::LedgerKind::Receipt, r.to_bytes())], &stranger);
+        let err = verdict(&text).err().unwrap();
+        assert!(err.contains("ledger entry 0 is not one of"), "{err}");
+
+        let text = format!("{}\n{{\"seq\": 1}}\n", lines[0]);
+        let err = read_export(text.as_bytes(), "export.ndjson").err().unwrap();
         assert!(format!("{err:#}").starts_with("export.ndjson line 2: not a ledger entry: "));
+        let mut v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        v["extra"] = 1.into();
+        let err = read_export(v.to_string().as_bytes(), "x").err().unwrap();
+        assert!(format!("{err:#}").contains("unknown field `extra`"), "{err:#}");
     }
 }

@@ -165,6 +165,7 @@ DOMAINS = {
     "Attestation": "attestation",
     "Receipt": "receipt",
     "Countersignature": "countersign",
+    "LedgerHead": "ledger-head",
 }
 
 KINDS = [
@@ -382,6 +383,24 @@ DEFS = {
             ("receipt", ref("Cid", "Id of the receipt (CID of its payload).")),
             ("caller", ref("PeerId")),
             ("signed", ref("UnixMs")),
+        ],
+    ),
+    "LedgerHead": struct(
+        "A node's signed statement of its receipt ledger: the number of entries and the chain "
+        "hash of the last, so that a truncated or extended export is refused; the last line of "
+        "a ledger export (signed by `node`, domain `pervasive.link/v1/ledger-head`).",
+        [
+            ("node", ref("PeerId", "The node whose ledger this is; the signer.")),
+            ("len", ref("U64", "Number of entries (the next sequence number).")),
+            (
+                "hash",
+                ref(
+                    "Digest",
+                    "Chain hash of the last entry (sequence `len` - 1); 32 zero bytes when "
+                    "`len` is 0.",
+                ),
+            ),
+            ("issued", ref("UnixMs", "When the head was signed.")),
         ],
     ),
     **{f"Signed{record}": signed(record) for record in DOMAINS},
@@ -621,8 +640,8 @@ DEFS = {
                 "payload",
                 {
                     "type": "object",
-                    "description": "The record (Advert, Retirement, Attestation, Receipt or "
-                    "Countersignature).",
+                    "description": "The record (Advert, Retirement, Attestation, Receipt, "
+                    "Countersignature or LedgerHead).",
                 },
             ),
             ("sig", ref("Signature")),
@@ -883,6 +902,9 @@ SIGNED_ATTESTATION = signed_example(ATTESTATION, "attestation")
 SIGNED_RECEIPT = signed_example(RECEIPT, "receipt")
 SIGNED_RECEIPT_FAILED = signed_example(RECEIPT_FAILED, "receipt-failed")
 SIGNED_COUNTERSIGNATURE = signed_example(COUNTERSIGNATURE, "countersignature")
+LEDGER_HEAD = {"node": BOB.peer, "len": 5, "hash": b64(fake_bytes("chain:4", 32)), "issued": NOW}
+LEDGER_HEAD_EMPTY = {"node": BOB.peer, "len": 0, "hash": b64(bytes(32)), "issued": NOW}
+SIGNED_LEDGER_HEAD = signed_example(LEDGER_HEAD, "ledger-head")
 
 FILTER = {
     "tags": ["builtin", "text"],
@@ -1037,8 +1059,18 @@ def examples():
             bad("`caller` is a public key, not a PeerId", COUNTERSIGNATURE, ("caller",), ALICE.key),
         ],
     }
+    ex["records/LedgerHead.json"] = {
+        "valid": [LEDGER_HEAD, LEDGER_HEAD_EMPTY],
+        "invalid": [
+            missing(LEDGER_HEAD, "len"),
+            extra(LEDGER_HEAD, "first", 0),
+            bad("`len` is negative", LEDGER_HEAD, ("len",), -1),
+            bad("`hash` is 31 bytes", LEDGER_HEAD, ("hash",), b64(fake_bytes("chain:4", 31))),
+            bad("`node` is a public key, not a PeerId", LEDGER_HEAD, ("node",), BOB.key),
+        ],
+    }
     ex["records/Signed.json"] = {
-        "valid": [SIGNED_ADVERT, SIGNED_RECEIPT, SIGNED_COUNTERSIGNATURE],
+        "valid": [SIGNED_ADVERT, SIGNED_RECEIPT, SIGNED_COUNTERSIGNATURE, SIGNED_LEDGER_HEAD],
         "invalid": [
             missing(SIGNED_ADVERT, "sig"),
             extra(SIGNED_ADVERT, "id", cid("advert")),

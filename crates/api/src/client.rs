@@ -19,8 +19,8 @@ use crate::{
     ndjson::{LineTooLong, Lines, MAX_LINE_BYTES},
     types::{
         AttestRequest, AttestationList, AttestationsRequest, Attested, BlockRequest, Blocked,
-        CallRequest, CallResult, Cancelled, ContractInfo, FindEvent, FindRequest, LedgerPage,
-        LedgerRequest, PeerInfo, PublishRequest, Published, QueryPage, QueryRequest,
+        CallRequest, CallResult, Cancelled, ContractInfo, FindEvent, FindRequest, LedgerHeadLine,
+        LedgerPage, LedgerRequest, PeerInfo, PublishRequest, Published, QueryPage, QueryRequest,
         ReceiptEntries, Retired, Status,
     },
 };
@@ -175,6 +175,12 @@ impl Client {
     /// nothing).
     pub async fn receipts(&self, req: &LedgerRequest) -> Result<LedgerPage, ClientError> {
         self.call_json(self.request(Method::GET, "/v1/receipts").query(req)).await
+    }
+
+    /// `GET /v1/receipts/head`: the ledger's head, signed now by the node; the last line of an
+    /// export. Cancel-safe.
+    pub async fn ledger_head(&self) -> Result<LedgerHeadLine, ClientError> {
+        self.call_json(self.request(Method::GET, "/v1/receipts/head")).await
     }
 
     /// `GET /v1/receipts/{receipt_id}`: a receipt's ledger entry and its countersignature's.

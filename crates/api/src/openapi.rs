@@ -42,9 +42,9 @@ use crate::{
     types::{
         ATTESTATIONS_DEFAULT, ATTESTATIONS_MAX, AttestRequest, AttestationList,
         AttestationsRequest, Attested, BlockRequest, Blocked, CallRequest, CallResult, Cancelled,
-        ContractInfo, LEDGER_PAGE_DEFAULT, LEDGER_PAGE_MAX, LedgerPage, LedgerRequest,
-        MAX_STREAM_BYTES, PeerInfo, PublishRequest, Published, QueryPage, QueryRequest,
-        ReceiptEntries, Retired, Status,
+        ContractInfo, LEDGER_PAGE_DEFAULT, LEDGER_PAGE_MAX, LedgerHeadLine, LedgerPage,
+        LedgerRequest, MAX_STREAM_BYTES, PeerInfo, PublishRequest, Published, QueryPage,
+        QueryRequest, ReceiptEntries, Retired, Status,
     },
 };
 
@@ -627,6 +627,14 @@ pub(crate) fn operations(res: &mut SchemaGenerator, req: &mut SchemaGenerator) -
             .params(query::<LedgerRequest>(req))
             .ok(200, "A page of the ledger.", res.subschema_for::<LedgerPage>())
             .errors(errs::BAD),
+        Op::new(M::GET, "/v1/receipts/head", "ledgerHead", "receipts")
+            .doc(
+                "The ledger's signed head",
+                "The ledger's length and last chain hash, signed now by the node \
+                 (protocol.md §6.9): the last line of an export of the entries `0..len` \
+                 (§6.10). api.md §3.8.",
+            )
+            .ok(200, "The head line.", res.subschema_for::<LedgerHeadLine>()),
         Op::new(M::GET, "/v1/receipts/{receipt}", "receipt", "receipts")
             .doc("One receipt and its countersignature", "api.md §3.8.")
             .param(path_param(

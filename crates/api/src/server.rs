@@ -39,8 +39,8 @@ use crate::{
     types::{
         ATTESTATIONS_DEFAULT, ATTESTATIONS_MAX, AttestRequest, AttestationList,
         AttestationsRequest, Attested, BlockRequest, Blocked, CallRequest, CallResult, Cancelled,
-        ContractInfo, FindEvent, FindRequest, LEDGER_PAGE_DEFAULT, LEDGER_PAGE_MAX, LedgerPage,
-        LedgerRequest, PeerInfo, PublishRequest, Published, QueryPage, QueryRequest,
+        ContractInfo, FindEvent, FindRequest, LEDGER_PAGE_DEFAULT, LEDGER_PAGE_MAX, LedgerHeadLine,
+        LedgerPage, LedgerRequest, PeerInfo, PublishRequest, Published, QueryPage, QueryRequest,
         ReceiptEntries, Retired, Status,
     },
 };
@@ -183,6 +183,10 @@ pub trait Backend: Send + Sync + 'static {
     ///
     /// `GET /v1/sessions/{id}/runtime` (a WebSocket upgrade).
     fn attach(&self, id: SessionId) -> impl Future<Output = Result<RuntimeLink, ApiError>> + Send;
+    /// The ledger's length and last chain hash, signed now by the node.
+    ///
+    /// `GET /v1/receipts/head`.
+    fn ledger_head(&self) -> impl Future<Output = Result<LedgerHeadLine, ApiError>> + Send;
     /// Signs an attestation, stores it and gossips it.
     ///
     /// `POST /v1/attest`.
@@ -296,6 +300,7 @@ fn router<B: Backend>(backend: Arc<B>, token: Token, shutdown: CancellationToken
         .route("/v1/contracts/{capability}", get(contract::<B>))
         .route("/v1/registry/query", post(query::<B>))
         .route("/v1/receipts", get(receipts::<B>))
+        .route("/v1/receipts/head", get(ledger_head::<B>))
         .route("/v1/receipts/{receipt}", get(receipt::<B>))
         .route("/v1/call", post(call::<B>))
         .route("/v1/calls", post(start_call::<B>))
@@ -542,6 +547,12 @@ async fn receipts<B: Backend>(
         )));
     }
     app.backend.receipts(req.from.unwrap_or(0), limit).await.map(Json)
+}
+
+async fn ledger_head<B: Backend>(
+    State(app): State<App<B>>,
+) -> Result<Json<LedgerHeadLine>, ApiError> {
+    app.backend.ledger_head().await.map(Json)
 }
 
 async fn receipt<B: Backend>(

@@ -433,6 +433,26 @@ pub struct LedgerEntryJson {
     pub note: Option<LedgerNoteJson>,
 }
 
+/// The ledger's head, signed now by the node (protocol.md §6.9): `GET /v1/receipts/head`. It
+/// is also the last line of an export (§6.10): the entries `0..len` followed by this line
+/// verify with `capmesh receipts verify FILE`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerHeadLine {
+    pub kind: HeadKind,
+    /// The canonical CBOR `{payload, sig}` of the signed `LedgerHead` (unpadded base64url).
+    #[schemars(with = "crate::openapi::Bytes")]
+    pub signed: Bytes,
+    /// Its JSON projection `{"payload": LedgerHead, "sig": …}`.
+    pub record: serde_json::Value,
+}
+
+/// The `kind` of a head line, which no ledger entry has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum HeadKind {
+    Head,
+}
+
 /// The local context of a ledger entry's call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[schemars(rename = "LedgerNote")]

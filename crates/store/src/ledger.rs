@@ -1,9 +1,15 @@
 //! The receipt ledger: receipts and countersignatures, each entry chained to the one before by
 //! BLAKE3, appended and flushed (group commit) before the append returns, and indexed by receipt
 //! id.
+//!
+//! The chain proves order and integrity but not length: a prefix of a valid ledger is a valid
+//! ledger. The node's signed [`LedgerHead`] (length and last chain hash) closes an export, and
+//! [`verify_head`] holds the entries to it.
 
-use capmesh_types::{Cid, Digest};
-use capmesh_wire::{Countersignature, Receipt, Signed};
+use std::collections::HashMap;
+
+use capmesh_types::{Cid, Digest, PeerId};
+use capmesh_wire::{Countersignature, LedgerHead, Receipt, Signed, VerifyError};
 
 use crate::{Store, StoreError, keys, limits};
 
@@ -165,6 +171,28 @@ impl Store {
         Ok(self.ledger_tail()?.next)
     }
 
+    /// The ledger's length and last chain hash (32 zero bytes when empty), read together under
+    /// the append lock: what a [`LedgerHead`] states. Blocking.
+    ///
+    /// The node signs a head on demand from this (`capmesh receipts export`, `receipts head`)
+    /// rather than storing one signed per append: a head is a function of these two values,
+    /// which every append already keeps current under this lock, so signing on demand costs one
+    /// ed25519 signature when someone asks and is always current, while a stored head would
+    /// cost a signature and a sled write on every call and prove nothing more (its key lives in
+    /// the same data directory as the ledger).
+    pub fn ledger_tip(&self) -> Result<(u64, Digest), StoreError> {
+        let mut tail = self.inner.ledger.lock().unwrap_or_else(|e| e.into_inner());
+        let t = match *tail {
+            Some(t) => t,
+            None => {
+                let t = self.ledger_tail()?;
+                *tail = Some(t);
+                t
+            }
+        };
+        Ok((t.next, t.prev))
+    }
+
     /// The ledger entry of a receipt (by receipt id) and of its countersignature, if present.
     pub fn ledger_find(
         &self,
@@ -219,6 +247,80 @@ fn parse_entry(key: &[u8], value: &[u8]) -> Result<LedgerEntry, StoreError> {
     let hash: [u8; 32] = value.get(..32).and_then(|h| h.try_into().ok()).ok_or_else(bad)?;
     let kind = value.get(32).and_then(|b| LedgerKind::from_byte(*b)).ok_or_else(bad)?;
     Ok(LedgerEntry { seq, hash: Digest::from_bytes(hash), kind, signed: value[33..].to_vec() })
+}
+
+/// Why a ledger's entries do not match its signed head.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum HeadError {
+    #[error("the ledger head does not verify: {0} ({code})", code = .0.code())]
+    Signature(#[source] VerifyError),
+    #[error(
+        "ledger entry {seq} is not one of {node}'s calls (neither provider nor caller): the head \
+         is signed by another node than the one whose ledger this is"
+    )]
+    Foreign { seq: u64, node: PeerId },
+    #[error(
+        "the head signed by {node} counts {head} entries, the ledger has {actual}: entries were \
+         {change} after the head was signed{hint}",
+        change = if .head > .actual { "removed" } else { "added" },
+        hint = if .head > .actual { " (a truncated ledger)" } else { "" }
+    )]
+    Length { node: PeerId, head: u64, actual: u64 },
+    #[error(
+        "the head signed by {node} names another chain hash than {what}: the entries are not \
+         the ones it was signed over",
+        what = match .last {
+            Some(seq) => format!("ledger entry {seq}'s"),
+            None => "an empty ledger's (32 zero bytes)".to_owned(),
+        }
+    )]
+    Hash {
+        node: PeerId,
+        /// The last entry's sequence number; `None` for an empty ledger.
+        last: Option<u64>,
+    },
+}
+
+/// Checks `head` (signed bytes of a [`LedgerHead`]) against `entries`, which [`verify_ledger`]
+/// has passed: the head's signature by its `node`, every entry one of that node's calls (a
+/// receipt it issued or received, a countersignature it made or of a receipt it issued), and
+/// the head's `len` and `hash` those of the entries. Time windows are not judged. Returns the
+/// head.
+pub fn verify_head(entries: &[LedgerEntry], head: &[u8]) -> Result<LedgerHead, HeadError> {
+    let signed = Signed::<LedgerHead>::from_bytes(head, limits()).map_err(HeadError::Signature)?;
+    let record = signed.decode(limits()).map_err(HeadError::Signature)?;
+    signed.check_signature(&record).map_err(HeadError::Signature)?;
+    let node = record.node;
+    // The providers of the receipts seen so far, for the countersignatures that follow them.
+    let mut providers: HashMap<Cid, PeerId> = HashMap::new();
+    for e in entries {
+        let ours = match e.kind {
+            LedgerKind::Receipt => Signed::<Receipt>::from_bytes(&e.signed, limits())
+                .and_then(|s| Ok((s.id(), s.decode(limits())?)))
+                .is_ok_and(|(id, r)| {
+                    providers.insert(id, r.provider);
+                    r.provider == node || r.caller == node
+                }),
+            LedgerKind::Countersignature => {
+                Signed::<Countersignature>::from_bytes(&e.signed, limits())
+                    .and_then(|s| s.decode(limits()))
+                    .is_ok_and(|c| c.caller == node || providers.get(&c.receipt) == Some(&node))
+            }
+        };
+        if !ours {
+            return Err(HeadError::Foreign { seq: e.seq, node });
+        }
+    }
+    let actual = entries.len() as u64;
+    if record.len != actual {
+        return Err(HeadError::Length { node, head: record.len, actual });
+    }
+    let last = entries.last().map_or(Digest::from_bytes(LedgerHead::EMPTY_HASH), |e| e.hash);
+    if record.hash != last {
+        return Err(HeadError::Hash { node, last: actual.checked_sub(1) });
+    }
+    Ok(record)
 }
 
 /// Checks a ledger offline: consecutive sequence numbers, every chain hash, and every

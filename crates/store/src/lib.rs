@@ -48,7 +48,10 @@ use capmesh_wire::{Contract, Rules, cbor};
 pub use error::StoreError;
 pub use feed::Subscription;
 pub use integrity::IntegrityReport;
-pub use ledger::{LedgerEntry, LedgerError, LedgerKind, chain as ledger_chain, verify_ledger};
+pub use ledger::{
+    HeadError, LedgerEntry, LedgerError, LedgerKind, chain as ledger_chain, verify_head,
+    verify_ledger,
+};
 pub use notes::{LedgerNote, MAX_NOTE_TEXT, SessionTag};
 pub use peers::{MAX_PEER_ADDRS, PeerEntry};
 pub use query::{Hit, MAX_LIMIT, Order, Page, Query};

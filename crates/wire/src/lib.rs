@@ -4,7 +4,7 @@
 //!
 //! - [`cbor`]: canonical encoding and the strict decoder, with size and depth limits.
 //! - [`Signed`] records ([`Advert`], [`Retirement`], [`Attestation`], [`Receipt`],
-//!   [`Countersignature`]) with a domain tag per type; id = CID of the payload.
+//!   [`Countersignature`], [`LedgerHead`]) with a domain tag per type; id = CID of the payload.
 //! - [`Envelope`]s carrying a [`Body`] of one [`Kind`]; [`Receiver`] checks expiry, clock
 //!   skew, replay, recipient and schema id.
 //!

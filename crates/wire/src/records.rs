@@ -1,5 +1,6 @@
-//! Contracts and the signed records: Advert, Retirement, Attestation, Receipt, and the caller's
-//! Countersignature (DESIGN §2, §3, §5, §6). Field by field these mirror `specs/schemas/`.
+//! Contracts and the signed records: Advert, Retirement, Attestation, Receipt, the caller's
+//! Countersignature (DESIGN §2, §3, §5, §6), and the LedgerHead that closes a ledger export.
+//! Field by field these mirror `specs/schemas/`.
 
 use capmesh_types::{Cid, Digest, PeerId};
 use serde::{Deserialize, Serialize};
@@ -175,4 +176,26 @@ pub struct Countersignature {
     #[serde(with = "repr")]
     pub caller: PeerId,
     pub signed: u64,
+}
+
+/// A node's signed statement of its receipt ledger's length and last chain hash: the last line of
+/// an export (protocol.md §6.9), so that a truncated, extended or emptied export is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerHead {
+    /// The node whose ledger this is; the signer.
+    #[serde(with = "repr")]
+    pub node: PeerId,
+    /// Number of entries (the next sequence number).
+    pub len: u64,
+    /// Chain hash of the last entry (`seq = len - 1`); 32 zero bytes when `len` is 0.
+    #[serde(with = "repr")]
+    pub hash: Digest,
+    /// When the head was signed (unix ms).
+    pub issued: u64,
+}
+
+impl LedgerHead {
+    /// The chain hash an empty ledger starts from, and its head carries.
+    pub const EMPTY_HASH: [u8; 32] = [0; 32];
 }

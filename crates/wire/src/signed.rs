@@ -6,7 +6,7 @@ use capmesh_types::{Cid, Codec, NodeKey, PeerId, SIGNATURE_LEN, SignatureError};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de::DeserializeOwned, ser};
 
 use crate::{
-    Advert, Attestation, Countersignature, Receipt, Retirement, Rules,
+    Advert, Attestation, Countersignature, LedgerHead, Receipt, Retirement, Rules,
     cbor::{self, DecodeError, Limits},
     error::{SignError, VerifyError},
     repr::{Bytes, FixedBytes},
@@ -20,6 +20,7 @@ pub mod domain {
     pub const ATTESTATION: &str = "pervasive.link/v1/attestation";
     pub const RECEIPT: &str = "pervasive.link/v1/receipt";
     pub const COUNTERSIGN: &str = "pervasive.link/v1/countersign";
+    pub const LEDGER_HEAD: &str = "pervasive.link/v1/ledger-head";
 }
 
 /// How far in the future a timestamp may lie (clock skew between honest nodes).
@@ -79,6 +80,7 @@ record!(Retirement, domain::RETIREMENT, provider, issued);
 record!(Attestation, domain::ATTESTATION, issuer, issued, expires);
 record!(Receipt, domain::RECEIPT, provider, started);
 record!(Countersignature, domain::COUNTERSIGN, caller, signed);
+record!(LedgerHead, domain::LEDGER_HEAD, node, issued);
 
 /// The wire form of every signed thing: canonical payload bytes and an ed25519 signature over
 /// `domain || payload`. Holds the bytes as received, so verification and the id never depend on

@@ -11,7 +11,7 @@ use capmesh_store::{Config, LedgerKind, Store, ledger_chain};
 use capmesh_system_tests::User;
 use capmesh_types::{Cid, Codec, Digest, NodeKey};
 use capmesh_wire::{
-    CallStatus, Countersignature, Price, Receipt, Record, Signed, Validation, cbor,
+    CallStatus, Countersignature, LedgerHead, Price, Receipt, Record, Signed, Validation, cbor,
     repr::FixedBytes,
 };
 use serde_json::Value;
@@ -94,11 +94,21 @@ fn fill_ledger_child() {
     store.close();
 }
 
-/// An initialized user whose ledger holds [`entries`]. A child process writes it, so that
-/// sled's lock is surely released when the CLI opens the replica (see `registry.rs`).
-fn user_with_ledger(forge: bool) -> User {
+/// An initialized user whose node key is key 1 (the provider of every receipt in
+/// [`entries`], so a party to every entry, as a real node is to its own ledger).
+fn user_as_key_1() -> User {
     let user = User::new();
     user.run(&["init"]).success();
+    let key_file = user.data_dir.path().join("node.key");
+    std::fs::remove_file(&key_file).unwrap();
+    key(1).save(&key_file).unwrap();
+    user
+}
+
+/// An initialized user (node key 1) whose ledger holds [`entries`]. A child process writes it,
+/// so that sled's lock is surely released when the CLI opens the replica (see `registry.rs`).
+fn user_with_ledger(forge: bool) -> User {
+    let user = user_as_key_1();
     let mut child = Command::new(std::env::current_exe().unwrap());
     child
         .args(["--exact", "receipts::fill_ledger_child", "--test-threads", "1", "--nocapture"])
@@ -144,6 +154,28 @@ fn ok_line(entries: &[(LedgerKind, Vec<u8>)]) -> String {
         entries.len() - receipts,
         b64(head.as_bytes())
     )
+}
+
+/// What `receipts verify FILE` prints for a sound export of `entries` whose head key 1 signed:
+/// [`ok_line`], then who signed the head (the time varies).
+#[track_caller]
+fn assert_ok_export(out: &str, entries: &[(LedgerKind, Vec<u8>)]) {
+    let head = format!("head: signed by {} at ", key(1).peer_id());
+    let (ok, rest) = out.split_at(out.find('\n').map_or(out.len(), |n| n + 1));
+    assert_eq!(ok, ok_line(entries), "{out}");
+    assert!(rest.starts_with(&head) && rest.lines().count() == 1, "{out}");
+}
+
+/// The entry lines of an export: all but its last line, the head (which differs between two
+/// exports of one ledger only by when it was signed).
+#[track_caller]
+fn entry_lines(export: &str) -> String {
+    let lines: Vec<&str> = export.lines().collect();
+    let (head, entries) = lines.split_last().expect("an export has a head line");
+    let head: Value = serde_json::from_str(head).unwrap();
+    assert_eq!(head["kind"], "Head", "{export}");
+    assert_eq!(head["record"]["payload"]["node"], key(1).peer_id().to_string());
+    entries.iter().map(|l| format!("{l}\n")).collect()
 }
 
 /// Checks the text of `receipts list` against [`entries`], from `first` on.
@@ -246,21 +278,32 @@ fn receipts_list_show_export_and_verify_an_offline_ledger() {
     let file = user.data_dir.path().join("ledger.ndjson");
     let run = user.run(&["receipts", "export", "--out", file.to_str().unwrap()]);
     assert!(run.stderr.contains("exported 5 ledger entries"), "{}", run.stderr);
+    assert!(run.stderr.contains(&format!("a head signed by {}", key(1).peer_id())));
     run.success();
     let exported = std::fs::read_to_string(&file).unwrap();
-    assert_eq!(user.run(&["receipts", "export"]).success(), exported);
-    assert_eq!(exported, format!("{}\n", out_lines(&user)));
+    assert_eq!(exported.lines().count(), 6, "five entries and the head");
+    let entries_text = entry_lines(&exported);
+    assert_eq!(entry_lines(&user.run(&["receipts", "export"]).success()), entries_text);
+    assert_eq!(entries_text, format!("{}\n", out_lines(&user)));
 
-    let ok = ok_line(&all);
-    assert_eq!(user.run(&["receipts", "verify"]).success(), ok);
-    assert_eq!(user.run(&["receipts", "verify", file.to_str().unwrap()]).success(), ok);
+    assert_eq!(user.run(&["receipts", "verify"]).success(), ok_line(&all));
+    assert_ok_export(&user.run(&["receipts", "verify", file.to_str().unwrap()]).success(), &all);
     // From stdin, and without any data directory: an export is checked anywhere.
     let elsewhere = User::new();
-    assert_eq!(
-        elsewhere.run_with_stdin(&["receipts", "verify", "-"], exported.as_bytes()).success(),
-        ok
+    assert_ok_export(
+        &elsewhere.run_with_stdin(&["receipts", "verify", "-"], exported.as_bytes()).success(),
+        &all,
     );
     assert_eq!(std::fs::read_dir(elsewhere.data_dir.path()).unwrap().count(), 0);
+
+    // The head on demand: the export's last line, signed anew.
+    let head: Value = serde_json::from_str(&user.run(&["receipts", "head"]).success()).unwrap();
+    let last: Value = serde_json::from_str(exported.lines().last().unwrap()).unwrap();
+    assert_eq!(head["kind"], "Head");
+    for field in ["node", "len", "hash"] {
+        assert_eq!(head["record"]["payload"][field], last["record"]["payload"][field], "{field}");
+    }
+    assert_eq!(head["record"]["payload"]["len"], 5);
 }
 
 /// `receipts list --json`, without its final newline.
@@ -268,7 +311,7 @@ fn out_lines(user: &User) -> String {
     user.run(&["receipts", "list", "--json"]).success().trim_end().to_owned()
 }
 
-/// The export of a fresh ledger, one line per entry.
+/// The export of a fresh ledger, one line per entry, then the head.
 fn exported_lines() -> (User, Vec<Value>) {
     let user = user_with_ledger(false);
     let out = user.run(&["receipts", "export"]).success();
@@ -296,7 +339,7 @@ fn assert_bad(result: (Option<i32>, String, String), seq: u64, reason: &str) {
 #[test]
 fn verify_names_the_first_bad_entry_of_a_tampered_export() {
     let (user, lines) = exported_lines();
-    assert_eq!(verify_lines(&user, &lines).1, ok_line(&entries(false)));
+    assert_ok_export(&verify_lines(&user, &lines).1, &entries(false));
 
     // One byte of receipt 2's input digest changed: its chain hash no longer matches.
     let mut signed = unb64(&lines[2]["signed"]);
@@ -309,7 +352,7 @@ fn verify_names_the_first_bad_entry_of_a_tampered_export() {
 
     // The chain recomputed over the altered bytes: the signature gives it away.
     let mut head = Digest::from_bytes(unb64(&altered[1]["hash"]).try_into().unwrap());
-    for line in &mut altered[2..] {
+    for line in &mut altered[2..5] {
         let kind = if line["kind"] == "Receipt" {
             LedgerKind::Receipt
         } else {
@@ -332,12 +375,19 @@ fn verify_names_the_first_bad_entry_of_a_tampered_export() {
     retyped[3]["kind"] = "Countersignature".into();
     assert_bad(verify_lines(&user, &retyped), 3, "chain hash does not match");
 
-    // `id` and `record` are for people: lies there change nothing.
+    // `id` and `record` are derived from `signed`: a line whose are not is refused by name.
     let mut relabelled = lines.clone();
     relabelled[0]["id"] = receipt_id(3).to_string().into();
-    relabelled[0]["record"]["payload"]["price"]["amount"] = 0.into();
-    let (code, out, _) = verify_lines(&user, &relabelled);
-    assert_eq!((code, out), (Some(0), ok_line(&entries(false))));
+    assert_refused(
+        verify_lines(&user, &relabelled),
+        "tampered.ndjson line 1 (ledger entry 0): `id` is not what its signed bytes give",
+    );
+    let mut edited = lines.clone();
+    edited[3]["record"]["payload"]["price"]["amount"] = 0.into();
+    assert_refused(
+        verify_lines(&user, &edited),
+        "tampered.ndjson line 4 (ledger entry 3): `record` is not what its signed bytes give",
+    );
 
     // A line that is not an entry is named by its line number.
     let file = user.data_dir.path().join("malformed.ndjson");
@@ -354,6 +404,109 @@ fn verify_names_the_first_bad_entry_of_a_tampered_export() {
     assert!(err.contains("line 4: not a ledger entry"), "{err}");
     let err = user.run(&["receipts", "verify", "/nonexistent/ledger.ndjson"]).failure();
     assert!(err.contains("cannot read /nonexistent/ledger.ndjson"), "{err}");
+}
+
+/// `receipts verify` refused the export, and stderr is one line that starts with the file's
+/// path, then `expected`.
+#[track_caller]
+fn assert_refused(result: (Option<i32>, String, String), expected: &str) {
+    let (code, out, err) = result;
+    assert_eq!(code, Some(1), "stdout {out:?} stderr {err:?}");
+    assert_eq!(out, "", "{err}");
+    let at = err.find(expected).unwrap_or_else(|| panic!("{expected:?}: {err:?}"));
+    assert!(err[..at].starts_with('/') && err.lines().count() == 1, "{expected:?}: {err:?}");
+}
+
+/// The head line of an export: a head of `len` entries ending in `hash`, signed by `by`.
+fn head_line(by: &NodeKey, len: u64, hash: &Value) -> Value {
+    let hash = Digest::from_bytes(unb64(hash).try_into().unwrap());
+    let head = LedgerHead { node: by.peer_id(), len, hash, issued: NOW };
+    let signed = Signed::sign(by, &head).unwrap();
+    serde_json::json!({
+        "kind": "Head",
+        "signed": b64(&signed.to_bytes()),
+        "record": serde_json::to_value(&signed).unwrap(),
+    })
+}
+
+#[test]
+fn verify_refuses_an_export_whose_length_is_not_the_signed_one() {
+    let (user, lines) = exported_lines();
+    assert_eq!(lines.len(), 6);
+    assert_ok_export(&verify_lines(&user, &lines).1, &entries(false));
+
+    // An empty file, or blank lines only: not an export (not even of an empty ledger).
+    assert_refused(
+        verify_lines(&user, &[]),
+        "tampered.ndjson is empty: a ledger export holds its entries and ends with the node's \
+         signed head (`capmesh receipts export`), even for an empty ledger",
+    );
+    let file = user.data_dir.path().join("blank.ndjson");
+    std::fs::write(&file, "\n\n").unwrap();
+    assert_refused(run_code(&user, &["receipts", "verify", file.to_str().unwrap()]), "is empty");
+
+    // The entries without their head: every entry sound, but the length is nobody's word.
+    assert_refused(
+        verify_lines(&user, &lines[..5]),
+        "tampered.ndjson has no signed head: its last line is ledger entry 4",
+    );
+    // Truncated: the first three entries, the head of five.
+    let truncated = [&lines[..3], &lines[5..]].concat();
+    let (_, _, err) = verify_lines(&user, &truncated);
+    assert_refused(verify_lines(&user, &truncated), "tampered.ndjson line 4 (the head): ");
+    assert!(err.contains("counts 5 entries, the ledger has 3: entries were removed"), "{err}");
+    // The head alone.
+    let (_, _, err) = verify_lines(&user, &lines[5..]);
+    assert!(err.contains("counts 5 entries, the ledger has 0"), "{err}");
+    // A head that says three entries, over five.
+    let short = [&lines[..5], &[head_line(&key(1), 3, &lines[2]["hash"])]].concat();
+    let (_, _, err) = verify_lines(&user, &short);
+    assert!(err.contains("counts 3 entries, the ledger has 5: entries were added"), "{err}");
+    // The right length, another chain hash.
+    let other = [&lines[..5], &[head_line(&key(1), 5, &lines[3]["hash"])]].concat();
+    let (_, _, err) = verify_lines(&user, &other);
+    assert!(err.contains("names another chain hash than ledger entry 4's"), "{err}");
+    // A line after the head.
+    let after = [&lines[..4], &lines[5..], &lines[4..5]].concat();
+    assert_refused(
+        verify_lines(&user, &after),
+        "tampered.ndjson line 6: a line after the head (line 5)",
+    );
+
+    // A head signed by a node that is no party to these calls.
+    let stranger = [&lines[..5], &[head_line(&key(3), 5, &lines[4]["hash"])]].concat();
+    let (_, _, err) = verify_lines(&user, &stranger);
+    assert!(
+        err.contains(&format!("ledger entry 0 is not one of {}'s calls", key(3).peer_id())),
+        "{err}"
+    );
+    // The caller's head over the same entries holds: it is a party to every one.
+    let callers = [&lines[..5], &[head_line(&key(2), 5, &lines[4]["hash"])]].concat();
+    assert_eq!(verify_lines(&user, &callers).0, Some(0));
+    // A head whose signature does not hold, and one whose `record` is not its bytes.
+    let mut forged = lines.clone();
+    let mut signed = unb64(&forged[5]["signed"]);
+    signed[20] ^= 1;
+    forged[5]["signed"] = b64(&signed).into();
+    let (_, _, err) = verify_lines(&user, &forged);
+    assert!(
+        err.contains("the ledger head does not verify: the signature does not verify"),
+        "{err}"
+    );
+    let mut edited = lines.clone();
+    edited[5]["record"]["payload"]["len"] = 3.into();
+    assert_refused(
+        verify_lines(&user, &edited),
+        "tampered.ndjson line 6 (the head): `record` is not what its signed bytes give",
+    );
+
+    // An empty ledger's export is its head alone, and verifies.
+    let empty = user_as_key_1();
+    let out = empty.run(&["receipts", "export"]).success();
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let file = empty.data_dir.path().join("empty.ndjson");
+    std::fs::write(&file, empty.run(&["receipts", "export"]).success()).unwrap();
+    assert_ok_export(&empty.run(&["receipts", "verify", file.to_str().unwrap()]).success(), &[]);
 }
 
 #[test]
@@ -435,7 +588,12 @@ fn receipts_go_through_the_api_while_a_node_holds_the_ledger() {
     let err = user.run(&["receipts", "show", &unknown]).failure();
     assert!(err.contains(&format!("no receipt {unknown}")), "{err}");
     let exported = user.run(&["receipts", "export"]).success();
-    assert_eq!(exported.lines().count(), 5);
+    assert_eq!(exported.lines().count(), 6);
+    // Exported through the API, the head is signed all the same and verifies anywhere.
+    assert_ok_export(
+        &User::new().run_with_stdin(&["receipts", "verify", "-"], exported.as_bytes()).success(),
+        &entries(false),
+    );
 
     // Stopped cleanly, the node leaves the same ledger to the offline commands.
     let pid = node.0.id().to_string();
@@ -451,5 +609,5 @@ fn receipts_go_through_the_api_while_a_node_holds_the_ledger() {
     assert!(status.success(), "a clean exit on SIGTERM");
     assert!(!addr_file.exists());
     assert_eq!(user.run(&["receipts", "verify"]).success(), ok);
-    assert_eq!(user.run(&["receipts", "export"]).success(), exported);
+    assert_eq!(entry_lines(&user.run(&["receipts", "export"]).success()), entry_lines(&exported));
 }

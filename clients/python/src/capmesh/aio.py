@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import tempfile
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 from pathlib import Path
@@ -14,7 +15,7 @@ import httpx
 
 from . import _protocol as p
 from ._base import CapmeshError
-from .client import DEFAULT_TIMEOUT, PathLike, _Common, _decode_json, _entry_line
+from .client import DEFAULT_TIMEOUT, PathLike, _Common, _decode_json, _entry_line, _head_len
 from .errors import ApiError, NotFound, Unauthorized
 from .types import (
     Attested,
@@ -332,11 +333,24 @@ class AsyncClient(_Common):
         """``GET /v1/receipts/{receipt_id}``."""
         return await self._model(ReceiptEntries, p.Req("GET", f"/v1/receipts/{receipt_id}"))
 
+    async def ledger_head(self) -> dict[str, Any]:
+        """``GET /v1/receipts/head``."""
+        head: dict[str, Any] = await self._send(p.Req("GET", "/v1/receipts/head"))
+        return head
+
     async def export_receipts(self, path: PathLike) -> int:
-        """Writes the whole ledger to ``path`` as NDJSON (as ``capmesh receipts export``)."""
-        lines = [_entry_line(entry) async for entry in self.iter_receipts()]
+        """Writes the ledger to ``path`` as ``capmesh receipts export`` does (entries, then the
+        signed head, read first)."""
+        head = await self.ledger_head()
+        want = _head_len(head)
+        lines: list[str] = []
+        async for entry in self.iter_receipts():
+            if len(lines) == want:
+                break
+            lines.append(_entry_line(entry))
+        lines.append(json.dumps(head, separators=(",", ":"), ensure_ascii=False) + "\n")
         Path(path).write_text("".join(lines), encoding="utf-8")
-        return len(lines)
+        return len(lines) - 1
 
     async def verify_receipts(
         self, export: PathLike | None = None, *, capmesh_bin: PathLike | None = None

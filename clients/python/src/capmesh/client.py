@@ -415,14 +415,25 @@ class Client(_Common):
         """``GET /v1/receipts/{receipt_id}``: a receipt's entry and its countersignature's."""
         return self._model(ReceiptEntries, p.Req("GET", f"/v1/receipts/{receipt_id}"))
 
+    def ledger_head(self) -> dict[str, Any]:
+        """``GET /v1/receipts/head``: the ledger's length and last chain hash, signed now by the
+        node (protocol.md §6.9); the line that ends an export."""
+        head: dict[str, Any] = self._send(p.Req("GET", "/v1/receipts/head"))
+        return head
+
     def export_receipts(self, path: PathLike) -> int:
-        """Writes the whole ledger to ``path`` as NDJSON, one entry per line, as
-        ``capmesh receipts export`` does; the number of entries."""
-        n = 0
+        """Writes the ledger to ``path`` as ``capmesh receipts export`` does: one entry per line,
+        then the node's signed head (read first, so the entries written are exactly the ``len``
+        it signs, whatever is appended meanwhile); the number of entries."""
+        head = self.ledger_head()
+        n, want = 0, _head_len(head)
         with open(path, "w", encoding="utf-8") as out:
             for entry in self.iter_receipts():
+                if n == want:
+                    break
                 out.write(_entry_line(entry))
                 n += 1
+            out.write(json.dumps(head, separators=(",", ":"), ensure_ascii=False) + "\n")
         return n
 
     def verify_receipts(
@@ -488,6 +499,11 @@ class Client(_Common):
         """``DELETE /v1/sessions/{id}``: ends the session (its adverts are retired); the session
         as it was just before."""
         return self._model(SessionInfo, p.Req("DELETE", f"/v1/sessions/{session_id}"))
+
+
+def _head_len(head: dict[str, Any]) -> int:
+    """The entry count a head line signs (its ``record.payload.len``)."""
+    return int(head["record"]["payload"]["len"])
 
 
 def _entry_line(entry: LedgerEntry) -> str:

@@ -12,10 +12,11 @@ use capmesh_api::{
     AgentFrame, ApiError, Attempt, AttestRequest, AttestationList, AttestationsRequest, Attested,
     Backend, BlockRequest, Blocked, CallAccepted, CallEvent, CallFailure, CallRequest, CallResult,
     CallState, Client, ContractInfo, ErrorCode, FindDone, FindEvent, FindHit, FindRequest,
-    GossipStatus, LedgerEntryJson, LedgerKind, LedgerPage, NodeFrame, PeerInfo, Principal,
-    PublishRequest, Published, QueryHit, QueryPage, QueryRequest, ReceiptEntries, ReplicaStatus,
-    Retired, RuntimeLink, Sequenced, SessionCreated, SessionId, SessionInfo, SessionList,
-    SessionRequest, Source, Status, Token, TraceId, bind, serve, write_files,
+    GossipStatus, HeadKind, LedgerEntryJson, LedgerHeadLine, LedgerKind, LedgerPage, NodeFrame,
+    PeerInfo, Principal, PublishRequest, Published, QueryHit, QueryPage, QueryRequest,
+    ReceiptEntries, ReplicaStatus, Retired, RuntimeLink, Sequenced, SessionCreated, SessionId,
+    SessionInfo, SessionList, SessionRequest, Source, Status, Token, TraceId, bind, serve,
+    write_files,
 };
 use capmesh_types::{Cid, Codec, Digest, NodeKey, PeerId};
 use capmesh_wire::{
@@ -624,6 +625,22 @@ impl Backend for Fake {
         self.record(Call::Attest(req.clone()));
         let attestation = attestation(&req);
         Ok(Attested { id: attestation.id(), attestation })
+    }
+
+    async fn ledger_head(&self) -> Result<LedgerHeadLine, ApiError> {
+        let key = NodeKey::from_seed([1; 32]);
+        let head = capmesh_wire::LedgerHead {
+            node: key.peer_id(),
+            len: 0,
+            hash: Digest::from_bytes(capmesh_wire::LedgerHead::EMPTY_HASH),
+            issued: 1_000,
+        };
+        let signed = Signed::sign(&key, &head).unwrap();
+        Ok(LedgerHeadLine {
+            kind: HeadKind::Head,
+            signed: Bytes(signed.to_bytes()),
+            record: serde_json::to_value(&signed).unwrap(),
+        })
     }
 
     async fn attestations(

@@ -260,6 +260,7 @@ async fn the_servers_answers_match_their_schemas() {
         ),
         (get.clone(), "/v1/receipts", "/v1/receipts?from=0&limit=1".into(), None, 200),
         (get.clone(), "/v1/receipts", "/v1/receipts?limit=0".into(), None, 400),
+        (get.clone(), "/v1/receipts/head", "/v1/receipts/head".into(), None, 200),
         (get.clone(), "/v1/receipts/{receipt}", format!("/v1/receipts/{receipt}"), None, 200),
         (get.clone(), "/v1/receipts/{receipt}", "/v1/receipts/nope".into(), None, 400),
         (

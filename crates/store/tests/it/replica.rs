@@ -362,6 +362,88 @@ fn ledger_chains_and_names_the_first_bad_entry() {
     assert_eq!(err.seq, 1, "{err}");
 }
 
+/// The ledger's entries in a store, a receipt issued by `p` to `key(2)` per call, and the
+/// countersignature of the last by `key(2)`.
+fn ledger_of_calls(store: &Store, p: &capmesh_types::NodeKey, calls: u8) {
+    let c = key(2);
+    let mut last = None;
+    for i in 0..calls {
+        let r = capmesh_wire::Receipt {
+            call: capmesh_wire::repr::FixedBytes([i; 16]),
+            capability: cap_id(&contract("echo", &[], "x")),
+            caller: c.peer_id(),
+            provider: p.peer_id(),
+            offer: cap_id(&contract("offer", &[], "x")),
+            input: capmesh_types::Digest::of(b"in"),
+            output: None,
+            price: Price { amount: 1, unit: "usd-micro".into() },
+            started: NOW,
+            ended: NOW + 1,
+            status: capmesh_wire::CallStatus::Failed,
+            validation: capmesh_wire::Validation::Skipped,
+        };
+        let signed = Signed::sign(p, &r).unwrap();
+        last = Some(signed.id());
+        store.ledger_append(LedgerKind::Receipt, &signed.to_bytes()).unwrap();
+    }
+    if let Some(receipt) = last {
+        let cs = capmesh_wire::Countersignature { receipt, caller: c.peer_id(), signed: NOW + 2 };
+        let bytes = Signed::sign(&c, &cs).unwrap().to_bytes();
+        store.ledger_append(LedgerKind::Countersignature, &bytes).unwrap();
+    }
+}
+
+fn head(key: &capmesh_types::NodeKey, len: u64, hash: capmesh_types::Digest) -> Vec<u8> {
+    let head = capmesh_wire::LedgerHead { node: key.peer_id(), len, hash, issued: NOW };
+    Signed::sign(key, &head).unwrap().to_bytes()
+}
+
+#[test]
+fn a_signed_head_holds_the_ledger_to_its_length_and_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let p = key(1);
+    assert_eq!(store.ledger_tip().unwrap(), (0, capmesh_types::Digest::from_bytes([0; 32])));
+    let empty = head(&p, 0, capmesh_types::Digest::from_bytes([0; 32]));
+    assert_eq!(verify_head(&[], &empty).unwrap().len, 0);
+
+    ledger_of_calls(&store, &p, 3);
+    let entries = store.ledger().unwrap();
+    let (len, hash) = store.ledger_tip().unwrap();
+    assert_eq!((len, hash), (4, entries[3].hash));
+    verify_ledger(&entries).unwrap();
+    // The provider's head, and the caller's (both are parties to every entry).
+    let signed = head(&p, len, hash);
+    assert_eq!(verify_head(&entries, &signed).unwrap().node, p.peer_id());
+    verify_head(&entries, &head(&key(2), len, hash)).unwrap();
+
+    // A truncated ledger (a valid chain on its own) and an emptied one.
+    verify_ledger(&entries[..2]).unwrap();
+    let err = verify_head(&entries[..2], &signed).unwrap_err();
+    assert!(matches!(err, HeadError::Length { head: 4, actual: 2, .. }), "{err}");
+    assert!(err.to_string().contains("removed"), "{err}");
+    let err = verify_head(&[], &signed).unwrap_err();
+    assert!(matches!(err, HeadError::Length { head: 4, actual: 0, .. }), "{err}");
+    // Same length, another last hash.
+    let err = verify_head(&entries, &head(&p, len, entries[2].hash)).unwrap_err();
+    assert!(matches!(err, HeadError::Hash { last: Some(3), .. }), "{err}");
+    assert!(err.to_string().contains("than ledger entry 3's"), "{err}");
+    let err = verify_head(&[], &head(&p, 0, hash)).unwrap_err();
+    assert!(err.to_string().contains("than an empty ledger's (32 zero bytes)"), "{err}");
+    // A head by a node that is no party to the calls.
+    let err = verify_head(&entries, &head(&key(9), len, hash)).unwrap_err();
+    assert!(matches!(err, HeadError::Foreign { seq: 0, .. }), "{err}");
+    // A head whose signature does not hold.
+    let mut bad = signed.clone();
+    bad[10] ^= 1;
+    let err = verify_head(&entries, &bad).unwrap_err();
+    assert!(matches!(&err, HeadError::Signature(e) if e.code() == "BadSignature"), "{err}");
+
+    // The tip follows appends.
+    ledger_of_calls(&store, &p, 1);
+    assert_eq!(store.ledger_tip().unwrap().0, 6);
+}
+
 #[test]
 fn peer_book_keeps_the_latest_entry_per_peer() {
     let dir = tempfile::tempdir().unwrap();

@@ -164,6 +164,7 @@ fn record_vectors() {
             "Attestation" => record_case::<Attestation>(&v),
             "Receipt" => record_case::<Receipt>(&v),
             "Countersignature" => record_case::<Countersignature>(&v),
+            "LedgerHead" => record_case::<LedgerHead>(&v),
             other => panic!("unknown record type {other}"),
         }
     }
@@ -219,7 +220,15 @@ fn coverage_of_kinds_records_and_error_classes() {
         );
     }
     let records = load("records.json");
-    for ty in ["Contract", "Advert", "Retirement", "Attestation", "Receipt", "Countersignature"] {
+    for ty in [
+        "Contract",
+        "Advert",
+        "Retirement",
+        "Attestation",
+        "Receipt",
+        "Countersignature",
+        "LedgerHead",
+    ] {
         assert!(
             records.iter().any(|v| v["valid"] == true && v["type"] == ty),
             "no valid {ty} vector"

@@ -110,6 +110,16 @@ pub fn countersignature() -> Countersignature {
     Countersignature { receipt: cid(3), caller: caller().peer_id(), signed: NOW - 50 }
 }
 
+/// The provider's ledger head: `full`, three entries; otherwise an empty ledger.
+pub fn ledger_head(full: bool) -> LedgerHead {
+    LedgerHead {
+        node: provider().peer_id(),
+        len: if full { 3 } else { 0 },
+        hash: if full { Digest::of(b"ledger entry 2") } else { Digest::from_bytes([0; 32]) },
+        issued: NOW - 10,
+    }
+}
+
 pub fn signed<T: Record>(key: &NodeKey, record: &T) -> Signed<T> {
     Signed::sign(key, record).expect("fixture signer matches")
 }

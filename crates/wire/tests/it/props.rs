@@ -200,6 +200,7 @@ fn build_payloads() -> Vec<(&'static str, Vec<u8>)> {
     }
     out.push(("Retirement", cbor::to_vec(&fixtures::retirement()).unwrap()));
     out.push(("Countersignature", cbor::to_vec(&fixtures::countersignature()).unwrap()));
+    out.push(("LedgerHead", cbor::to_vec(&fixtures::ledger_head(true)).unwrap()));
     out
 }
 
@@ -219,6 +220,7 @@ proptest! {
             "Receipt" => strict::<Receipt>(&bytes)?,
             "Retirement" => strict::<Retirement>(&bytes)?,
             "Countersignature" => strict::<Countersignature>(&bytes)?,
+            "LedgerHead" => strict::<LedgerHead>(&bytes)?,
             _ => strict::<EnvelopePayload>(&bytes)?,
         }
     }

@@ -177,6 +177,7 @@ fn typed_for(rel: &str, instance: &Value) -> Result<(), String> {
         "Attestation" => typed::<Attestation>(instance),
         "Receipt" => typed::<Receipt>(instance),
         "Countersignature" => typed::<Countersignature>(instance),
+        "LedgerHead" => typed::<LedgerHead>(instance),
         // `v` is judged when an envelope is opened (UnsupportedVersion), not by the type.
         "EnvelopePayload" => {
             typed::<EnvelopePayload>(instance).and_then(|()| match instance["v"].as_u64() {
@@ -248,6 +249,7 @@ fn rust_projections_match_their_schemas_exactly() {
         projection("records/Attestation.json", &fixtures::attestation(full), full);
         projection("records/Receipt.json", &fixtures::receipt(full), full);
         projection("records/Countersignature.json", &fixtures::countersignature(), full);
+        projection("records/LedgerHead.json", &fixtures::ledger_head(full), full);
         projection(
             "records/Signed.json",
             &fixtures::signed(&fixtures::provider(), &fixtures::retirement()),
@@ -372,6 +374,7 @@ fn every_field_and_variant_of_the_types_is_in_the_schemas() {
     same_names::<Subject>("records/Attestation.json", &["subject"]);
     same_names::<Receipt>("records/Receipt.json", &[]);
     same_names::<Countersignature>("records/Countersignature.json", &[]);
+    same_names::<LedgerHead>("records/LedgerHead.json", &[]);
     same_names::<AdvertiseCapability>("kinds/AdvertiseCapability.json", &[]);
     same_names::<Retire>("kinds/Retire.json", &[]);
     same_names::<Attest>("kinds/Attest.json", &[]);

@@ -192,6 +192,8 @@ fn record_vectors() -> Value {
     v.push(record_vector("receipt-ok", seed(&p), &fixtures::receipt(true)));
     v.push(record_vector("receipt-failed", seed(&p), &fixtures::receipt(false)));
     v.push(record_vector("countersignature", seed(&c), &fixtures::countersignature()));
+    v.push(record_vector("ledger-head", seed(&p), &fixtures::ledger_head(true)));
+    v.push(record_vector("ledger-head-empty", seed(&p), &fixtures::ledger_head(false)));
 
     let advert = cbor::to_vec(&fixtures::advert(true)).expect("canonical");
     let retirement = cbor::to_vec(&fixtures::retirement()).expect("canonical");
@@ -326,6 +328,43 @@ fn record_vectors() -> Value {
         &p,
         domain::RECEIPT,
         &enum_as_map,
+    ));
+    // Ledger heads: a flipped signature bit, a head signed under the receipt domain, and a head
+    // naming the provider but signed by another key.
+    let head = cbor::to_vec(&fixtures::ledger_head(true)).expect("canonical");
+    let mut flipped = bad_record(
+        "ledger-head-bad-signature",
+        "LedgerHead",
+        "BadSignature",
+        NOW,
+        &p,
+        domain::LEDGER_HEAD,
+        &head,
+    );
+    let mut sig = unhex(flipped["signature_hex"].as_str().expect("hex"));
+    sig[63] ^= 0x10;
+    let signed =
+        Signed::<LedgerHead>::from_parts(head.clone(), sig.clone().try_into().expect("64"));
+    flipped["signature_hex"] = hex(&sig).into();
+    flipped["signed_hex"] = hex(&signed.to_bytes()).into();
+    v.push(flipped);
+    v.push(bad_record(
+        "ledger-head-wrong-domain",
+        "LedgerHead",
+        "BadSignature",
+        NOW,
+        &p,
+        domain::RECEIPT,
+        &head,
+    ));
+    v.push(bad_record(
+        "ledger-head-signed-by-another-key",
+        "LedgerHead",
+        "BadSignature",
+        NOW,
+        &c,
+        domain::LEDGER_HEAD,
+        &head,
     ));
     let mut truncated = bad_record(
         "signed-truncated",
