@@ -1,8 +1,15 @@
 //! The caller side (protocol.md §9 steps 2–5, 8–10): validate, find, ask for offers, rank,
 //! start, verify, ledger, countersign; fail over and cancel.
+//!
+//! Failover walks the ranking: standing offers first, then the find's providers ranked by
+//! their advertised terms and this node's record, asked `intent_fanout` at a time; when every
+//! offer of a fan-out failed (or none came), the next fan-out asks the next providers, until
+//! one serves the call, the ranking runs out, `max_providers` were contacted, a try says that
+//! trying elsewhere cannot help (`InvalidArgs`, `Cancelled`), or the deadline passes. Every
+//! failed try is an [`Attempt`], in order.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -38,6 +45,9 @@ pub struct CallRequest {
     pub max_price: Option<Price>,
     /// Default: the market's `default_deadline`.
     pub deadline: Option<Duration>,
+    /// The most providers the call contacts over all its fan-outs (at least 1). Default: the
+    /// market's `max_providers`.
+    pub max_providers: Option<usize>,
     /// Idempotency key; random when absent.
     pub call_id: Option<CallId>,
     /// Where a streaming capability's chunks go, in order, as they arrive.
@@ -56,7 +66,8 @@ pub struct CallRequest {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum CallEvent {
-    /// Providers found and admitted by policy, in the order they are asked for offers.
+    /// One fan-out: providers found and admitted by policy, in the order they are asked for
+    /// offers. A call that goes further down the ranking reports each fan-out.
     Providers { providers: Vec<PeerId> },
     /// A provider's offer, usable for this call.
     Offer { provider: PeerId, price: Price, latency_ms: u64 },
@@ -76,6 +87,7 @@ impl CallRequest {
             weights: Weights::default(),
             max_price: None,
             deadline: None,
+            max_providers: None,
             call_id: None,
             chunks: None,
             trace: None,
@@ -93,6 +105,11 @@ impl CallRequest {
     }
     pub fn with_deadline(mut self, d: Duration) -> Self {
         self.deadline = Some(d);
+        self
+    }
+    /// Contacts at most `n` providers (at least 1) over all the call's fan-outs.
+    pub fn with_max_providers(mut self, n: usize) -> Self {
+        self.max_providers = Some(n.max(1));
         self
     }
     pub fn with_call_id(mut self, id: CallId) -> Self {
@@ -238,6 +255,99 @@ enum Tried {
     Renew(Attempt),
     /// Stop: trying elsewhere cannot help.
     Stop(CallError),
+}
+
+/// A provider a find returned, admitted by this node's policy, not yet asked for terms.
+#[derive(Debug, Clone)]
+struct Candidate {
+    provider: PeerId,
+    addrs: Vec<Multiaddr>,
+    price: Price,
+}
+
+/// How far a call went down the ranking: the providers it contacted (counted against its
+/// limit) and those the last find ranked and it has not asked yet.
+#[derive(Debug)]
+struct Walk {
+    /// Most providers the call contacts, at least 1.
+    limit: usize,
+    /// Providers sent an `Intent`, or a `TaskStart` under a standing offer.
+    contacted: HashSet<PeerId>,
+    /// Contacted providers that forgot our standing offer: asked for a new one once more.
+    renewing: HashSet<PeerId>,
+    /// Providers this node's policy refused (reported once, never asked).
+    denied: HashSet<PeerId>,
+    /// The last find's providers, best first, not yet asked; `None` until a find runs (and
+    /// again after a renewal, whose provider a fresh find gives its current addresses).
+    ranking: Option<VecDeque<Candidate>>,
+    /// A fan-out went out.
+    asked: bool,
+}
+
+impl Walk {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit: limit.max(1),
+            contacted: HashSet::new(),
+            renewing: HashSet::new(),
+            denied: HashSet::new(),
+            ranking: None,
+            asked: false,
+        }
+    }
+
+    /// Whether a find's `provider` may still be asked for terms.
+    fn may_ask(&self, provider: &PeerId) -> bool {
+        !self.denied.contains(provider)
+            && (!self.contacted.contains(provider) || self.renewing.contains(provider))
+    }
+
+    /// Whether a fan-out could still ask anyone: the limit leaves room, or a renewal waits.
+    fn may_ask_more(&self) -> bool {
+        self.contacted.len() < self.limit || !self.renewing.is_empty()
+    }
+
+    /// Counts `provider` as contacted; `false` if that would pass the limit.
+    fn admit(&mut self, provider: PeerId) -> bool {
+        if self.contacted.contains(&provider) {
+            return true;
+        }
+        if self.contacted.len() >= self.limit {
+            return false;
+        }
+        self.contacted.insert(provider)
+    }
+
+    /// The next fan-out: the best `width` providers of the ranking that may be asked, within
+    /// the limit (a renewed provider is not counted twice). Empty when the ranking or the
+    /// limit ran out.
+    fn next_fanout(&mut self, width: usize) -> Vec<Candidate> {
+        let mut fanout = Vec::new();
+        let Some(ranking) = self.ranking.as_mut() else { return fanout };
+        while fanout.len() < width.max(1) {
+            let Some(c) = ranking.pop_front() else { break };
+            let (renewal, contacted) =
+                (self.renewing.contains(&c.provider), self.contacted.contains(&c.provider));
+            if self.denied.contains(&c.provider) || (contacted && !renewal) {
+                continue;
+            }
+            if !contacted && self.contacted.len() >= self.limit {
+                // Only a renewal may still come (it is counted already).
+                continue;
+            }
+            self.renewing.remove(&c.provider);
+            self.contacted.insert(c.provider);
+            fanout.push(c);
+        }
+        fanout
+    }
+
+    /// `provider` forgot our standing offer: the next fan-out comes from a fresh find and may
+    /// ask it again.
+    fn renew(&mut self, provider: PeerId) {
+        self.renewing.insert(provider);
+        self.ranking = None;
+    }
 }
 
 /// The per-call context shared by its tries.
@@ -406,32 +516,43 @@ impl Market {
 
     async fn run_call(&self, mut ctx: Ctx<'_>, clock: Instant) -> Result<CallOutcome, CallError> {
         let cap = ctx.req.capability;
+        let config = &self.inner.config;
         let mut attempts: Vec<Attempt> = Vec::new();
-        let mut tried: HashSet<PeerId> = HashSet::new();
-        // Step 3: standing offers first (a warm call), then fresh ones.
+        let mut walk = Walk::new(ctx.req.max_providers.unwrap_or(config.max_providers));
+        // Step 3: standing offers first (a warm call), then fresh ones, a fan-out at a time down
+        // the find's ranking until one serves the call, the ranking or the limit on providers
+        // runs out, or the deadline passes.
         let mut queue = if ctx.contract.is_some() { self.standing(&ctx) } else { Vec::new() };
         let mut warm = !queue.is_empty();
-        // One round of intents, and another when a provider had forgotten our standing offer
-        // (once per provider).
-        let mut rounds = 1;
+        // A provider that forgot our standing offer is asked for a new one (once per provider).
         let mut renewed: HashSet<PeerId> = HashSet::new();
         loop {
-            if queue.is_empty() {
-                if rounds == 0 {
-                    break;
-                }
-                rounds -= 1;
-                warm = false;
-                queue = self.ask_for_offers(&mut ctx, &tried, &mut attempts).await?;
-                if queue.is_empty() {
-                    break;
-                }
-            }
-            let standing = queue.remove(0);
             if Instant::now() >= ctx.deadline {
                 return Err(CallError::Deadline { attempts });
             }
-            tried.insert(standing.provider);
+            if queue.is_empty() {
+                warm = false;
+                if walk.ranking.is_none() && walk.may_ask_more() {
+                    let found = self.find_providers(&mut ctx, &mut walk, &mut attempts).await?;
+                    walk.ranking = Some(found.into());
+                }
+                let fanout = walk.next_fanout(config.intent_fanout);
+                if fanout.is_empty() {
+                    if !walk.asked {
+                        // Whoever follows the call learns that the find left nobody to ask.
+                        ctx.emit(CallEvent::Providers { providers: Vec::new() });
+                    }
+                    break;
+                }
+                walk.asked = true;
+                queue = self.ask_for_offers(&mut ctx, fanout, &mut attempts).await?;
+                continue;
+            }
+            let standing = queue.remove(0);
+            // Only standing offers can come from providers not counted yet.
+            if !walk.admit(standing.provider) {
+                continue;
+            }
             ctx.emit(CallEvent::Chosen { provider: standing.provider, warm });
             match self.try_offer(&mut ctx, &standing).await {
                 Tried::Done(mut outcome) => {
@@ -449,8 +570,7 @@ impl Market {
                 }
                 Tried::Renew(a) if renewed.insert(standing.provider) => {
                     tracing::debug!(call = ?ctx.call, attempt = %a, "offer forgotten; asking again");
-                    tried.remove(&standing.provider);
-                    rounds = 1;
+                    walk.renew(standing.provider);
                     ctx.emit(CallEvent::Failed(a.clone()));
                     attempts.push(a);
                 }
@@ -487,20 +607,21 @@ impl Market {
         offers
     }
 
-    /// Finds providers, drops those policy refuses, asks the best few for terms, keeps the
-    /// offers as standing ones and returns them ranked. Learns the contract from the find
+    /// Finds providers the walk has not asked yet, drops (and reports once) those policy
+    /// refuses, and returns the rest ranked by their advertised terms and this node's record
+    /// of them: the order the call's fan-outs take them in. Learns the contract from the find
     /// when the replica lacked it, and validates the arguments before any `Intent` leaves.
-    async fn ask_for_offers(
+    async fn find_providers(
         &self,
         ctx: &mut Ctx<'_>,
-        tried: &HashSet<PeerId>,
+        walk: &mut Walk,
         attempts: &mut Vec<Attempt>,
-    ) -> Result<Vec<Standing>, CallError> {
+    ) -> Result<Vec<Candidate>, CallError> {
         let cap = ctx.req.capability;
         let remaining = ctx.deadline.saturating_duration_since(Instant::now());
         let window = self.inner.config.discover_timeout.min(remaining);
         let mut found = self.inner.mesh.find(cap, self.inner.config.find_limit, Some(window));
-        let mut providers: Vec<(PeerId, Vec<Multiaddr>, Price)> = Vec::new();
+        let mut providers: Vec<Candidate> = Vec::new();
         let policy = self.inner.policy.current();
         let attested = self.attested();
         loop {
@@ -511,8 +632,8 @@ impl Market {
             let Some(FindEvent::Found(f)) = event else { break };
             let provider = f.advert.provider;
             if provider == self.inner.me
-                || tried.contains(&provider)
-                || providers.iter().any(|(p, ..)| *p == provider)
+                || !walk.may_ask(&provider)
+                || providers.iter().any(|c| c.provider == provider)
             {
                 continue;
             }
@@ -526,6 +647,7 @@ impl Market {
                 .check_provider(&provider, &attested)
                 .and_then(|_| policy.check_price(&f.advert.price, ctx.req.max_price.as_ref()));
             if let Err(denial) = refused {
+                walk.denied.insert(provider);
                 attempts.push(Attempt {
                     provider,
                     code: denial.code.code().to_string(),
@@ -536,28 +658,44 @@ impl Market {
                 continue;
             }
             let addrs = f.advert.addrs.iter().filter_map(|a| a.parse().ok()).collect();
-            providers.push((provider, addrs, f.advert.price.clone()));
+            providers.push(Candidate { provider, addrs, price: f.advert.price.clone() });
         }
         if ctx.contract.is_none() {
             return Err(CallError::UnknownCapability(cap));
         }
-        // Ask the cheapest and most reliable first; latency is only known from offers.
-        {
-            let state = lock(&self.inner.caller);
-            let mut as_offers: Vec<(PeerId, Vec<Multiaddr>, Offer)> = providers
-                .into_iter()
-                .map(|(p, a, price)| {
-                    (p, a, Offer { capability: cap, price, latency_ms: 0, calls: 0, expires: 0 })
-                })
-                .collect();
-            rank(&mut as_offers, &ctx.req.weights, &state.reputation, |(p, _, o)| (p, o));
-            providers = as_offers.into_iter().map(|(p, a, o)| (p, a, o.price)).collect();
-        }
-        providers.truncate(self.inner.config.intent_fanout);
-        ctx.emit(CallEvent::Providers { providers: providers.iter().map(|(p, ..)| *p).collect() });
+        // The cheapest and most reliable first; latency is only known from offers.
+        let state = lock(&self.inner.caller);
+        let mut as_offers: Vec<(Candidate, Offer)> = providers
+            .into_iter()
+            .map(|c| {
+                let price = c.price.clone();
+                (c, Offer { capability: cap, price, latency_ms: 0, calls: 0, expires: 0 })
+            })
+            .collect();
+        rank(&mut as_offers, &ctx.req.weights, &state.reputation, |(c, o)| (&c.provider, o));
+        Ok(as_offers.into_iter().map(|(c, _)| c).collect())
+    }
+
+    /// One fan-out: asks `fanout` for terms in parallel (each `Intent` bounded by
+    /// `intent_timeout`, all by the deadline), keeps the usable offers as standing ones and
+    /// returns them ranked. Each provider that gave none is an attempt, also one still silent
+    /// when the deadline passed; they are listed in the order the providers were asked.
+    async fn ask_for_offers(
+        &self,
+        ctx: &mut Ctx<'_>,
+        fanout: Vec<Candidate>,
+        attempts: &mut Vec<Attempt>,
+    ) -> Result<Vec<Standing>, CallError> {
+        let cap = ctx.req.capability;
+        let policy = self.inner.policy.current();
+        ctx.emit(CallEvent::Providers { providers: fanout.iter().map(|c| c.provider).collect() });
+        let asked: Vec<PeerId> = fanout.iter().map(|c| c.provider).collect();
+        let mut pending = asked.clone();
+        // This fan-out's failed tries, listed in the order the providers were asked (ranked).
+        let mut failed: Vec<Attempt> = Vec::new();
         let mut asks: JoinSet<(PeerId, Vec<Multiaddr>, Result<Exchange, MeshError>)> =
             JoinSet::new();
-        for (provider, addrs, _) in providers {
+        for Candidate { provider, addrs, .. } in fanout {
             let intent = Intent {
                 capability: cap,
                 max_price: ctx.req.max_price.clone(),
@@ -582,7 +720,13 @@ impl Market {
         loop {
             let joined = tokio::select! {
                 _ = ctx.cancel.cancelled() => return Err(CallError::Cancelled),
-                _ = tokio::time::sleep_until(ctx.deadline.into()) => break,
+                _ = tokio::time::sleep_until(ctx.deadline.into()) => {
+                    for provider in pending.drain(..) {
+                        let a = "no offer before the deadline";
+                        failed.push(attempt(provider, "intent", "Timeout", a, None));
+                    }
+                    break;
+                }
                 j = asks.join_next() => j,
             };
             let Some(Ok((provider, addrs, result))) = joined else {
@@ -591,6 +735,7 @@ impl Market {
                 }
                 continue;
             };
+            pending.retain(|p| *p != provider);
             match result.map(|x| x.answer) {
                 Ok(Some(Opened { id, payload })) => match payload.body {
                     Body::Offer(offer) => {
@@ -620,18 +765,18 @@ impl Market {
                                 offer,
                             }),
                             Some((code, why)) => {
-                                attempts.push(attempt(provider, "intent", code, &why, None))
+                                failed.push(attempt(provider, "intent", code, &why, None))
                             }
                         }
                     }
-                    Body::Negotiate(Negotiate { reason, .. }) => attempts.push(attempt(
+                    Body::Negotiate(Negotiate { reason, .. }) => failed.push(attempt(
                         provider,
                         "intent",
                         "Declined",
                         reason.as_deref().unwrap_or("declined"),
                         None,
                     )),
-                    other => attempts.push(attempt(
+                    other => failed.push(attempt(
                         provider,
                         "intent",
                         "InvalidObject",
@@ -639,16 +784,18 @@ impl Market {
                         None,
                     )),
                 },
-                Ok(None) => attempts.push(attempt(
+                Ok(None) => failed.push(attempt(
                     provider,
                     "intent",
                     "InvalidObject",
                     "an acknowledgement to Intent",
                     None,
                 )),
-                Err(e) => attempts.push(from_mesh(provider, "intent", &e)),
+                Err(e) => failed.push(from_mesh(provider, "intent", &e)),
             }
         }
+        failed.sort_by_key(|a| asked.iter().position(|p| *p == a.provider));
+        attempts.extend(failed);
         let mut state = lock(&self.inner.caller);
         for o in &offers {
             state.held.keep(o.clone());
@@ -1210,4 +1357,78 @@ fn from_mesh(provider: PeerId, stage: &'static str, e: &MeshError) -> Attempt {
 /// Fresh random bytes for a call or trace id.
 fn fresh<const N: usize>() -> Result<capmesh_wire::repr::FixedBytes<N>, CallError> {
     capmesh_wire::repr::FixedBytes::random().map_err(|e| CallError::Entropy(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use capmesh_types::NodeKey;
+
+    use super::*;
+
+    fn peer(seed: u8) -> PeerId {
+        NodeKey::from_seed([seed; 32]).peer_id()
+    }
+
+    fn ranking(seeds: &[u8]) -> Option<VecDeque<Candidate>> {
+        let price = Price { amount: 1, unit: "credit".into() };
+        let c = |s: &u8| Candidate { provider: peer(*s), addrs: Vec::new(), price: price.clone() };
+        Some(seeds.iter().map(c).collect())
+    }
+
+    fn peers(fanout: &[Candidate]) -> Vec<PeerId> {
+        fanout.iter().map(|c| c.provider).collect()
+    }
+
+    #[test]
+    fn the_walk_takes_the_ranking_a_fanout_at_a_time() {
+        let mut walk = Walk::new(12);
+        assert!(walk.next_fanout(3).is_empty(), "nothing before a find");
+        walk.ranking = ranking(&[1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(peers(&walk.next_fanout(3)), [peer(1), peer(2), peer(3)]);
+        assert_eq!(peers(&walk.next_fanout(3)), [peer(4), peer(5), peer(6)]);
+        assert_eq!(peers(&walk.next_fanout(3)), [peer(7)]);
+        assert!(walk.next_fanout(3).is_empty(), "the ranking ran out");
+        assert_eq!(walk.contacted.len(), 7);
+        // A width of 0 still asks one.
+        let mut walk = Walk::new(12);
+        walk.ranking = ranking(&[1, 2]);
+        assert_eq!(peers(&walk.next_fanout(0)), [peer(1)]);
+    }
+
+    #[test]
+    fn the_walk_stops_at_its_limit_counting_standing_offers_tried() {
+        let mut walk = Walk::new(4);
+        // A standing offer tried first counts, and its provider is not asked again.
+        assert!(walk.admit(peer(9)));
+        assert!(walk.admit(peer(9)), "the same provider is not counted twice");
+        walk.ranking = ranking(&[9, 1, 2, 3, 4, 5]);
+        assert_eq!(peers(&walk.next_fanout(2)), [peer(1), peer(2)]);
+        assert_eq!(peers(&walk.next_fanout(2)), [peer(3)], "the fourth provider is the last");
+        assert!(walk.next_fanout(2).is_empty());
+        assert!(!walk.admit(peer(4)), "nor a standing offer past the limit");
+        assert!(!walk.may_ask_more(), "no find is needed");
+        walk.renew(peer(9));
+        assert!(walk.may_ask_more(), "but a renewal may ask again");
+        assert_eq!(walk.contacted.len(), 4);
+        assert_eq!(Walk::new(0).limit, 1, "a call contacts at least one provider");
+    }
+
+    #[test]
+    fn a_renewed_provider_is_asked_again_without_counting_twice() {
+        let mut walk = Walk::new(2);
+        walk.ranking = ranking(&[1, 2, 3]);
+        assert_eq!(peers(&walk.next_fanout(2)), [peer(1), peer(2)]);
+        walk.renew(peer(1));
+        assert!(walk.ranking.is_none(), "a fresh find gives its current addresses");
+        assert!(walk.may_ask(&peer(1)) && !walk.may_ask(&peer(2)) && walk.may_ask(&peer(3)));
+        walk.ranking = ranking(&[2, 1, 3]);
+        assert_eq!(peers(&walk.next_fanout(3)), [peer(1)], "within the limit of 2");
+        assert!(!walk.may_ask(&peer(1)), "renewed once");
+        // Refused by policy: reported once, never asked.
+        let mut walk = Walk::new(5);
+        walk.denied.insert(peer(1));
+        assert!(!walk.may_ask(&peer(1)));
+        walk.ranking = ranking(&[1, 2]);
+        assert_eq!(peers(&walk.next_fanout(3)), [peer(2)]);
+    }
 }

@@ -9,7 +9,8 @@
 //! **caller**, [`Market::call`] validates the arguments, finds providers, asks the best few for
 //! offers, ranks them by [`Weights`], reuses standing offers (a warm call is one round trip),
 //! verifies output and receipt, appends the receipt to the ledger (flushed) before it returns,
-//! then countersigns; it fails over within the deadline and cancels on request.
+//! then countersigns; it fails over down the ranking, a fan-out at a time, within the deadline
+//! and [`MarketConfig::max_providers`], and cancels on request.
 //!
 //! ```no_run
 //! # async fn example(market: capmesh_market::Market, cap: capmesh_types::Cid) {
@@ -65,8 +66,13 @@ pub struct MarketConfig {
     pub offer_ttl: Duration,
     /// Most calls one offer covers. Default 1000.
     pub offer_calls: u32,
-    /// Providers asked with `Intent` at once. Default 3.
+    /// Providers asked with `Intent` at once (one fan-out); when a fan-out yields no offer that
+    /// serves the call, the next one asks the next providers of the ranking. Default 3.
     pub intent_fanout: usize,
+    /// Caller side: the most providers one call contacts (asked for an offer, or started under
+    /// a standing offer) over all its fan-outs; a [`CallRequest`] may name its own. At least 1.
+    /// Default 12 (four fan-outs of 3).
+    pub max_providers: usize,
     /// How long an `Intent` may take. Default 5 s.
     pub intent_timeout: Duration,
     /// How long discovery may take within a call (also bounded by the deadline). Default 5 s.
@@ -102,6 +108,7 @@ impl Default for MarketConfig {
             offer_ttl: Duration::from_secs(300),
             offer_calls: 1000,
             intent_fanout: 3,
+            max_providers: 12,
             intent_timeout: Duration::from_secs(5),
             discover_timeout: Duration::from_secs(5),
             find_limit: 16,
@@ -130,6 +137,11 @@ impl MarketConfig {
     }
     pub fn with_intent_fanout(mut self, n: usize) -> Self {
         self.intent_fanout = n.max(1);
+        self
+    }
+    /// The most providers one call contacts (at least 1).
+    pub fn with_max_providers(mut self, n: usize) -> Self {
+        self.max_providers = n.max(1);
         self
     }
     pub fn with_default_deadline(mut self, d: Duration) -> Self {

@@ -8,6 +8,7 @@ mod calls;
 mod cap;
 mod cli;
 mod common;
+mod failover;
 mod joining;
 mod mcp;
 mod mesh;
