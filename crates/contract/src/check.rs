@@ -477,8 +477,9 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn encode_error() {
-        // Nesting beyond what canonical CBOR admits has no encoding.
+    fn too_deep_to_encode_is_too_deep() {
+        // Nesting beyond what canonical CBOR admits has no encoding: the same refusal as a
+        // contract too deep to carry in a message.
         let mut deep = json!({});
         for _ in 0..80 {
             deep = json!({"not": deep});
@@ -486,8 +487,8 @@ pub(crate) mod tests {
         let mut c = contract();
         c.input = deep;
         let e = refused(&c);
-        assert_eq!(e.code(), "Encode");
-        assert!(matches!(e, ContractError::Encode(EncodeError::TooDeep { .. })));
+        assert_eq!(e.code(), "TooDeep");
+        assert!(matches!(e, ContractError::TooDeep { max: MAX_CONTRACT_DEPTH }), "{e}");
     }
 
     #[test]
