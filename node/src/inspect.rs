@@ -4,8 +4,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use capmesh_types::{Cid, PeerId};
 use capmesh_wire::{
-    Advert, Attestation, Countersignature, Envelope, EnvelopePayload, Payload, Receipt, Record,
-    Retirement, Rules, Signed, VerifyError,
+    Advert, Attestation, Countersignature, Envelope, EnvelopePayload, LedgerHead, Payload, Receipt,
+    Record, Retirement, Rules, Signed, VerifyError,
 };
 use serde::de::IgnoredAny;
 use serde_json::json;
@@ -99,6 +99,8 @@ pub fn inspect(bytes: &[u8], now_ms: u64, rules: &Rules) -> Result<Report, Inspe
         record_report(&Signed::<Countersignature>::from_parts(payload, sig), now_ms, rules)
     } else if has("provider") && has("seq") {
         record_report(&Signed::<Retirement>::from_parts(payload, sig), now_ms, rules)
+    } else if has("len") && has("hash") {
+        record_report(&Signed::<LedgerHead>::from_parts(payload, sig), now_ms, rules)
     } else {
         Err(InspectError::UnknownPayload { envelope: as_envelope })
     }

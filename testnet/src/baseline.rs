@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{replicas::latency, run::Latency};
 
 /// A warm call's TaskStart and TaskDone envelopes (echo builtin), in bytes.
-const REQUEST_BYTES: usize = 466;
-const RESPONSE_BYTES: usize = 824;
+pub(crate) const REQUEST_BYTES: usize = 466;
+pub(crate) const RESPONSE_BYTES: usize = 824;
 /// Round trips measured.
 const SAMPLES: usize = 500;
 
@@ -31,8 +31,8 @@ pub struct Baseline {
     pub response_bytes: usize,
 }
 
-/// Answers every request with a fixed frame.
-struct Fixed(Arc<Vec<u8>>);
+/// Answers every request with a fixed frame (also the lab's baseline, `lab/run.rs`).
+pub(crate) struct Fixed(pub(crate) Arc<Vec<u8>>);
 
 impl Handler for Fixed {
     async fn request(&self, _peer: PeerId, _request: Vec<u8>) -> Option<Vec<u8>> {

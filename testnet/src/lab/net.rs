@@ -1,6 +1,6 @@
-//! Namespaces, links, NAT and netem: every change goes through `ip`, `nft` and `tc`, and every
-//! one of them happens inside a namespace the lab made (`ip -n NS …`, `ip netns exec NS …`):
-//! veth pairs are created in one lab namespace with their peer in another, so no link ever
+//! Namespaces, links, NAT, shaping and cuts: every change goes through `ip`, `nft` and `tc`, and
+//! every one of them happens inside a namespace the lab made (`ip -n NS …`, `ip netns exec NS
+//! …`): veth pairs are created in one lab namespace with their peer in another, so no link ever
 //! appears in the machine's own namespace, and no namespace has a route beyond 198.18.0.0/15.
 
 use std::process::Stdio;
@@ -22,6 +22,33 @@ pub struct Link {
     pub b_dev: String,
     pub latency_ms: u32,
     pub loss_pct: f64,
+    /// The wire namespace between the two ends, when the delay line shapes this link (then
+    /// `a_dev` is joined to the wire's `up0` and `b_dev` to its `dn0`).
+    #[serde(default)]
+    pub wire_ns: Option<String>,
+}
+
+/// How links with latency or loss are shaped, as `up` chose it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Shaper {
+    /// No link has latency or loss.
+    #[default]
+    None,
+    /// `tc netem` on both ends of each shaped veth pair.
+    Netem,
+    /// The userspace delay line ([`super::delay`]): the kernel has no `sch_netem`.
+    DelayLine,
+}
+
+/// `lab up --shaper`: which shaper to use for links with latency or loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ShaperChoice {
+    /// netem where the kernel has it, else the delay line.
+    #[default]
+    Auto,
+    Netem,
+    DelayLine,
 }
 
 /// Runs `program args…`, waiting for it; a failure carries its stderr. The child is killed if
@@ -73,6 +100,22 @@ async fn cmd_stdin(program: &str, args: &[&str], input: &str) -> Result<(), LabE
         });
     }
     Ok(())
+}
+
+/// Whether this kernel can add a netem qdisc: tried on a veth pair in a throwaway namespace
+/// `cmlab-<run>-probe` (deleted again; a crash leaves it to `down --leftovers`).
+pub async fn netem_available(run: &str) -> bool {
+    let ns = format!("{PREFIX}{run}-probe");
+    let tried = async {
+        add_ns(&ns).await?;
+        ip(&ns, &["link", "add", "p0", "type", "veth", "peer", "name", "p1"]).await?;
+        cmd("tc", &["-n", &ns, "qdisc", "add", "dev", "p0", "root", "netem", "delay", "1ms"])
+            .await
+            .map(|_| ())
+    }
+    .await;
+    let _ = delete_ns(&ns).await;
+    tried.is_ok()
 }
 
 /// Checks that this process is root and that `ip` and `nft` (and `tc` when `netem`) run.
@@ -151,8 +194,10 @@ async fn bridge(ns: &str, addr: Option<&str>) -> Result<(), LabError> {
     ip(ns, &["link", "set", "br0", "up"]).await
 }
 
-/// A veth pair: `port` on the bridge `br0` of `bridge_ns`, `dev` in `ns` with `addr` (CIDR);
-/// netem on both ends when the link has latency or loss.
+/// Joins `dev` in `ns` (with `addr`, CIDR) to the bridge `br0` of `bridge_ns` through a veth
+/// pair whose bridge end is `port`. A link with latency or loss is shaped by `shaper`: netem on
+/// both ends, or a wire namespace `wire` in between for the delay line.
+#[allow(clippy::too_many_arguments)]
 async fn plug(
     bridge_ns: &str,
     port: &str,
@@ -160,12 +205,45 @@ async fn plug(
     dev: &str,
     addr: &str,
     link: &mut Link,
+    shaper: Shaper,
+    wire: &str,
 ) -> Result<(), LabError> {
-    ip(bridge_ns, &["link", "add", port, "type", "veth", "peer", "name", dev, "netns", ns]).await?;
+    let shaped = link.latency_ms > 0 || link.loss_pct > 0.0;
+    if shaped && shaper == Shaper::DelayLine {
+        use super::delay::{DOWN, UP};
+        add_ns(wire).await?;
+        // Nothing of the wire's own may go out on the link: no IPv6 (absent IPv6: nothing to do).
+        let _ = cmd(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                wire,
+                "sh",
+                "-c",
+                "for f in all default; do echo 1 > /proc/sys/net/ipv6/conf/$f/disable_ipv6; done 2>/dev/null",
+            ],
+        )
+        .await;
+        ip(bridge_ns, &["link", "add", port, "type", "veth", "peer", "name", UP, "netns", wire])
+            .await?;
+        ip(wire, &["link", "add", DOWN, "type", "veth", "peer", "name", dev, "netns", ns]).await?;
+        // The kernel segments before a frame reaches the wire: a packet socket cannot send
+        // more than the MTU.
+        ip(bridge_ns, &["link", "set", port, "gso_max_segs", "1"]).await?;
+        ip(ns, &["link", "set", dev, "gso_max_segs", "1"]).await?;
+        for d in [UP, DOWN] {
+            ip(wire, &["link", "set", d, "promisc", "on", "up"]).await?;
+        }
+        link.wire_ns = Some(wire.into());
+    } else {
+        ip(bridge_ns, &["link", "add", port, "type", "veth", "peer", "name", dev, "netns", ns])
+            .await?;
+    }
     ip(bridge_ns, &["link", "set", port, "master", "br0", "up"]).await?;
     ip(ns, &["addr", "add", addr, "dev", dev]).await?;
     ip(ns, &["link", "set", dev, "up"]).await?;
-    if link.latency_ms > 0 || link.loss_pct > 0.0 {
+    if shaped && shaper == Shaper::Netem {
         for (n, d) in [(bridge_ns, port), (ns, dev)] {
             let delay = format!("{}ms", link.latency_ms);
             let loss = format!("{}%", link.loss_pct);
@@ -228,18 +306,33 @@ pub fn ns_router(run: &str, name: &str) -> String {
 pub fn ns_host(run: &str, name: &str) -> String {
     format!("{PREFIX}{run}-h-{name}")
 }
+/// The wire namespace of the link of router or host `name` (delay line).
+pub fn ns_wire(run: &str, name: &str) -> String {
+    format!("{PREFIX}{run}-w-{name}")
+}
 
 /// Every namespace a run of `t` makes, in the order it makes them.
-pub fn planned(run: &str, t: &Topology) -> Vec<String> {
+pub fn planned(run: &str, t: &Topology, shaper: Shaper) -> Vec<String> {
     let mut all = vec![ns_pub(run)];
     all.extend(t.routers.iter().map(|r| ns_router(run, &r.name)));
     all.extend(t.hosts.iter().map(|h| ns_host(run, &h.name)));
+    if shaper == Shaper::DelayLine {
+        let shaped = t
+            .routers
+            .iter()
+            .filter(|r| r.latency_ms > 0 || r.loss_pct > 0.0)
+            .map(|r| &r.name)
+            .chain(
+                t.hosts.iter().filter(|h| h.latency_ms > 0 || h.loss_pct > 0.0).map(|h| &h.name),
+            );
+        all.extend(shaped.map(|name| ns_wire(run, name)));
+    }
     all
 }
 
 /// Builds the network of `t` for run `run`: namespaces, bridges, veth pairs, addresses, routes
-/// (only 198.18.0.0/15, never a default), NAT, netem. Returns the links made.
-pub async fn build(run: &str, t: &Topology) -> Result<Vec<Link>, LabError> {
+/// (only 198.18.0.0/15, never a default), NAT, shaping. Returns the links made.
+pub async fn build(run: &str, t: &Topology, shaper: Shaper) -> Result<Vec<Link>, LabError> {
     let mut links = Vec::new();
     let public = ns_pub(run);
     add_ns(&public).await?;
@@ -250,7 +343,8 @@ pub async fn build(run: &str, t: &Topology) -> Result<Vec<Link>, LabError> {
         add_ns(&ns).await?;
         let wan = format!("{}/24", t.router_public_addr(&r.name).unwrap_or_default());
         let mut link = Link { latency_ms: r.latency_ms, loss_pct: r.loss_pct, ..empty_link() };
-        plug(&public, &format!("r{n}"), &ns, "wan0", &wan, &mut link).await?;
+        let wire = ns_wire(run, &r.name);
+        plug(&public, &format!("r{n}"), &ns, "wan0", &wan, &mut link, shaper, &wire).await?;
         links.push(link);
         bridge(&ns, Some(&format!("198.18.{n}.1/24"))).await?;
         cmd("ip", &["netns", "exec", &ns, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])
@@ -267,11 +361,16 @@ pub async fn build(run: &str, t: &Topology) -> Result<Vec<Link>, LabError> {
         add_ns(&ns).await?;
         let addr = format!("{}/24", t.host_addr(&h.name).unwrap_or_default());
         let mut link = Link { latency_ms: h.latency_ms, loss_pct: h.loss_pct, ..empty_link() };
+        let wire = ns_wire(run, &h.name);
         match &h.behind {
-            None => plug(&public, &format!("h{i}"), &ns, "eth0", &addr, &mut link).await?,
+            None => {
+                plug(&public, &format!("h{i}"), &ns, "eth0", &addr, &mut link, shaper, &wire)
+                    .await?
+            }
             Some(router) => {
                 let n = t.router_number(router).unwrap_or_default();
-                plug(&ns_router(run, router), &format!("h{i}"), &ns, "eth0", &addr, &mut link)
+                let bridge = ns_router(run, router);
+                plug(&bridge, &format!("h{i}"), &ns, "eth0", &addr, &mut link, shaper, &wire)
                     .await?;
                 // The rest of the lab through the router: the range, not a default route.
                 ip(&ns, &["route", "add", "198.18.0.0/15", "via", &format!("198.18.{n}.1")])
@@ -291,7 +390,37 @@ fn empty_link() -> Link {
         b_dev: String::new(),
         latency_ms: 0,
         loss_pct: 0.0,
+        wire_ns: None,
     }
+}
+
+/// The bridge-family table in the public segment's namespace that cuts it in two: frames
+/// between a port of `side` and any other port are dropped (counted), both ways.
+pub fn cut_rules(side: &[String]) -> String {
+    let set: Vec<String> = side.iter().map(|p| format!("{p:?}")).collect();
+    let set = set.join(", ");
+    format!(
+        "table bridge cmlab_cut {{\n\
+         \tchain forward {{ type filter hook forward priority filter; policy accept;\n\
+         \t\tiifname {{ {set} }} oifname != {{ {set} }} counter drop\n\
+         \t\tiifname != {{ {set} }} oifname {{ {set} }} counter drop\n\t}}\n}}\n"
+    )
+}
+
+/// Cuts the public segment between the bridge ports `side` and the rest (replacing any cut).
+pub async fn cut(public: &str, side: &[String]) -> Result<(), LabError> {
+    heal(public).await?;
+    cmd_stdin("ip", &["netns", "exec", public, "nft", "-f", "-"], &cut_rules(side)).await
+}
+
+/// Removes the cut, if any.
+pub async fn heal(public: &str) -> Result<(), LabError> {
+    let tables = cmd("ip", &["netns", "exec", public, "nft", "list", "tables"]).await?;
+    if tables.lines().any(|l| l.trim() == "table bridge cmlab_cut") {
+        cmd("ip", &["netns", "exec", public, "nft", "delete", "table", "bridge", "cmlab_cut"])
+            .await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -313,10 +442,23 @@ mod tests {
             "[[router]]\nname = \"r\"\nnat = \"eim\"\n[[host]]\nname = \"p\"\n[[host]]\nname = \"a\"\nbehind = \"r\"\n",
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        let all = planned("ab12cd", &t);
+        let all = planned("ab12cd", &t, Shaper::DelayLine);
         assert_eq!(
             all,
             ["cmlab-ab12cd-pub", "cmlab-ab12cd-r-r", "cmlab-ab12cd-h-p", "cmlab-ab12cd-h-a"]
         );
+        let shaped = super::super::topology::Topology::parse(
+            "[[host]]\nname = \"p\"\nlatency_ms = 20\n[[host]]\nname = \"q\"\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(planned("ab12cd", &shaped, Shaper::Netem).len(), 3);
+        assert_eq!(planned("ab12cd", &shaped, Shaper::DelayLine)[3], "cmlab-ab12cd-w-p");
+    }
+
+    #[test]
+    fn a_cut_drops_both_ways_between_the_side_and_the_rest() {
+        let rules = cut_rules(&["h1".into(), "r2".into()]);
+        assert!(rules.contains(r#"iifname { "h1", "r2" } oifname != { "h1", "r2" } counter drop"#));
+        assert!(rules.contains(r#"iifname != { "h1", "r2" } oifname { "h1", "r2" } counter drop"#));
     }
 }

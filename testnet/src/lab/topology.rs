@@ -15,7 +15,14 @@
 //! name = "a"
 //! behind = "nat1"      # on nat1's private segment
 //! serve = ["echo"]     # builtins it serves
+//! named = true         # each under a contract of its own, `lab.<builtin>.<host>` (optional)
+//! gossip = false       # no registry gossip and no sync: finds go through Kademlia (optional)
+//! sync = false
+//! relay_reservations = 1   # most relay reservations it holds (optional; the node's default 2)
+//! max_connections_per_peer = 4   # (optional; the node's default 2)
 //! ```
+//!
+//! A `[run]` table (optional, read by `lab run`) adds a workload: see [`super::run::RunSpec`].
 //!
 //! Addresses (all inside 198.18.0.0/15, RFC 2544's benchmarking range): the public segment is
 //! 198.18.0.0/24, public hosts 198.18.0.10 and up, routers' public legs 198.18.0.100 and up;
@@ -31,6 +38,8 @@ use super::LabError;
 /// Most hosts on one segment and most routers (the plan's address ranges).
 const MAX_PER_SEGMENT: usize = 80;
 const MAX_ROUTERS: usize = 120;
+/// The node's own bound on `network.relay_reservations`.
+const MAX_RELAY_RESERVATIONS: usize = 8;
 
 /// How a router maps its hosts' connections to its public address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +81,24 @@ pub struct HostSpec {
     /// Builtins it serves (`echo`, `blake3`, `sleep`, …).
     #[serde(default)]
     pub serve: Vec<String>,
+    /// Serve each builtin under a contract of its own named `lab.<builtin>.<host>`, so every
+    /// provider has a capability id of its own (a caller then picks the provider by id).
+    #[serde(default)]
+    pub named: bool,
+    /// `network.gossip`: take part in registry gossip.
+    #[serde(default = "yes")]
+    pub gossip: bool,
+    /// `registry.sync`: catch up with peers through Sync. With `gossip = false` too, the
+    /// replica holds only what the node's own finds brought back, so a find by id goes
+    /// through Kademlia.
+    #[serde(default = "yes")]
+    pub sync: bool,
+    /// `network.relay_reservations` (absent: the node's default).
+    #[serde(default)]
+    pub relay_reservations: Option<usize>,
+    /// `network.max_connections_per_peer` (absent: the node's default).
+    #[serde(default)]
+    pub max_connections_per_peer: Option<u32>,
     /// One-way delay of the host's own link, in ms.
     #[serde(default)]
     pub latency_ms: u32,
@@ -88,6 +115,13 @@ pub struct Topology {
     pub routers: Vec<RouterSpec>,
     #[serde(default, rename = "host")]
     pub hosts: Vec<HostSpec>,
+    /// The workload of `lab run` (ignored by `lab up`).
+    #[serde(default)]
+    pub run: Option<super::run::RunSpec>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Topology {
@@ -123,6 +157,21 @@ impl Topology {
                 ));
             }
         }
+        if let Some(run) = &self.run {
+            run.check()?;
+        }
+        for h in &self.hosts {
+            if let Some(bad) = h
+                .serve
+                .iter()
+                .find(|s| !capmesh_exec::Builtin::ALL.iter().any(|b| b.name() == s.as_str()))
+            {
+                return Err(format!(
+                    "host {}: serve = {bad:?} is no builtin (echo, blake3, sleep, fail, stream)",
+                    h.name
+                ));
+            }
+        }
         if self.routers.len() > MAX_ROUTERS {
             return Err(format!("{} routers: at most {MAX_ROUTERS}", self.routers.len()));
         }
@@ -142,6 +191,12 @@ impl Topology {
         }
         for h in &self.hosts {
             check_link(&h.name, h.latency_ms, h.loss_pct)?;
+            if h.relay_reservations.is_some_and(|n| n > MAX_RELAY_RESERVATIONS) {
+                return Err(format!(
+                    "host {}: relay_reservations: at most {MAX_RELAY_RESERVATIONS} (the node's limit)",
+                    h.name
+                ));
+            }
             if let Some(router) = &h.behind
                 && !self.routers.iter().any(|r| &r.name == router)
             {
@@ -193,8 +248,8 @@ impl Topology {
         self.router_number(name).map(|n| format!("198.18.0.{}", 99 + n))
     }
 
-    /// Whether any link has latency or loss (then `tc` is needed).
-    pub fn uses_netem(&self) -> bool {
+    /// Whether any link has latency or loss (netem or the delay line shapes it).
+    pub fn shaped(&self) -> bool {
         self.routers.iter().any(|r| r.latency_ms > 0 || r.loss_pct > 0.0)
             || self.hosts.iter().any(|h| h.latency_ms > 0 || h.loss_pct > 0.0)
     }
@@ -246,7 +301,7 @@ behind = "nat2"
         assert_eq!(t.host_addr("c").as_deref(), Some("198.18.2.11"));
         assert_eq!(t.router_public_addr("nat2").as_deref(), Some("198.18.0.101"));
         assert_eq!(t.routers[1].nat, Nat::Symmetric);
-        assert!(t.uses_netem());
+        assert!(t.shaped());
         assert_eq!(t.bootstrap_host().map(|h| h.name.as_str()), Some("relay"));
     }
 

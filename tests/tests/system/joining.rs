@@ -47,9 +47,7 @@ impl Node {
             .spawn()
             .unwrap();
         let mut node = Node { child, log };
-        node.wait_until("the node runs", |log| {
-            log.contains("capmesh node ") && log.contains(" running")
-        });
+        node.wait_until("the node runs", |log| log.contains("node running"));
         node
     }
 
