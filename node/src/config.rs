@@ -127,6 +127,9 @@ pub struct MarketSection {
     pub offer_calls: u32,
     /// Providers asked for offers at once. Default 3.
     pub intent_fanout: usize,
+    /// Most providers one call contacts over all its fan-outs before it gives up (it also stops
+    /// at its deadline). Default 12.
+    pub max_providers: usize,
     /// Deadline of a call that names none, in ms. Default 30000.
     pub call_deadline_ms: u64,
 }
@@ -140,6 +143,7 @@ impl Default for MarketSection {
             offer_ttl_secs: 300,
             offer_calls: 1000,
             intent_fanout: 3,
+            max_providers: 12,
             call_deadline_ms: 30_000,
         }
     }
@@ -535,8 +539,9 @@ impl Config {
                 && m.offer_ttl_secs > 0
                 && m.offer_calls > 0
                 && m.intent_fanout > 0
+                && m.max_providers > 0
                 && m.call_deadline_ms > 0,
-            "market: policy_poll_ms, offer_ttl_secs, offer_calls, intent_fanout and call_deadline_ms must be positive"
+            "market: policy_poll_ms, offer_ttl_secs, offer_calls, intent_fanout, max_providers and call_deadline_ms must be positive"
         );
         // A caller's rpc times out after 30 s: an answer held longer would look like a dead
         // provider and the call would be failed over while it still runs.

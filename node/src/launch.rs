@@ -434,6 +434,7 @@ fn market_config(config: &Config, tuning: &Tuning) -> MarketConfig {
         .with_inline_window(Duration::from_millis(m.inline_window_ms))
         .with_offer_ttl(ttl, m.offer_calls)
         .with_intent_fanout(m.intent_fanout)
+        .with_max_providers(m.max_providers)
         .with_default_deadline(Duration::from_millis(m.call_deadline_ms))
 }
 
