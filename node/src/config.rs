@@ -223,7 +223,7 @@ pub struct NetworkConfig {
     pub autonat_allow_private: bool,
     /// Take part in registry gossip. Default true.
     pub gossip: bool,
-    /// Most established connections, and per peer. Defaults 256 and 2.
+    /// Most established connections, and per peer. Defaults 256 and 4.
     pub max_connections: u32,
     pub max_connections_per_peer: u32,
     /// Connection trimming: above `peers_high` connected peers, the quietest ones outside the
@@ -341,7 +341,7 @@ impl Default for NetworkConfig {
             autonat_allow_private: false,
             gossip: true,
             max_connections: 256,
-            max_connections_per_peer: 2,
+            max_connections_per_peer: 4,
             peers_low: 32,
             peers_high: 48,
         }

@@ -99,10 +99,8 @@ impl Behaviour {
                 ..Default::default()
             },
         );
-        let relay_server = config
-            .relay_server
-            .then(|| relay::Behaviour::new(peer_id, relay::Config::default()))
-            .into();
+        let relay_server =
+            config.relay_server.then(|| relay::Behaviour::new(peer_id, relay_config())).into();
         Ok(Self {
             blocked: allow_block_list::Behaviour::default(),
             limits,
@@ -160,4 +158,30 @@ pub fn kademlia(
         crate::KadMode::Auto => None,
     });
     kad
+}
+
+/// The relay server's limits. libp2p's defaults suit a relay that only bootstraps hole
+/// punches (16 circuits, 2 min and 128 KiB each, one new circuit per source IP a minute); a
+/// capmesh relay carries whole calls for private nodes that cannot punch (symmetric NATs), and
+/// the hosts behind one NAT share an IP. Still bounded: circuits, their life and bytes, and the
+/// rate each source peer and IP may open them at.
+fn relay_config() -> relay::Config {
+    let nz = |n: u32| std::num::NonZeroU32::new(n).expect("a positive constant");
+    relay::Config {
+        max_reservations: 128,
+        max_reservations_per_peer: 4,
+        reservation_duration: Duration::from_secs(60 * 60),
+        reservation_rate_limiters: Vec::new(),
+        max_circuits: 256,
+        max_circuits_per_peer: 16,
+        max_circuit_duration: Duration::from_secs(10 * 60),
+        max_circuit_bytes: 16 << 20,
+        circuit_src_rate_limiters: Vec::new(),
+    }
+    // As libp2p's defaults: a reservation is renewed about every 30 min.
+    .reservation_rate_per_peer(nz(30), Duration::from_secs(2 * 60))
+    .reservation_rate_per_ip(nz(60), Duration::from_secs(60))
+    // Bursts of calls from one peer, and from the hosts behind one NAT.
+    .circuit_src_per_peer(nz(120), Duration::from_secs(1))
+    .circuit_src_per_ip(nz(600), Duration::from_millis(200))
 }

@@ -206,7 +206,9 @@ pub struct Config {
     pub max_providers_per_key: usize,
     /// How long others keep our provider records. Default 2 h.
     pub provider_ttl: Duration,
-    /// Connection limits. Defaults: 256 established, 2 per peer, 64 pending each way.
+    /// Connection limits. Defaults: 256 established, 4 per peer (a relayed connection, the
+    /// direct one a hole punch makes, and the punch's simultaneous open from both sides: with 2,
+    /// punches over 20 ms links were denied and closed), 64 pending each way.
     pub max_connections: u32,
     pub max_connections_per_peer: u32,
     pub max_pending_incoming: u32,
@@ -275,7 +277,7 @@ impl Default for Config {
             max_providers_per_key: 20,
             provider_ttl: Duration::from_secs(2 * 3600),
             max_connections: 256,
-            max_connections_per_peer: 2,
+            max_connections_per_peer: 4,
             max_pending_incoming: 64,
             max_pending_outgoing: 64,
             address_book_peers: 4096,

@@ -19,7 +19,7 @@
 //! gossip = false       # no registry gossip and no sync: finds go through Kademlia (optional)
 //! sync = false
 //! relay_reservations = 1   # most relay reservations it holds (optional; the node's default 2)
-//! max_connections_per_peer = 4   # (optional; the node's default 2)
+//! max_connections_per_peer = 4   # (optional; the node's default 4)
 //! ```
 //!
 //! A `[run]` table (optional, read by `lab run`) adds a workload: see [`super::run::RunSpec`].
