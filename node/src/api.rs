@@ -387,18 +387,7 @@ impl Backend for NodeApi {
             .await
             .map_err(internal)?
             .map_err(internal)?;
-        let head = capmesh_wire::LedgerHead {
-            node: self.key.peer_id(),
-            len,
-            hash,
-            issued: crate::now_ms(),
-        };
-        let signed = capmesh_wire::Signed::sign(&self.key, &head).map_err(internal)?;
-        Ok(capmesh_api::LedgerHeadLine {
-            kind: capmesh_api::HeadKind::Head,
-            signed: capmesh_wire::repr::Bytes(signed.to_bytes()),
-            record: serde_json::to_value(&signed).map_err(internal)?,
-        })
+        crate::registry::signed_head(&self.key, len, hash).map_err(internal)
     }
 
     async fn attestations(

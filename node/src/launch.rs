@@ -53,7 +53,7 @@ pub struct Node {
     cancel: CancellationToken,
     tasks: JoinSet<()>,
     /// Stops everything if the node is dropped without [`Node::shutdown`].
-    _stop: Stop,
+    stop: Stop,
 }
 
 /// Cancels a node's token and removes the files that say it runs (`api.addr`, `api.token`,
@@ -66,13 +66,24 @@ struct Stop {
     root: PathBuf,
 }
 
+impl Stop {
+    /// Removes the files. Only this process can have written them: the replica's lock is held
+    /// since before the token existed. Removing a file already gone is no error.
+    fn remove_files(&self) {
+        if let Err(e) = capmesh_api::remove_files(&self.root) {
+            tracing::warn!(error = %e, "cannot remove the API files");
+        }
+        if let Err(e) = crate::metrics::remove_addr(&self.root) {
+            tracing::warn!(error = %e, "cannot remove {}", crate::metrics::ADDR_FILE);
+        }
+    }
+}
+
 impl Drop for Stop {
     fn drop(&mut self) {
         self.cancel.cancel();
-        // Only this process can have written them: the replica's lock is held since before
-        // the token existed. After a clean shutdown they are gone already.
-        let _ = capmesh_api::remove_files(&self.root);
-        let _ = crate::metrics::remove_addr(&self.root);
+        // After a clean shutdown they are gone already.
+        self.remove_files();
     }
 }
 
@@ -302,7 +313,7 @@ impl Node {
             dir,
             cancel,
             tasks,
-            _stop: stop,
+            stop,
         })
     }
 
@@ -329,14 +340,7 @@ impl Node {
         if tokio::time::timeout(Duration::from_secs(10), self.market.stopped()).await.is_err() {
             tracing::warn!("the ledger did not finish its last batch within 10 s");
         }
-        if let Err(e) = capmesh_api::remove_files(self.dir.root()) {
-            tracing::warn!(error = %e, "cannot remove the API files");
-        }
-        if self.metrics_addr.is_some()
-            && let Err(e) = crate::metrics::remove_addr(self.dir.root())
-        {
-            tracing::warn!(error = %e, "cannot remove {}", crate::metrics::ADDR_FILE);
-        }
+        self.stop.remove_files();
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.close()).await?;
         Ok(())

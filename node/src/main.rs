@@ -777,24 +777,19 @@ fn cap_command(
         }
         CapCommand::Show { id } => {
             let dir = data_dir()?;
-            let (contract, from) = match capmesh_api::Client::from_data_dir(dir.root()) {
-                Ok(client) => match block_on(client.contract(id)) {
-                    Ok(info) => (
-                        info.contract,
-                        match info.source {
-                            capmesh_api::Source::Replica => "node's replica".to_string(),
-                            capmesh_api::Source::Kademlia => {
-                                "provider found through Kademlia".to_string()
-                            }
-                        },
-                    ),
-                    Err(e) if remote::is_not_running(&e) => {
-                        registry::contract_json(&dir, &dir.config()?, id)?
-                    }
-                    Err(e) => return Err(remote::explain(e)),
-                },
+            let asked = capmesh_api::Client::from_data_dir(dir.root())
+                .and_then(|client| block_on(client.contract(id)));
+            let (contract, from) = match asked {
+                Ok(info) => (
+                    info.contract,
+                    match info.source {
+                        capmesh_api::Source::Replica => "node's replica",
+                        capmesh_api::Source::Kademlia => "provider found through Kademlia",
+                    },
+                ),
+                // No node runs: the replica on disk.
                 Err(e) if remote::is_not_running(&e) => {
-                    registry::contract_json(&dir, &dir.config()?, id)?
+                    (registry::replica_contract(&dir, &dir.config()?, id)?, "replica on disk")
                 }
                 Err(e) => return Err(remote::explain(e)),
             };

@@ -18,8 +18,8 @@ use std::{
 use anyhow::Context;
 use capmesh::{DataDir, registry, remote};
 use capmesh_api::{
-    Client, ClientError, ErrorCode, LEDGER_PAGE_MAX, LedgerEntryJson, LedgerPage, LedgerRequest,
-    ReceiptEntries,
+    Client, ClientError, ErrorCode, LEDGER_PAGE_MAX, LedgerEntryJson, LedgerHeadLine, LedgerPage,
+    LedgerRequest, ReceiptEntries,
 };
 use capmesh_store::{LedgerEntry, LedgerKind, Store, ledger_chain, verify_head, verify_ledger};
 use capmesh_types::{Cid, Digest, NodeKey, PeerId};
@@ -117,7 +117,7 @@ pub(crate) fn run(
                 Ok(())
             })?;
             if let Some(e) = closed {
-                return quiet_if_closed(e.into());
+                return Err(e.into());
             }
             if printed == 0 {
                 eprintln!("no entries with trace {trace} from {from} on");
@@ -131,9 +131,7 @@ pub(crate) fn run(
             }
             for e in &page.entries {
                 let line = if json { serde_json::to_string(e)? } else { entry_line(e) };
-                if let Err(e) = writeln!(out, "{line}") {
-                    return quiet_if_closed(e.into());
-                }
+                writeln!(out, "{line}")?;
             }
             match page.next {
                 Some(next) => eprintln!("more: --from {next}"),
@@ -190,12 +188,9 @@ pub(crate) fn run(
                 }
                 None => {
                     let mut w = BufWriter::new(std::io::stdout().lock());
-                    match export(&ledger, &key, &mut w, "stdout")
-                        .and_then(|n| Ok(w.flush().map(|()| n)?))
-                    {
-                        Ok(n) => n,
-                        Err(e) => return quiet_if_closed(e),
-                    }
+                    let n = export(&ledger, &key, &mut w, "stdout")?;
+                    w.flush()?;
+                    n
                 }
             };
             let to = out.map(|p| format!(" to {}", p.display())).unwrap_or_default();
@@ -400,22 +395,8 @@ fn export(ledger: &Ledger, key: &NodeKey, w: &mut impl Write, to: &str) -> anyho
 
 /// The export line of a head `(len, hash)` signed now by `key`.
 fn head_line(key: &NodeKey, len: u64, hash: Digest) -> anyhow::Result<String> {
-    let head = LedgerHead { node: key.peer_id(), len, hash, issued: capmesh::now_ms() };
-    let signed = Signed::sign(key, &head).context("cannot sign the ledger head")?;
-    Ok(serde_json::to_string(&HeadLine {
-        kind: HeadKind::Head,
-        signed: Bytes(signed.to_bytes()),
-        record: serde_json::to_value(&signed)?,
-    })?)
-}
-
-/// Output cut short by a closed stdout (`… | head`) ends the command quietly; other errors
-/// stand. (anyhow's downcast sees through `.context(..)`.)
-fn quiet_if_closed(e: anyhow::Error) -> anyhow::Result<ExitCode> {
-    match e.downcast_ref::<std::io::Error>() {
-        Some(io) if io.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
-        _ => Err(e),
-    }
+    let head = registry::signed_head(key, len, hash).context("cannot sign the ledger head")?;
+    Ok(serde_json::to_string(&head)?)
 }
 
 /// One entry line of an export, as verification reads it: every member of
@@ -435,22 +416,6 @@ struct ExportLine {
     _note: serde_json::Value,
 }
 
-/// The last line of an export: the node's signed [`LedgerHead`] (`signed`, canonical CBOR
-/// `{payload, sig}`) and its JSON projection (`record`, derived like an entry's).
-#[derive(serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HeadLine {
-    kind: HeadKind,
-    signed: Bytes,
-    record: serde_json::Value,
-}
-
-/// The `kind` of a head line, which no entry has.
-#[derive(serde::Serialize, serde::Deserialize)]
-enum HeadKind {
-    Head,
-}
-
 /// An export as read: its entries, what each entry line claims its signed bytes give, and its
 /// head line (with its line number), if any.
 struct Export {
@@ -458,7 +423,7 @@ struct Export {
     entries: Vec<LedgerEntry>,
     /// Per entry: its line number, `id` and `record`.
     claims: Vec<(usize, serde_json::Value, serde_json::Value)>,
-    head: Option<(usize, HeadLine)>,
+    head: Option<(usize, LedgerHeadLine)>,
 }
 
 /// Reads an export (one JSON entry per line, then the head; blank lines are skipped). A line
@@ -481,7 +446,7 @@ fn read_export(reader: impl BufRead, name: &str) -> anyhow::Result<Result<Export
             )));
         }
         if value.get("kind").and_then(serde_json::Value::as_str) == Some("Head") {
-            let head: HeadLine = serde_json::from_value(value)
+            let head: LedgerHeadLine = serde_json::from_value(value)
                 .with_context(|| format!("{at}: not a ledger head"))?;
             export.head = Some((i + 1, head));
             continue;

@@ -53,18 +53,17 @@ pub fn open(dir: &DataDir, config: &Config) -> Result<Store, ReplicaError> {
     })
 }
 
-/// The contract of `capability` from the replica on disk (no node runs), as JSON, and where it
-/// came from (`"replica"`).
-pub fn contract_json(
+/// The contract of `capability` from the replica on disk (no node runs), as JSON.
+pub fn replica_contract(
     dir: &DataDir,
     config: &Config,
     capability: capmesh_types::Cid,
-) -> anyhow::Result<(serde_json::Value, String)> {
+) -> anyhow::Result<serde_json::Value> {
     let store = open(dir, config)?;
     let found = store.contract(&capability).map_err(ReplicaError::Query);
     store.close();
     match found? {
-        Some(contract) => Ok((serde_json::to_value(&contract)?, "replica on disk".into())),
+        Some(contract) => Ok(serde_json::to_value(&contract)?),
         None => anyhow::bail!(
             "no contract for capability {capability} in the replica at {}; start the node \
              (`capmesh run`) to ask the mesh for it",
@@ -101,6 +100,22 @@ pub fn query_page(page: &Page) -> QueryPage {
             .collect(),
         next: page.next.as_deref().map(cursor_hex),
     }
+}
+
+/// The ledger's head `(len, hash)` signed now by `key`, as `GET /v1/receipts/head` answers it
+/// and as the last line of an export (protocol.md §6.9, §6.10).
+pub fn signed_head(
+    key: &capmesh_types::NodeKey,
+    len: u64,
+    hash: capmesh_types::Digest,
+) -> anyhow::Result<capmesh_api::LedgerHeadLine> {
+    let head = capmesh_wire::LedgerHead { node: key.peer_id(), len, hash, issued: crate::now_ms() };
+    let signed = capmesh_wire::Signed::sign(key, &head)?;
+    Ok(capmesh_api::LedgerHeadLine {
+        kind: capmesh_api::HeadKind::Head,
+        signed: capmesh_wire::repr::Bytes(signed.to_bytes()),
+        record: serde_json::to_value(&signed)?,
+    })
 }
 
 /// A cursor as the CLI prints it: lowercase hex.

@@ -253,12 +253,7 @@ impl Store {
                 break;
             }
             let (k, v) = entry?;
-            let (Some(by), Some(expires)) = (v.get(..32), keys::u64_at(&v, 32)) else {
-                return Err(StoreError::Corrupt("attestation index value".into()));
-            };
-            let ok_issuer = issuer.is_none_or(|i| i.public_key().as_bytes().as_slice() == by);
-            let ok_claim = claim.is_none_or(|c| v.get(40..) == Some(c.as_bytes()));
-            if !(ok_issuer && ok_claim && expires >= now_ms) {
+            if !index_matches(&v, claim, issuer, now_ms)? {
                 continue;
             }
             // The key ends with the attestation's binary id.
@@ -286,15 +281,26 @@ impl Store {
         let prefix = keys::cat(&[keys::ATT_SUBJECT, b"p", subject.public_key().as_bytes()]);
         for entry in self.inner.db.scan_prefix(prefix) {
             let (_, v) = entry?;
-            let (Some(by), Some(expires)) = (v.get(..32), keys::u64_at(&v, 32)) else {
-                return Err(StoreError::Corrupt("attestation index value".into()));
-            };
-            let ok_issuer = issuer.is_none_or(|i| i.public_key().as_bytes().as_slice() == by);
-            let ok_claim = claim.is_none_or(|c| v.get(40..) == Some(c.as_bytes()));
-            if ok_issuer && ok_claim && expires >= now_ms {
+            if index_matches(&v, claim, issuer, now_ms)? {
                 return Ok(true);
             }
         }
         Ok(false)
     }
+}
+
+/// Whether an attestation index value (`issuer key (32) ‖ expires (8) ‖ claim`) is unexpired
+/// at `now_ms` and has `claim` and `issuer` where given.
+fn index_matches(
+    v: &[u8],
+    claim: Option<&str>,
+    issuer: Option<&PeerId>,
+    now_ms: u64,
+) -> Result<bool, StoreError> {
+    let (Some(by), Some(expires)) = (v.get(..32), keys::u64_at(v, 32)) else {
+        return Err(StoreError::Corrupt("attestation index value".into()));
+    };
+    let ok_issuer = issuer.is_none_or(|i| i.public_key().as_bytes().as_slice() == by);
+    let ok_claim = claim.is_none_or(|c| v.get(40..) == Some(c.as_bytes()));
+    Ok(ok_issuer && ok_claim && expires >= now_ms)
 }
