@@ -329,18 +329,17 @@ fn two_hosts_behind_endpoint_independent_nats_reserve_by_themselves_and_call_eac
         )),
     );
     // The two hosts have no address the other can dial: the first connection is relayed, or
-    // already punched.
+    // already punched; then DCUtR replaces it with a direct one (endpoint-independent NATs).
     assert!(["relayed", "hole_punched"].contains(&first.as_str()), "b→a: {first}; then {last}");
-    if punched.is_some() {
-        // DCUtR upgraded, and a call over the punched connection succeeds.
-        find_and_call(&lab, "b", "a", "direct now");
-        let kind = lab.connection("b", &peer_id(&lab, "a"));
-        let other = lab.connection("a", &peer_id(&lab, "b"));
-        eprintln!("lab (a): after the second call b→a is {kind:?}, a→b {other:?}");
-        // Both sides know it: DCUtR reports the punch on one side, the other sees a direct
-        // connection come beside the relayed one.
-        assert!(kind == "hole_punched" && other == "hole_punched", "b→a {kind}, a→b {other}");
-    }
+    assert!(punched.is_some(), "no hole punch within {PUNCH_WAIT:?}: b→a {first}, then {last}");
+    // A call over the punched connection succeeds, and both sides know the connection's kind:
+    // DCUtR reports the punch on one side, the other sees a direct connection come beside the
+    // relayed one.
+    find_and_call(&lab, "b", "a", "direct now");
+    let kind = lab.connection("b", &peer_id(&lab, "a"));
+    let other = lab.connection("a", &peer_id(&lab, "b"));
+    eprintln!("lab (a): after the second call b→a is {kind:?}, a→b {other:?}");
+    assert!(kind == "hole_punched" && other == "hole_punched", "b→a {kind}, a→b {other}");
     lab.down();
     eprintln!("lab (a): {:.1} s from up to down", started.elapsed().as_secs_f64());
 }

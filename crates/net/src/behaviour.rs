@@ -4,12 +4,11 @@
 use std::time::Duration;
 
 use libp2p::{
-    StreamProtocol, allow_block_list, autonat, connection_limits, dcutr, gossipsub, identify,
-    identity, kad, ping, relay, request_response, swarm::NetworkBehaviour,
-    swarm::behaviour::toggle::Toggle,
+    StreamProtocol, allow_block_list, autonat, connection_limits, gossipsub, identify, identity,
+    kad, ping, relay, request_response, swarm::NetworkBehaviour, swarm::behaviour::toggle::Toggle,
 };
 
-use crate::{Config, codec};
+use crate::{Config, codec, punch};
 
 /// The Kademlia protocol name: capmesh's own DHT, separate from IPFS's.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/capmesh/kad/1.0.0");
@@ -31,7 +30,8 @@ pub(crate) struct Behaviour {
     pub(crate) autonat: autonat::Behaviour,
     pub(crate) relay_client: relay::client::Behaviour,
     pub(crate) relay_server: Toggle<relay::Behaviour>,
-    pub(crate) dcutr: dcutr::Behaviour,
+    /// DCUtR, told the raw addresses peers observed ([`crate::punch`]).
+    pub(crate) dcutr: punch::Behaviour,
 }
 
 impl Behaviour {
@@ -112,7 +112,7 @@ impl Behaviour {
             autonat,
             relay_client,
             relay_server,
-            dcutr: dcutr::Behaviour::new(peer_id),
+            dcutr: punch::Behaviour::new(peer_id),
         })
     }
 }

@@ -1,8 +1,14 @@
 //! How each connected peer is connected: directly, through a relay circuit, or directly after
 //! a DCUtR hole punch replaced a relayed connection. Kept from connection-established
 //! endpoints (a relayed connection's address holds `/p2p-circuit`) and DCUtR's results.
+//!
+//! A relayed connection is retired once its peer has a direct one beside it: request-response
+//! spreads a peer's requests over all its connections (by request id), so a relayed connection
+//! left open would carry half the calls on the slow path, and hold a circuit on the relay. It
+//! is closed as soon as it carries nothing: no inbound request on it awaits our response, and no
+//! request of ours to the peer is in flight (which connection one went out on is not known).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use libp2p::{PeerId, swarm::ConnectionId};
 
@@ -18,6 +24,10 @@ const EARLY_PUNCHES: usize = 16;
 pub(crate) struct Connections {
     peers: HashMap<PeerId, Vec<(ConnectionId, ConnectionKind)>>,
     early: VecDeque<ConnectionId>,
+    /// Inbound requests awaiting our response, by connection (entries > 0 only).
+    inbound: HashMap<ConnectionId, usize>,
+    /// Relayed connections being closed: asked once.
+    closing: HashSet<ConnectionId>,
 }
 
 impl Connections {
@@ -41,12 +51,56 @@ impl Connections {
     }
 
     pub(crate) fn closed(&mut self, peer: &PeerId, id: ConnectionId) {
+        self.inbound.remove(&id);
+        self.closing.remove(&id);
         if let Some(conns) = self.peers.get_mut(peer) {
             conns.retain(|(c, _)| *c != id);
             if conns.is_empty() {
                 self.peers.remove(peer);
             }
         }
+    }
+
+    /// An inbound request arrived on `id`.
+    pub(crate) fn inbound_started(&mut self, id: ConnectionId) {
+        *self.inbound.entry(id).or_default() += 1;
+    }
+
+    /// The response to an inbound request on `id` was sent, or failed.
+    pub(crate) fn inbound_finished(&mut self, id: ConnectionId) {
+        if let Some(n) = self.inbound.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                self.inbound.remove(&id);
+            }
+        }
+    }
+
+    /// Relayed connections to close now (module docs): their peer has a direct connection, no
+    /// inbound request on them awaits a response, and `busy` says no request to the peer is in
+    /// flight. Each is returned once.
+    pub(crate) fn relayed_to_retire(
+        &mut self,
+        busy: impl Fn(&PeerId) -> bool,
+    ) -> Vec<(PeerId, ConnectionId)> {
+        let mut retire = Vec::new();
+        for (peer, conns) in &self.peers {
+            if !conns.iter().any(|(_, k)| *k != ConnectionKind::Relayed) {
+                continue;
+            }
+            let idle =
+                |id: &ConnectionId| !self.inbound.contains_key(id) && !self.closing.contains(id);
+            let relayed = conns
+                .iter()
+                .filter(|(id, k)| *k == ConnectionKind::Relayed && idle(id))
+                .map(|(id, _)| *id);
+            let mut relayed = relayed.peekable();
+            if relayed.peek().is_some() && !busy(peer) {
+                retire.extend(relayed.map(|id| (*peer, id)));
+            }
+        }
+        self.closing.extend(retire.iter().map(|(_, id)| *id));
+        retire
     }
 
     /// DCUtR made the direct connection `id` to `peer`.
@@ -126,5 +180,40 @@ mod tests {
         c.closed(&p, later);
         assert_eq!(c.kind(&p), None);
         assert!(c.peers.is_empty());
+    }
+
+    #[test]
+    fn a_relayed_connection_is_retired_once_a_direct_one_exists_and_it_is_idle() {
+        let mut c = Connections::default();
+        let (p, q) = (PeerId::random(), PeerId::random());
+        let id = ConnectionId::new_unchecked;
+        let never_busy = |_: &PeerId| false;
+        c.established(p, id(1), true);
+        c.established(q, id(2), true);
+        // Relayed only: the relay is the only path, nothing to retire.
+        assert!(c.relayed_to_retire(never_busy).is_empty());
+        c.established(p, id(3), false);
+        // An inbound request on the relayed connection holds it until answered.
+        c.inbound_started(id(1));
+        c.inbound_started(id(1));
+        assert!(c.relayed_to_retire(never_busy).is_empty());
+        c.inbound_finished(id(1));
+        assert!(c.relayed_to_retire(never_busy).is_empty());
+        c.inbound_finished(id(1));
+        // A request of ours to p in flight may be on it.
+        assert!(c.relayed_to_retire(|peer| *peer == p).is_empty());
+        assert_eq!(c.relayed_to_retire(never_busy), vec![(p, id(1))]);
+        // Asked once; q (relayed only) untouched.
+        assert!(c.relayed_to_retire(never_busy).is_empty());
+        c.closed(&p, id(1));
+        assert_eq!(c.kind(&p), Some(ConnectionKind::HolePunched));
+        assert!(c.inbound.is_empty() && c.closing.is_empty());
+        // A relayed connection that comes while a direct one is open goes too.
+        c.established(p, id(4), true);
+        c.inbound_started(id(4));
+        c.closed(&p, id(4));
+        assert!(c.inbound.is_empty());
+        c.established(p, id(5), true);
+        assert_eq!(c.relayed_to_retire(never_busy), vec![(p, id(5))]);
     }
 }

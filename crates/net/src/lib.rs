@@ -26,6 +26,7 @@ mod conns;
 pub mod convert;
 mod handle;
 mod listen;
+mod punch;
 mod rate;
 mod service;
 mod trim;

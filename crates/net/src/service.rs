@@ -662,6 +662,11 @@ impl NetworkService {
     }
 
     fn on_identify(&mut self, peer: PeerId, connection: ConnectionId, info: identify::Info) {
+        // Where this peer sees us, unrewritten, for DCUtR (crate::punch): only a direct
+        // connection's observation says anything about our NAT.
+        if self.conns.is_direct(&peer, connection) {
+            self.swarm.behaviour_mut().dcutr.observed(&info.observed_addr);
+        }
         // Without this a peer that dialed us never enters our routing table: Kademlia
         // only learns addresses of peers it dialed itself.
         if info.protocols.contains(&KAD_PROTOCOL) {
@@ -733,7 +738,11 @@ impl NetworkService {
     ) {
         use request_response::{Event, Message};
         match event {
-            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => {
+            Event::Message {
+                peer,
+                connection_id,
+                message: Message::Request { request, channel, .. },
+            } => {
                 self.activity.touch(peer, Instant::now());
                 let Some(from) = convert::from_libp2p(&peer) else { return };
                 if self.inbound_rpc >= self.config.max_inbound_rpc {
@@ -742,6 +751,7 @@ impl NetworkService {
                     return;
                 }
                 self.inbound_rpc += 1;
+                self.conns.inbound_started(connection_id);
                 let handler = handler.clone();
                 let done = self.done_tx.clone();
                 self.tasks.spawn(async move {
@@ -765,10 +775,11 @@ impl NetworkService {
                     let _ = reply.send(Err(NetError::Request { peer, reason: error.to_string() }));
                 }
             }
-            Event::InboundFailure { peer, error, .. } => {
+            Event::InboundFailure { peer, connection_id, error, .. } => {
                 tracing::debug!(%peer, %error, "inbound rpc failed");
+                self.conns.inbound_finished(connection_id);
             }
-            Event::ResponseSent { .. } => {}
+            Event::ResponseSent { connection_id, .. } => self.conns.inbound_finished(connection_id),
         }
     }
 
@@ -883,12 +894,26 @@ impl NetworkService {
         }
     }
 
+    /// Closes relayed connections a direct one has replaced (conns.rs).
+    fn retire_relayed(&mut self) {
+        let requests = &self.pending.requests;
+        let busy = |peer: &PeerId| {
+            let peer = convert::from_libp2p(peer);
+            requests.values().any(|(p, _)| Some(*p) == peer)
+        };
+        for (peer, id) in self.conns.relayed_to_retire(busy) {
+            tracing::debug!(%peer, connection = ?id, "closing a relayed connection: a direct one replaced it");
+            self.swarm.close_connection(id);
+        }
+    }
+
     fn expire(&mut self) {
         let now = Instant::now();
         if now.duration_since(self.last_trim) >= TRIM_EVERY {
             self.trim(now);
         }
         self.drive_relays();
+        self.retire_relayed();
         self.publish_addrs();
         let timeout = NetError::Timeout(self.config.query_timeout);
         let p = &mut self.pending;

@@ -275,10 +275,32 @@ async fn plug(
 /// packets to the router itself dropped silently, as home routers do: without that the router's
 /// kernel answers a hole punch's first SYN with a RST (UDP: ICMP port unreachable), which tears
 /// down the mapping the other side's SYN needs.
-pub fn nat_rules(nat: Nat, private_net: &str) -> String {
+///
+/// `hosts` are the addresses behind the router, in order. An endpoint-independent router maps
+/// each one's node port ([`super::PORT`], TCP and UDP) to a public port of its own,
+/// `PORT + index`, for every destination. Plain `masquerade` is not enough: it keeps a source
+/// port only while the translated tuple is free, so when several hosts use the same port, every
+/// host but the first gets another port towards each destination the first already talks to
+/// (the relays): a per-destination mapping, which no hole punch can meet.
+pub fn nat_rules(nat: Nat, private_net: &str, public_addr: &str, hosts: &[String]) -> String {
+    let static_map = match nat {
+        Nat::Eim if !hosts.is_empty() => {
+            let port = super::PORT;
+            let entries = hosts
+                .iter()
+                .enumerate()
+                .map(|(i, h)| format!("{h} . {port} : {public_addr} . {}", usize::from(port) + i))
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!(
+                "\t\toifname \"wan0\" ip saddr {private_net} meta l4proto {{ tcp, udp }} \
+                 snat ip to ip saddr . th sport map {{ {entries} }}\n"
+            )
+        }
+        _ => String::new(),
+    };
     let flags = match nat {
-        // No port flag: the kernel keeps a connection's source port when the translated tuple
-        // is free, so one internal socket keeps one external port for every destination.
+        // Every other socket: the kernel keeps its source port when the translated tuple is free.
         Nat::Eim => "",
         // A random external port for every new connection, whatever the socket.
         Nat::Symmetric => " fully-random",
@@ -286,6 +308,7 @@ pub fn nat_rules(nat: Nat, private_net: &str) -> String {
     format!(
         "table ip cmlab {{\n\
          \tchain nat_out {{ type nat hook postrouting priority srcnat; policy accept;\n\
+         {static_map}\
          \t\toifname \"wan0\" ip saddr {private_net} masquerade{flags}\n\t}}\n\
          \tchain filter_fwd {{ type filter hook forward priority filter; policy drop;\n\
          \t\tct state established,related accept\n\
@@ -349,10 +372,17 @@ pub async fn build(run: &str, t: &Topology, shaper: Shaper) -> Result<Vec<Link>,
         bridge(&ns, Some(&format!("198.18.{n}.1/24"))).await?;
         cmd("ip", &["netns", "exec", &ns, "sh", "-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"])
             .await?;
+        let behind: Vec<String> = t
+            .hosts
+            .iter()
+            .filter(|h| h.behind.as_deref() == Some(r.name.as_str()))
+            .filter_map(|h| t.host_addr(&h.name))
+            .collect();
+        let public_addr = t.router_public_addr(&r.name).unwrap_or_default();
         cmd_stdin(
             "ip",
             &["netns", "exec", &ns, "nft", "-f", "-"],
-            &nat_rules(r.nat, &format!("198.18.{n}.0/24")),
+            &nat_rules(r.nat, &format!("198.18.{n}.0/24"), &public_addr, &behind),
         )
         .await?;
     }
@@ -429,9 +459,19 @@ mod tests {
 
     #[test]
     fn eim_keeps_ports_and_symmetric_randomises_them() {
-        let eim = nat_rules(Nat::Eim, "198.18.1.0/24");
+        let hosts = ["198.18.1.10".to_string(), "198.18.1.11".to_string()];
+        let eim = nat_rules(Nat::Eim, "198.18.1.0/24", "198.18.0.100", &hosts);
         assert!(eim.contains("ip saddr 198.18.1.0/24 masquerade\n"), "{eim}");
-        let sym = nat_rules(Nat::Symmetric, "198.18.2.0/24");
+        // Each host's node port has a public port of its own, whatever the destination.
+        assert!(
+            eim.contains(
+                "snat ip to ip saddr . th sport map { 198.18.1.10 . 4701 : 198.18.0.100 . 4701, \
+                 198.18.1.11 . 4701 : 198.18.0.100 . 4702 }"
+            ),
+            "{eim}"
+        );
+        let sym = nat_rules(Nat::Symmetric, "198.18.2.0/24", "198.18.0.101", &hosts);
+        assert!(!sym.contains("snat"), "{sym}");
         assert!(sym.contains("masquerade fully-random"), "{sym}");
         assert!(sym.contains("policy drop") && sym.contains("ct state established,related accept"));
     }

@@ -145,9 +145,9 @@ pub struct LabReport {
     /// Finds by the source of their first hit.
     pub finds_by_source: BTreeMap<String, PathSummary>,
     pub calls: OpSummary,
-    /// Successful calls by the caller's connection to the provider right after the call:
+    /// Successful calls by the caller's connection to the provider when the call started:
     /// `public` (a direct connection, at least one side public), `hole_punched`, `relayed`,
-    /// `lan` (two hosts behind one router), `unknown`.
+    /// `lan` (two hosts behind one router), `new` (none: the call connected), `unknown`.
     pub calls_by_path: BTreeMap<String, PathSummary>,
     /// Calls by where caller and provider are (`public→eim`, `eim→symmetric`, …): asked, ok.
     pub calls_by_places: BTreeMap<String, (u64, u64)>,
@@ -171,8 +171,11 @@ struct Done {
     provider: usize,
     ok: bool,
     ms: f64,
-    /// Find: the first hit's source; call: the path.
+    /// Find: the first hit's source; call: the path (the caller's connection to the provider
+    /// before the call; `new` if there was none).
     kind: String,
+    /// Call: the caller's connection to the provider right after the call.
+    after: String,
     error: String,
 }
 
@@ -328,17 +331,19 @@ async fn measure(
     }
 
     // 4. Hole punching by NAT pair: each pair of hosts behind different routers that had a
-    // call, as the caller sees the connection now (after the load).
-    let mut pairs: BTreeMap<(usize, usize), ()> = BTreeMap::new();
+    // call, punched if the caller saw a hole-punched connection to the provider after one of
+    // its calls or sees one now (after the load; an idle connection may have closed since).
+    let mut pairs: BTreeMap<(usize, usize), bool> = BTreeMap::new();
     for d in done.iter().filter(|d| !d.find && d.ok) {
         let (a, b) = (&m.hosts[d.caller], &m.hosts[d.provider]);
         if a.behind.is_some() && b.behind.is_some() && a.behind != b.behind {
-            pairs.insert((d.caller, d.provider), ());
+            *pairs.entry((d.caller, d.provider)).or_default() |= d.after == "hole_punched";
         }
     }
     let mut hole_punch: BTreeMap<String, PunchSummary> = BTreeMap::new();
-    for (caller, provider) in pairs.keys() {
-        let kind = connection(m, *caller, *provider).await;
+    for ((caller, provider), seen) in &pairs {
+        let kind =
+            if *seen { "hole_punched".into() } else { connection(m, *caller, *provider).await };
         let mut places = [place(m, &m.hosts[*caller]), place(m, &m.hosts[*provider])];
         places.sort();
         let key = format!("{}-{}", place_name(places[0]), place_name(places[1]));
@@ -488,6 +493,7 @@ async fn one_find(m: &LabManifest, caller: usize, provider: usize, cap: &str) ->
         ok: false,
         ms: 0.0,
         kind: String::new(),
+        after: String::new(),
         error: String::new(),
     };
     let out =
@@ -523,9 +529,13 @@ async fn one_call(m: &LabManifest, caller: usize, provider: usize, cap: &str) ->
         ok: false,
         ms: 0.0,
         kind: String::new(),
+        after: String::new(),
         error: String::new(),
     };
     let args = ["call", cap, "--args", r#"{"text":"lab run"}"#, "--deadline", "30s", "--json"];
+    // The path a call runs on is the connection it finds: one DCUtR makes during the call
+    // serves the calls after it.
+    let before = connection(m, caller, provider).await;
     let Ok(out) = cli_output(&m.capmesh, &m.hosts[caller], &args).await else {
         d.error = "cli did not start".into();
         return d;
@@ -538,7 +548,9 @@ async fn one_call(m: &LabManifest, caller: usize, provider: usize, cap: &str) ->
             d.ok = true;
             d.ms = a["elapsed_ms"].as_f64().unwrap_or_default();
             let (ca, pa) = (&m.hosts[caller], &m.hosts[provider]);
-            d.kind = match connection(m, caller, provider).await.as_str() {
+            d.after = connection(m, caller, provider).await;
+            d.kind = match before.as_str() {
+                "none" => "new".into(),
                 "relayed" => "relayed".into(),
                 "hole_punched" => "hole_punched".into(),
                 "direct" if ca.behind.is_some() && ca.behind == pa.behind => "lan".into(),

@@ -45,8 +45,8 @@ const MAX_RELAY_RESERVATIONS: usize = 8;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Nat {
-    /// Endpoint-independent mapping: one internal socket keeps one external port for every
-    /// destination (nftables `masquerade` without port randomisation).
+    /// Endpoint-independent mapping: each host's node port keeps one public port of its own for
+    /// every destination (a static nftables `snat` map, `masquerade` for other sockets).
     Eim,
     /// Address-and-port-dependent mapping: every new connection gets a random external port
     /// (nftables `masquerade fully-random`).
