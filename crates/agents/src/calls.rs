@@ -349,7 +349,7 @@ pub(crate) async fn drive(
     match result {
         Ok(outcome) => entry.finish(Ok(convert::call_result(outcome, stream)), false),
         Err(e) => {
-            tracing::debug!(call = ?entry.id, code = e.code(), error = %e, "call failed");
+            tracing::debug!(call = ?entry.id, code = %e.code(), error = %e, "call failed");
             let cancelled = matches!(e, CallError::Cancelled);
             entry.finish(Err(convert::call_error(entry.id, &e)), cancelled);
         }

@@ -61,7 +61,7 @@ fn weights(o: Optimize) -> Result<Weights, ApiError> {
 pub(crate) fn attempt_json(a: &capmesh_market::Attempt) -> capmesh_api::Attempt {
     capmesh_api::Attempt {
         provider: a.provider,
-        code: a.code.clone(),
+        code: a.code.to_string(),
         message: a.message.clone(),
         stage: a.stage.to_string(),
         retry_after_ms: a.retry_after_ms,
@@ -118,7 +118,7 @@ pub fn call_error(call_id: CallId, e: &CallError) -> ApiError {
         CallError::Stopped => ErrorCode::Unavailable,
         CallError::DuplicateCall => ErrorCode::Conflict,
         CallError::Ledger(_) | CallError::Sign(_) | CallError::Entropy(_) => ErrorCode::Internal,
-        other => ErrorCode::of_call(other.code()),
+        other => ErrorCode::of_call(&other.code()),
     };
     let message = match e {
         CallError::DuplicateCall => {

@@ -3,6 +3,7 @@
 
 use std::{fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
+use capmesh_wire::Code;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -81,14 +82,14 @@ impl ErrorCode {
     /// (`Failed`, `Unreachable`, `OutputInvalid`, `BadReceipt`, `Exhausted`, …) → `CallFailed`.
     /// A node maps failures of its own (its ledger, shutting down) to `Internal` or
     /// `Unavailable` instead.
-    pub fn of_call(call_code: &str) -> Self {
+    pub fn of_call(call_code: &Code) -> Self {
         match call_code {
-            "InvalidArgs" => ErrorCode::BadRequest,
-            "NotFound" => ErrorCode::NotFound,
-            "PolicyDenied" | "PriceTooHigh" => ErrorCode::Denied,
-            "RateLimited" | "Busy" => ErrorCode::RateLimited,
-            "Timeout" => ErrorCode::Timeout,
-            "Cancelled" => ErrorCode::Cancelled,
+            Code::InvalidArgs => ErrorCode::BadRequest,
+            Code::NotFound => ErrorCode::NotFound,
+            Code::PolicyDenied | Code::PriceTooHigh => ErrorCode::Denied,
+            Code::RateLimited | Code::Busy => ErrorCode::RateLimited,
+            Code::Timeout => ErrorCode::Timeout,
+            Code::Cancelled => ErrorCode::Cancelled,
             _ => ErrorCode::CallFailed,
         }
     }
@@ -263,7 +264,7 @@ mod tests {
             ("Exhausted", ErrorCode::CallFailed),
             ("Unreachable", ErrorCode::CallFailed),
         ] {
-            assert_eq!(ErrorCode::of_call(call), api, "{call}");
+            assert_eq!(ErrorCode::of_call(&Code::parse(call)), api, "{call}");
         }
     }
 

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use capmesh_contract::Violation;
+use capmesh_wire::Code;
 
 /// Why [`Executor::new`](crate::Executor::new) refused a runtime or why a
 /// [`run`](crate::Executor::run) did not produce a valid output. [`ExecError::code`] is the
@@ -51,14 +52,14 @@ pub enum ExecError {
 impl ExecError {
     /// Stable machine name of the class: `InvalidArgs`, `OutputInvalid`, `Timeout`,
     /// `Cancelled`, `Failed`, or `Internal` (configuration and I/O problems of the provider).
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            Self::InvalidArgs(_) => "InvalidArgs",
-            Self::OutputInvalid { .. } => "OutputInvalid",
-            Self::Timeout(_) => "Timeout",
-            Self::Cancelled => "Cancelled",
-            Self::Failed(_) => "Failed",
-            Self::Config(_) | Self::Io(_) => "Internal",
+            Self::InvalidArgs(_) => Code::InvalidArgs,
+            Self::OutputInvalid { .. } => Code::OutputInvalid,
+            Self::Timeout(_) => Code::Timeout,
+            Self::Cancelled => Code::Cancelled,
+            Self::Failed(_) => Code::Failed,
+            Self::Config(_) | Self::Io(_) => Code::Internal,
         }
     }
 
@@ -90,7 +91,7 @@ mod tests {
             (ExecError::Io(std::io::Error::other("x")), "Internal", true),
         ];
         for (e, code, retry) in cases {
-            assert_eq!(e.code(), code, "{e}");
+            assert_eq!(e.code().as_str(), code, "{e}");
             assert_eq!(e.retryable(), retry, "{e}");
         }
     }

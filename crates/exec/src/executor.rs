@@ -367,7 +367,7 @@ impl Executor {
         };
         match &result {
             Ok(_) => tracing::debug!(%capability, "run succeeded"),
-            Err(e) => tracing::debug!(%capability, code = e.code(), error = %e, "run failed"),
+            Err(e) => tracing::debug!(%capability, code = %e.code(), error = %e, "run failed"),
         }
         result
     }

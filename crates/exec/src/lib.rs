@@ -33,7 +33,7 @@
 //!
 //! // Arguments are validated before anything runs.
 //! let refused = blake3.run(json!({"txt": "abc"}), run()).await.unwrap_err();
-//! assert_eq!(refused.code(), "InvalidArgs");
+//! assert_eq!(refused.code(), capmesh_wire::Code::InvalidArgs);
 //! assert_eq!(blake3.runs(), 1);
 //! # Ok(())
 //! # }

@@ -237,7 +237,7 @@ mod tests {
         assert!(HttpSpec::new("http://127.0.0.1:8080/run").check().is_ok());
         for bad in ["https://example.com/", "ftp://x/", "not a url", "unix:/tmp/s"] {
             let e = HttpSpec::new(bad).check().unwrap_err();
-            assert_eq!(e.code(), "Internal", "{bad}: {e}");
+            assert_eq!(e.code(), capmesh_wire::Code::Internal, "{bad}: {e}");
         }
         let msg = HttpSpec::new("https://example.com/").check().unwrap_err().to_string();
         assert!(msg.contains("TLS"), "{msg}");

@@ -25,13 +25,13 @@ const QUEUE: usize = 1024;
 /// Why ledger work was not done: a protocol code (`NotFound`, `Internal`) and a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Refused {
-    pub code: &'static str,
+    pub code: capmesh_wire::Code,
     pub message: String,
 }
 
 impl Refused {
     pub(crate) fn internal(e: impl std::fmt::Display) -> Self {
-        Self { code: "Internal", message: e.to_string() }
+        Self { code: capmesh_wire::Code::Internal, message: e.to_string() }
     }
 }
 

@@ -19,8 +19,8 @@ use capmesh_mesh::{Exchange, FindEvent, MeshError, Multiaddr, Thread};
 use capmesh_store::{LedgerKind, LedgerNote, SessionTag};
 use capmesh_types::{Cid, Digest, PeerId};
 use capmesh_wire::{
-    Body, CallId, CallStatus, Countersignature, ErrorBody, Intent, Negotiate, Offer, Opened, Price,
-    Receipt, ReceiptCountersign, Signed, TaskCancel, TaskDone, TaskStart, TraceId,
+    Body, CallId, CallStatus, Code, Countersignature, ErrorBody, Intent, Negotiate, Offer, Opened,
+    Price, Receipt, ReceiptCountersign, Signed, TaskCancel, TaskDone, TaskStart, TraceId,
 };
 use serde_json::Value;
 use tokio::{sync::mpsc, task::JoinSet};
@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     Attempt, CallError, Market, MarketConfig, Record, Weights,
     batch::{Done, Refused},
-    counted_code, error_body, lock, now_ms,
+    error_body, lock, now_ms,
     offers::{Held, Standing},
     receipt::{self, CHAIN_START, Expected, chain_next, json_digest},
     select::rank,
@@ -386,7 +386,7 @@ impl Market {
     /// ledger; the countersignature is sent afterwards. Cancel-safe: dropping the future
     /// abandons the call without `TaskCancel` — use [`Market::cancel`] to stop the provider.
     ///
-    /// Every call that returns is counted by outcome (failures by [`counted_code`]) with its
+    /// Every call that returns is counted by outcome (failures by [`Code::metric_label`]) with its
     /// duration, refusals before anything was sent included (`stats()`).
     pub async fn call(&self, req: CallRequest) -> Result<CallOutcome, CallError> {
         let clock = Instant::now();
@@ -399,7 +399,7 @@ impl Market {
             }
             Err(e) => {
                 s.calls_failed += 1;
-                *s.calls_failed_by.entry(counted_code(e.code()).to_string()).or_default() += 1;
+                *s.calls_failed_by.entry(e.code().metric_label().to_string()).or_default() += 1;
                 s.call_failed_latency.observe(elapsed);
             }
         });
@@ -650,7 +650,7 @@ impl Market {
                 walk.denied.insert(provider);
                 attempts.push(Attempt {
                     provider,
-                    code: denial.code.code().to_string(),
+                    code: denial.code.code(),
                     message: denial.reason,
                     stage: "policy",
                     retry_after_ms: None,
@@ -723,7 +723,7 @@ impl Market {
                 _ = tokio::time::sleep_until(ctx.deadline.into()) => {
                     for provider in pending.drain(..) {
                         let a = "no offer before the deadline";
-                        failed.push(attempt(provider, "intent", "Timeout", a, None));
+                        failed.push(attempt(provider, "intent", Code::Timeout, a, None));
                     }
                     break;
                 }
@@ -741,9 +741,12 @@ impl Market {
                     Body::Offer(offer) => {
                         let priced = policy.check_price(&offer.price, ctx.req.max_price.as_ref());
                         let refused = if offer.capability != cap {
-                            Some(("InvalidObject", "an offer for another capability".to_string()))
+                            Some((
+                                Code::InvalidObject,
+                                "an offer for another capability".to_string(),
+                            ))
                         } else if offer.expires <= now_ms() || offer.calls == 0 {
-                            Some(("OfferExpired", "an offer already expired or used up".into()))
+                            Some((Code::OfferExpired, "an offer already expired or used up".into()))
                         } else if let Err(d) = priced {
                             Some((d.code.code(), d.reason))
                         } else {
@@ -772,14 +775,14 @@ impl Market {
                     Body::Negotiate(Negotiate { reason, .. }) => failed.push(attempt(
                         provider,
                         "intent",
-                        "Declined",
+                        Code::Declined,
                         reason.as_deref().unwrap_or("declined"),
                         None,
                     )),
                     other => failed.push(attempt(
                         provider,
                         "intent",
-                        "InvalidObject",
+                        Code::InvalidObject,
                         &format!("{:?} in answer to Intent", other.kind()),
                         None,
                     )),
@@ -787,7 +790,7 @@ impl Market {
                 Ok(None) => failed.push(attempt(
                     provider,
                     "intent",
-                    "InvalidObject",
+                    Code::InvalidObject,
                     "an acknowledgement to Intent",
                     None,
                 )),
@@ -848,7 +851,7 @@ impl Market {
             }
             _ = tokio::time::sleep_until(ctx.deadline.into()) => {
                 self.cancel_later(ctx, standing, start_id);
-                return Tried::Next(attempt(provider, "task", "Timeout", "no answer before the deadline", None));
+                return Tried::Next(attempt(provider, "task", Code::Timeout, "no answer before the deadline", None));
             }
             a = sent => a,
         };
@@ -858,7 +861,7 @@ impl Market {
                 let a = from_mesh(provider, "task", &e);
                 let remote = matches!(e, MeshError::Remote { .. });
                 let mut state = lock(&self.inner.caller);
-                let stale = matches!(a.code.as_str(), "OfferExpired" | "NotFound");
+                let stale = matches!(a.code, Code::OfferExpired | Code::NotFound);
                 if stale || !remote {
                     state.held.forget(&ctx.req.capability, &standing.offer_id);
                 }
@@ -866,8 +869,10 @@ impl Market {
                     state.rate(provider, false);
                 }
                 drop(state);
-                return match a.code.as_str() {
-                    "InvalidArgs" | "Cancelled" => Tried::Stop(CallError::Refused { attempt: a }),
+                return match a.code {
+                    Code::InvalidArgs | Code::Cancelled => {
+                        Tried::Stop(CallError::Refused { attempt: a })
+                    }
                     // The provider forgot the offer (it restarted, or it expired) or could not be
                     // reached where it was: ask for a new offer (a fresh find has its addresses).
                     _ if stale || !remote => Tried::Renew(a),
@@ -879,7 +884,7 @@ impl Market {
             return Tried::Next(attempt(
                 provider,
                 "task",
-                "InvalidObject",
+                Code::InvalidObject,
                 "an acknowledgement to TaskStart",
                 None,
             ));
@@ -904,7 +909,7 @@ impl Market {
                         }
                         _ = tokio::time::sleep_until(ctx.deadline.into()) => {
                             self.cancel_later(ctx, standing, start_id);
-                            return Tried::Next(attempt(provider, "task", "Timeout", "no outcome before the deadline", None));
+                            return Tried::Next(attempt(provider, "task", Code::Timeout, "no outcome before the deadline", None));
                         }
                         _ = check.tick() => {
                             ticks += 1;
@@ -922,7 +927,7 @@ impl Market {
                                     return self.cancel_at(ctx, standing, start_id).await;
                                 }
                                 self.cancel_later(ctx, standing, start_id);
-                                return Tried::Next(attempt(provider, "task", "Timeout", "no outcome before the deadline", None));
+                                return Tried::Next(attempt(provider, "task", Code::Timeout, "no outcome before the deadline", None));
                             };
                             match probe {
                                 Ok(Some((done, id))) => break (done, id),
@@ -946,7 +951,7 @@ impl Market {
                             return Tried::Next(attempt(
                                 provider,
                                 "task",
-                                "Internal",
+                                Code::Internal,
                                 "follow-up channel closed",
                                 None,
                             ));
@@ -958,7 +963,7 @@ impl Market {
                 return Tried::Next(attempt(
                     provider,
                     "task",
-                    "InvalidObject",
+                    Code::InvalidObject,
                     &format!("{:?} in answer to TaskStart", other.kind()),
                     None,
                 ));
@@ -1007,7 +1012,7 @@ impl Market {
                 other => Err(attempt(
                     provider,
                     "task",
-                    "InvalidObject",
+                    Code::InvalidObject,
                     &format!("{:?} to a repeated TaskStart", other.kind()),
                     None,
                 )),
@@ -1015,7 +1020,7 @@ impl Market {
             Ok(None) => Err(attempt(
                 provider,
                 "task",
-                "InvalidObject",
+                Code::InvalidObject,
                 "an acknowledgement to TaskStart",
                 None,
             )),
@@ -1041,7 +1046,7 @@ impl Market {
             Ok(r) => r,
             Err(bad) => {
                 lock(&self.inner.caller).rate(provider, false);
-                return Tried::Next(attempt(provider, "task", "BadReceipt", &bad.0, None));
+                return Tried::Next(attempt(provider, "task", Code::BadReceipt, &bad.0, None));
             }
         };
         // Step 8 in order: the output against the contract first; an output that does not
@@ -1050,7 +1055,7 @@ impl Market {
             && let Err(e) = validate_output(known, output)
         {
             lock(&self.inner.caller).rate(provider, false);
-            return Tried::Next(attempt(provider, "task", "OutputInvalid", &e, None));
+            return Tried::Next(attempt(provider, "task", Code::OutputInvalid, &e, None));
         }
         // A valid receipt is evidence whatever it says: keep it (flushed), with this node's
         // countersignature, then send that to the provider.
@@ -1063,11 +1068,15 @@ impl Market {
         };
         if r.status != CallStatus::Ok {
             lock(&self.inner.caller).rate(provider, false);
-            let e =
-                done.error.clone().unwrap_or_else(|| error_body("Internal", "failed", false, None));
-            let a = attempt(provider, "task", &e.code, &e.message, e.retry_after_ms);
-            return match e.code.as_str() {
-                "InvalidArgs" | "Cancelled" => Tried::Stop(CallError::Refused { attempt: a }),
+            let e = done
+                .error
+                .clone()
+                .unwrap_or_else(|| error_body(Code::Internal, "failed", false, None));
+            let a = attempt(provider, "task", e.code.clone(), &e.message, e.retry_after_ms);
+            return match e.code {
+                Code::InvalidArgs | Code::Cancelled => {
+                    Tried::Stop(CallError::Refused { attempt: a })
+                }
                 _ => Tried::Next(a),
             };
         }
@@ -1107,7 +1116,7 @@ impl Market {
             let sent =
                 self.inner.mesh.request(provider, standing.addrs.clone(), body.clone(), thread);
             match tokio::time::timeout(CANCEL_TIMEOUT, sent).await {
-                Ok(Err(MeshError::Remote { code, .. })) if code == "NotFound" => continue,
+                Ok(Err(MeshError::Remote { code: Code::NotFound, .. })) => continue,
                 Ok(Ok(Exchange { answer: Some(opened), .. })) => answer = Some(opened),
                 _ => {}
             }
@@ -1251,7 +1260,8 @@ impl Market {
         peer: PeerId,
         request: &Opened,
     ) -> Result<capmesh_mesh::Served, ErrorBody> {
-        let not_found = || error_body("NotFound", "no such call in flight from you", false, None);
+        let not_found =
+            || error_body(Code::NotFound, "no such call in flight from you", false, None);
         let (call, followup) = match &request.payload.body {
             Body::TaskProgress(p) => (p.call, None),
             Body::TaskDone(d) => (d.call, Some(Followup::Done(Box::new(d.clone()), request.id))),
@@ -1270,7 +1280,7 @@ impl Market {
                     let next = chain_next(&f.chain, &p.data.0);
                     if p.seq != f.next_seq || p.chain != next {
                         return Err(error_body(
-                            "InvalidObject",
+                            Code::InvalidObject,
                             format!("chunk {} does not extend the chain at {}", p.seq, f.next_seq),
                             false,
                             None,
@@ -1329,28 +1339,22 @@ fn validate_output(known: &Known, output: &Value) -> Result<(), String> {
 fn attempt(
     provider: PeerId,
     stage: &'static str,
-    code: &str,
+    code: Code,
     message: &str,
     retry_after_ms: Option<u64>,
 ) -> Attempt {
-    Attempt {
-        provider,
-        code: code.to_string(),
-        message: message.to_string(),
-        stage,
-        retry_after_ms,
-    }
+    Attempt { provider, code, message: message.to_string(), stage, retry_after_ms }
 }
 
 fn from_mesh(provider: PeerId, stage: &'static str, e: &MeshError) -> Attempt {
     match e {
         MeshError::Remote { code, message, retry_after_ms, .. } => {
-            attempt(provider, stage, code, message, *retry_after_ms)
+            attempt(provider, stage, code.clone(), message, *retry_after_ms)
         }
         MeshError::Net(capmesh_mesh::NetError::Timeout(_)) => {
-            attempt(provider, stage, "Timeout", &e.to_string(), None)
+            attempt(provider, stage, Code::Timeout, &e.to_string(), None)
         }
-        other => attempt(provider, stage, "Unreachable", &other.to_string(), None),
+        other => attempt(provider, stage, Code::Unreachable, &other.to_string(), None),
     }
 }
 

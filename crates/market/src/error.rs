@@ -1,13 +1,15 @@
 //! Why a call did not succeed, as the agent sees it.
 
 use capmesh_types::{Cid, PeerId};
+use capmesh_wire::Code;
 
 /// One try at one provider that did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
     pub provider: PeerId,
-    /// Protocol code (`PolicyDenied`, `RateLimited`, `Timeout`, …, or `BadReceipt`).
-    pub code: String,
+    /// Protocol code (`PolicyDenied`, `RateLimited`, `Timeout`, …, or the caller's own
+    /// `BadReceipt`, `Unreachable`, `Declined`).
+    pub code: Code,
     pub message: String,
     /// Stage: `intent` or `task`.
     pub stage: &'static str,
@@ -66,24 +68,24 @@ pub enum CallError {
 
 impl CallError {
     /// A protocol-style code (specs/api.md lists them).
-    pub fn code(&self) -> &str {
+    pub fn code(&self) -> Code {
         match self {
-            CallError::UnknownCapability(_) | CallError::NoProviders(_) => "NotFound",
-            CallError::InvalidArgs(_) => "InvalidArgs",
+            CallError::UnknownCapability(_) | CallError::NoProviders(_) => Code::NotFound,
+            CallError::InvalidArgs(_) => Code::InvalidArgs,
             CallError::Exhausted { attempts } => match attempts.last() {
                 // The most telling refusal, if every provider said the same.
-                Some(a) if attempts.iter().all(|b| b.code == a.code) => &a.code,
-                _ => "Exhausted",
+                Some(a) if attempts.iter().all(|b| b.code == a.code) => a.code.clone(),
+                _ => Code::Exhausted,
             },
-            CallError::Refused { attempt } => &attempt.code,
-            CallError::Deadline { .. } => "Timeout",
-            CallError::Cancelled => "Cancelled",
-            CallError::Busy(_) | CallError::DuplicateCall => "Busy",
+            CallError::Refused { attempt } => attempt.code.clone(),
+            CallError::Deadline { .. } => Code::Timeout,
+            CallError::Cancelled => Code::Cancelled,
+            CallError::Busy(_) | CallError::DuplicateCall => Code::Busy,
             CallError::Store(_)
             | CallError::Ledger(_)
             | CallError::Sign(_)
             | CallError::Stopped
-            | CallError::Entropy(_) => "Internal",
+            | CallError::Entropy(_) => Code::Internal,
         }
     }
 

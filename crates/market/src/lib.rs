@@ -44,7 +44,7 @@ use capmesh_mesh::{BoxFuture, Calls, Latency, Mesh, Served};
 use capmesh_policy::{Admission, PolicyHandle};
 use capmesh_store::Store;
 use capmesh_types::{Cid, NodeKey, PeerId};
-use capmesh_wire::{Body, ErrorBody, Opened};
+use capmesh_wire::{Body, Code, ErrorBody, Opened};
 use tokio_util::sync::CancellationToken;
 
 pub use caller::{CallEvent, CallOutcome, CallRequest};
@@ -164,11 +164,11 @@ pub struct MarketStats {
     pub runs_failed: u64,
     pub runs_cancelled: u64,
     pub countersignatures_stored: u64,
-    /// Refusals this node sent, by code.
+    /// Refusals this node sent, by [`Code::metric_label`].
     pub refused: BTreeMap<String, u64>,
     pub offers_evicted: u64,
     /// Caller side: calls that returned (from [`Market::call`]), and the failed ones by
-    /// [`counted_code`].
+    /// [`Code::metric_label`] (a peer's unknown code counts as `Other`).
     pub calls_ok: u64,
     pub calls_failed: u64,
     pub calls_failed_by: BTreeMap<String, u64>,
@@ -183,52 +183,6 @@ pub struct MarketStats {
     /// Provider ledger batches: flushes, and the operations they covered.
     pub ledger_flushes: u64,
     pub ledger_appends: u64,
-}
-
-/// The codes a failed call is counted under: protocol.md §11.1 and §11.2, and the caller's own
-/// (`BadReceipt`, `Unreachable`, `Exhausted`). Codes come from providers' `Error` answers, so
-/// anything else is counted as `Other`: a peer cannot grow the counters (or a metrics label).
-const COUNTED_CODES: &[&str] = &[
-    // §11.2
-    "PolicyDenied",
-    "RateLimited",
-    "Busy",
-    "NotFound",
-    "InvalidArgs",
-    "OutputInvalid",
-    "OfferExpired",
-    "PriceTooHigh",
-    "Timeout",
-    "Cancelled",
-    "Failed",
-    "Internal",
-    // §11.1
-    "TooLarge",
-    "TooDeep",
-    "Malformed",
-    "NonCanonical",
-    "BadLink",
-    "InvalidObject",
-    "UnsupportedVersion",
-    "BadKey",
-    "BadSignature",
-    "CidMismatch",
-    "FutureDated",
-    "Expired",
-    "TtlTooLong",
-    "UnknownSchema",
-    "Misaddressed",
-    "Replay",
-    "ReplayCacheFull",
-    // the caller's own
-    "BadReceipt",
-    "Unreachable",
-    "Exhausted",
-];
-
-/// `code` if it is one of the codes counted by name, else `Other`.
-pub fn counted_code(code: &str) -> &'static str {
-    COUNTED_CODES.iter().find(|c| **c == code).copied().unwrap_or("Other")
 }
 
 /// How long the provider gathers its ledger work into one flush: nobody waits for it on a
@@ -343,9 +297,8 @@ impl Market {
         f(&mut lock(&self.inner.stats));
     }
 
-    fn refused(&self, code: &str) {
-        let code = counted_code(code);
-        *lock(&self.inner.stats).refused.entry(code.to_string()).or_default() += 1;
+    fn refused(&self, code: &Code) {
+        *lock(&self.inner.stats).refused.entry(code.metric_label().to_string()).or_default() += 1;
     }
 }
 
@@ -362,7 +315,7 @@ impl Calls for Market {
                     market.serve_followup(peer, &request).await
                 }
                 other => Err(error_body(
-                    "NotFound",
+                    Code::NotFound,
                     format!("{:?} is not a call kind", other.kind()),
                     false,
                     None,
@@ -377,12 +330,12 @@ impl Calls for Market {
 }
 
 pub(crate) fn error_body(
-    code: &str,
+    code: Code,
     message: impl Into<String>,
     retryable: bool,
     retry_after_ms: Option<u64>,
 ) -> ErrorBody {
-    ErrorBody { code: code.to_string(), message: message.into(), retryable, retry_after_ms }
+    ErrorBody { code, message: message.into(), retryable, retry_after_ms }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -397,12 +350,11 @@ mod tests {
 
     #[test]
     fn codes_outside_the_protocol_are_counted_as_other() {
-        assert_eq!(counted_code("RateLimited"), "RateLimited");
-        assert_eq!(counted_code("BadReceipt"), "BadReceipt");
-        assert_eq!(counted_code("ReplayCacheFull"), "ReplayCacheFull");
-        assert_eq!(counted_code("a peer's invention"), "Other");
-        assert_eq!(counted_code(""), "Other");
-        let mut seen = std::collections::HashSet::new();
-        assert!(COUNTED_CODES.iter().all(|c| seen.insert(c)), "listed once each");
+        let mut stats = MarketStats::default();
+        for code in [Code::RateLimited, Code::BadReceipt, Code::parse("a peer's invention")] {
+            *stats.refused.entry(code.metric_label().to_string()).or_default() += 1;
+        }
+        let labels: Vec<&str> = stats.refused.keys().map(String::as_str).collect();
+        assert_eq!(labels, ["BadReceipt", "Other", "RateLimited"]);
     }
 }

@@ -14,8 +14,8 @@ use capmesh_policy::Refusal;
 use capmesh_store::LedgerKind;
 use capmesh_types::{Cid, Digest, PeerId};
 use capmesh_wire::{
-    Body, CallId, CallLimits, CallStatus, ErrorBody, Intent, Negotiate, NegotiateAction, Offer,
-    Opened, Price, Receipt, ReceiptCountersign, Signed, TaskAccepted, TaskCancel, TaskDone,
+    Body, CallId, CallLimits, CallStatus, Code, ErrorBody, Intent, Negotiate, NegotiateAction,
+    Offer, Opened, Price, Receipt, ReceiptCountersign, Signed, TaskAccepted, TaskCancel, TaskDone,
     TaskProgress, TaskStart, TraceId, Validation, cbor,
 };
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -179,8 +179,8 @@ impl State {
     }
 }
 
-fn refusal(code: &str, message: impl Into<String>) -> ErrorBody {
-    let retryable = matches!(code, "RateLimited" | "Busy" | "Internal" | "Timeout");
+fn refusal(code: Code, message: impl Into<String>) -> ErrorBody {
+    let retryable = code.retryable();
     error_body(code, message, retryable, None)
 }
 
@@ -244,14 +244,16 @@ impl Market {
             Body::Negotiate(n) => Ok(Served::Answer(self.negotiate(peer, n).into())),
             Body::TaskStart(start) => self.task_start(peer, request, start).await,
             Body::TaskCancel(c) => self.task_cancel(peer, c).await,
-            other => Err(refusal("NotFound", format!("{:?} is not a provider kind", other.kind()))),
+            other => {
+                Err(refusal(Code::NotFound, format!("{:?} is not a provider kind", other.kind())))
+            }
         }
     }
 
     fn intent(&self, peer: PeerId, request: &Opened, intent: &Intent) -> Result<Served, ErrorBody> {
         self.bump(|s| s.intents_served += 1);
         let serving = self.serving(&intent.capability).ok_or_else(|| {
-            refusal("NotFound", format!("capability {} is not served here", intent.capability))
+            refusal(Code::NotFound, format!("capability {} is not served here", intent.capability))
         })?;
         let policy = self.inner.policy.current();
         policy
@@ -302,7 +304,7 @@ impl Market {
             .inner
             .mesh
             .answer_to(request, offer)
-            .map_err(|e| refusal("Internal", e.to_string()))?;
+            .map_err(|e| refusal(Code::Internal, e.to_string()))?;
         let evicted = lock(&self.inner.provider).offers.insert(envelope.id(), issued, now);
         self.bump(|s| {
             s.offers_issued += 1;
@@ -373,7 +375,7 @@ impl Market {
                 }));
             }
             if !state.room(now) {
-                return Err(refusal("Busy", "too many calls in flight on this provider"));
+                return Err(refusal(Code::Busy, "too many calls in flight on this provider"));
             }
             state.calls.insert(key, call.clone());
         }
@@ -390,17 +392,17 @@ impl Market {
             None => {
                 release(false);
                 let message = format!("capability {} is not served here", start.capability);
-                return Err(refusal("NotFound", message));
+                return Err(refusal(Code::NotFound, message));
             }
         };
         let max_deadline = now + self.inner.config.max_deadline.as_millis() as u64;
         if start.deadline <= now || start.deadline > max_deadline {
             release(false);
             return Err(if start.deadline <= now {
-                refusal("Timeout", "the call's deadline has passed")
+                refusal(Code::Timeout, "the call's deadline has passed")
             } else {
                 refusal(
-                    "InvalidArgs",
+                    Code::InvalidArgs,
                     "the call's deadline is further away than this provider allows",
                 )
             });
@@ -413,11 +415,11 @@ impl Market {
                 release(false);
                 return Err(match p {
                     OfferProblem::Unknown => refusal(
-                        "NotFound",
+                        Code::NotFound,
                         format!("no offer {} for this caller and capability", start.offer),
                     ),
                     OfferProblem::Spent => refusal(
-                        "OfferExpired",
+                        Code::OfferExpired,
                         format!("offer {} expired or is used up", start.offer),
                     ),
                 });
@@ -490,7 +492,7 @@ impl Market {
             .map_err(rate_refusal)?;
         let slot = serving.slots.clone().try_acquire_owned().map_err(|_| {
             refusal(
-                "Busy",
+                Code::Busy,
                 format!(
                     "{} calls already run (the advert's concurrency)",
                     serving.spec.limits.concurrency
@@ -498,11 +500,11 @@ impl Market {
             )
         })?;
         let size = cbor::to_vec(&start.args)
-            .map_err(|e| refusal("InvalidArgs", format!("args cannot be encoded: {e}")))?
+            .map_err(|e| refusal(Code::InvalidArgs, format!("args cannot be encoded: {e}")))?
             .len() as u64;
         if size > serving.spec.limits.max_input_bytes {
             return Err(refusal(
-                "InvalidArgs",
+                Code::InvalidArgs,
                 format!(
                     "args are {size} bytes, over the limit of {}",
                     serving.spec.limits.max_input_bytes
@@ -513,7 +515,7 @@ impl Market {
             .spec
             .executor
             .check_args(start.args.clone())
-            .map_err(|e| refusal("InvalidArgs", e.to_string()))?;
+            .map_err(|e| refusal(Code::InvalidArgs, e.to_string()))?;
         Ok((permit, slot, args))
     }
 
@@ -547,7 +549,7 @@ impl Market {
         serving.observe(clock.elapsed());
         let stream = match forwarder {
             Some(f) => {
-                Some(f.await.unwrap_or(Err(refusal("Internal", "progress forwarder failed"))))
+                Some(f.await.unwrap_or(Err(refusal(Code::Internal, "progress forwarder failed"))))
             }
             None => None,
         };
@@ -563,7 +565,7 @@ impl Market {
                 (CallStatus::Failed, Validation::Skipped, None, None, Some(e))
             }
             (Ok(Output::Streamed { .. }), None) => {
-                let e = refusal("Internal", "a runtime streamed for a contract that does not");
+                let e = refusal(Code::Internal, "a runtime streamed for a contract that does not");
                 (CallStatus::Failed, Validation::Skipped, None, None, Some(e))
             }
             // The bad output is not sent (exactly one of output and error), so the receipt
@@ -578,7 +580,7 @@ impl Market {
                     Validation::Failed,
                     None,
                     None,
-                    Some(refusal("OutputInvalid", msg)),
+                    Some(refusal(Code::OutputInvalid, msg)),
                 )
             }
             (Err(e), _) => {
@@ -703,7 +705,7 @@ impl Market {
         loop {
             // A cancelled run sends nothing more (what is buffered is dropped).
             let data = tokio::select! {
-                _ = call.cancel.cancelled() => return Err(refusal("Cancelled", "the call was cancelled")),
+                _ = call.cancel.cancelled() => return Err(refusal(Code::Cancelled, "the call was cancelled")),
                 next = chunks.recv() => match next {
                     Some(data) => data,
                     None => break,
@@ -714,7 +716,7 @@ impl Market {
                 TaskProgress { call: id, seq, data: capmesh_wire::repr::Bytes(data), chain };
             if let Err(e) = self.inner.mesh.request(peer, Vec::new(), progress, thread).await {
                 call.cancel.cancel();
-                return Err(refusal("Internal", format!("chunk {seq} not delivered: {e}")));
+                return Err(refusal(Code::Internal, format!("chunk {seq} not delivered: {e}")));
             }
             seq += 1;
         }
@@ -723,7 +725,7 @@ impl Market {
 
     async fn task_cancel(&self, peer: PeerId, c: &TaskCancel) -> Result<Served, ErrorBody> {
         let call = lock(&self.inner.provider).calls.get(&(peer, c.call)).cloned();
-        let call = call.ok_or_else(|| refusal("NotFound", "no such call"))?;
+        let call = call.ok_or_else(|| refusal(Code::NotFound, "no such call"))?;
         call.cancel.cancel();
         let mut rx = call.done.subscribe();
         // Runtimes stop at once on cancel; bound the wait anyway.
@@ -734,7 +736,7 @@ impl Market {
                 *delivery = Delivery::Answered;
                 Ok(Served::Answer((*done).clone().into()))
             }
-            None => Err(refusal("Internal", "the run did not stop within 10 s")),
+            None => Err(refusal(Code::Internal, "the run did not stop within 10 s")),
         }
     }
 
@@ -750,15 +752,15 @@ impl Market {
         let record = cs
             .verify(now_ms(), &capmesh_wire::Rules::default())
             .map(|v| v.record)
-            .map_err(|e| error_body(e.code(), e.to_string(), e.retryable(), None))?;
+            .map_err(|e| error_body(Code::parse(e.code()), e.to_string(), e.retryable(), None))?;
         if record.caller != peer {
-            return Err(refusal("Misaddressed", "the countersignature is not the sender's"));
+            return Err(refusal(Code::Misaddressed, "the countersignature is not the sender's"));
         }
         let me = self.inner.me;
         let bytes = cs.to_bytes();
         // Checked and appended in the batch, after every receipt appended before it.
         let op: crate::batch::Op = Box::new(move |store| {
-            let not_found = |message: String| Refused { code: "NotFound", message };
+            let not_found = |message: String| Refused { code: Code::NotFound, message };
             let (receipt, countersigned) =
                 store.ledger_find(&record.receipt).map_err(Refused::internal)?;
             let receipt =
@@ -777,7 +779,7 @@ impl Market {
                 .map_err(Refused::internal)?;
             Ok(Done { seq: entry.seq, fresh: true })
         });
-        let ledger = self.ledger().map_err(|e| refusal("Internal", e))?;
+        let ledger = self.ledger().map_err(|e| refusal(Code::Internal, e))?;
         let stored = ledger.run(op).await.map_err(|r| refusal(r.code, r.message))?.fresh;
         if stored {
             self.bump(|s| s.countersignatures_stored += 1);
@@ -789,11 +791,11 @@ impl Market {
 fn rate_refusal(r: Refusal) -> ErrorBody {
     match r {
         Refusal::RateLimited { retry_after_ms } => error_body(
-            "RateLimited",
+            Code::RateLimited,
             format!("rate limit reached; retry in {retry_after_ms} ms"),
             true,
             Some(retry_after_ms),
         ),
-        busy @ Refusal::Busy { .. } => refusal("Busy", busy.to_string()),
+        busy @ Refusal::Busy { .. } => refusal(Code::Busy, busy.to_string()),
     }
 }

@@ -184,7 +184,7 @@ mod tests {
         let err = check(&done(&f, &none, None, None), &expected(&f, &rules, None)).unwrap_err();
         assert!(err.0.contains("exactly one"), "{err}");
         let e = ErrorBody {
-            code: "Failed".into(),
+            code: capmesh_wire::Code::Failed,
             message: "x".into(),
             retryable: false,
             retry_after_ms: None,

@@ -469,7 +469,12 @@ impl MeshTools {
         };
         let call_id = match CallId::random() {
             Ok(id) => id,
-            Err(e) => return tool_error("Internal", format!("no randomness for a call id: {e}")),
+            Err(e) => {
+                return tool_error(
+                    capmesh_wire::Code::Internal.as_str(),
+                    format!("no randomness for a call id: {e}"),
+                );
+            }
         };
         let s = &self.inner.selection;
         let mut req = CallRequest::new(exposed.capability, args);
@@ -507,7 +512,7 @@ impl MeshTools {
                     if let Err(e) = tokio::time::timeout(CANCEL_GRACE, self.api().cancel(&call_id)).await {
                         tracing::debug!(error = %e, "cancel");
                     }
-                    return tool_error("Cancelled", "the call was cancelled".into());
+                    return tool_error(capmesh_wire::Code::Cancelled.as_str(), "the call was cancelled".into());
                 }
                 outcome = &mut attempt => break outcome,
                 Some(step) = progress.next() => {
@@ -567,7 +572,7 @@ impl MeshTools {
         };
         let results = tokio::select! {
             r = search => r,
-            () = ctx.ct.cancelled() => return tool_error("Cancelled", "the search was cancelled".into()),
+            () = ctx.ct.cancelled() => return tool_error(capmesh_wire::Code::Cancelled.as_str(), "the search was cancelled".into()),
         };
         let results = match results {
             Ok(Err(bad)) => return tool_error("BadRequest", bad),

@@ -12,7 +12,7 @@ use std::{
 use capmesh_net::{Multiaddr, ProviderEvent};
 use capmesh_store::{Item, Query, RecordType};
 use capmesh_types::{Cid, PeerId};
-use capmesh_wire::{Advert, Body, Contract, Discover, DiscoverResult, ErrorBody, Signed};
+use capmesh_wire::{Advert, Body, Code, Contract, Discover, DiscoverResult, ErrorBody, Signed};
 use tokio::{sync::mpsc, task::JoinSet};
 
 use crate::{Mesh, MeshError, error_body, kad_key, now_ms};
@@ -285,7 +285,8 @@ impl Mesh {
     /// adverts; record ids → that record) and by filter.
     pub(crate) fn serve_discover(&self, d: &Discover) -> Result<DiscoverResult, ErrorBody> {
         let store = &self.inner.store;
-        let internal = |e: capmesh_store::StoreError| error_body("Internal", e.to_string(), true);
+        let internal =
+            |e: capmesh_store::StoreError| error_body(Code::Internal, e.to_string(), true);
         let limits = self.inner.config.rules.limits;
         let now = now_ms();
         let limit = (d.limit as usize).clamp(1, MAX_DISCOVER);

@@ -33,7 +33,7 @@ use std::{
 use capmesh_net::NetworkHandle;
 use capmesh_store::Store;
 use capmesh_types::{Cid, NodeKey, PeerId};
-use capmesh_wire::{Body, Envelope, ErrorBody, Opened, Receiver, Rules};
+use capmesh_wire::{Body, Code, Envelope, ErrorBody, Opened, Receiver, Rules};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -127,7 +127,7 @@ pub enum MeshError {
     #[error("{peer} answered {code}: {message}")]
     Remote {
         peer: PeerId,
-        code: String,
+        code: Code,
         message: String,
         retryable: bool,
         retry_after_ms: Option<u64>,
@@ -340,6 +340,6 @@ pub fn now_ms() -> u64 {
 }
 
 /// An `Error` body for a refusal.
-fn error_body(code: &str, message: impl Into<String>, retryable: bool) -> ErrorBody {
-    ErrorBody { code: code.to_string(), message: message.into(), retryable, retry_after_ms: None }
+fn error_body(code: Code, message: impl Into<String>, retryable: bool) -> ErrorBody {
+    ErrorBody { code, message: message.into(), retryable, retry_after_ms: None }
 }

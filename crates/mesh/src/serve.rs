@@ -3,7 +3,7 @@
 use capmesh_net::{Handler, Verdict};
 use capmesh_store::{Item, Outcome, StoreError};
 use capmesh_types::PeerId;
-use capmesh_wire::{Body, Carrier, Envelope, Opened, VerifyError};
+use capmesh_wire::{Body, Carrier, Code, Envelope, Opened, VerifyError};
 
 use crate::{Mesh, error_body, now_ms};
 
@@ -16,7 +16,7 @@ impl Handler for Mesh {
                 // The connection's peer must be the signer: no relaying of others' requests.
                 self.bump(|s| s.refused_requests += 1);
                 let body = error_body(
-                    "Misaddressed",
+                    Code::Misaddressed,
                     "the envelope's signer is not the connected peer",
                     false,
                 );
@@ -32,7 +32,10 @@ impl Handler for Mesh {
                 if sender.payload.sender() != peer {
                     return None;
                 }
-                return self.answer(&sender, error_body(e.code(), e.to_string(), e.retryable()));
+                return self.answer(
+                    &sender,
+                    error_body(Code::parse(e.code()), e.to_string(), e.retryable()),
+                );
             }
         };
         let answer = match &opened.payload.body {
@@ -51,11 +54,12 @@ impl Handler for Mesh {
                 let item = item_of(&opened.payload.body).expect("a gossip kind");
                 return match self.insert(item).await {
                     Ok(_) => Some(Vec::new()),
-                    Err(e) => self.answer(&opened, error_body(e.code(), e.to_string(), false)),
+                    Err(e) => self
+                        .answer(&opened, error_body(Code::parse(e.code()), e.to_string(), false)),
                 };
             }
             other if crate::calls::answer_only(other.kind()) => Err(error_body(
-                "InvalidObject",
+                Code::InvalidObject,
                 format!("{:?} is an answer, not a request", other.kind()),
                 false,
             )),
@@ -69,7 +73,7 @@ impl Handler for Mesh {
                     }
                 }
                 _ => Err(error_body(
-                    "NotFound",
+                    Code::NotFound,
                     format!("this node does not serve {:?} requests", other.kind()),
                     false,
                 )),
@@ -126,7 +130,7 @@ async fn blocking(
 ) -> Result<Body, capmesh_wire::ErrorBody> {
     tokio::task::spawn_blocking(f)
         .await
-        .unwrap_or_else(|e| Err(error_body("Internal", e.to_string(), true)))
+        .unwrap_or_else(|e| Err(error_body(Code::Internal, e.to_string(), true)))
 }
 
 /// The request as far as it can be trusted after a refusal: decoded, and signed by its `from`.
@@ -145,8 +149,8 @@ fn addressable(bytes: &[u8], limits: capmesh_wire::cbor::Limits) -> Option<Opene
 /// (protocol.md §10.3).
 fn verdict_of_verify(e: &VerifyError, source: &PeerId) -> Verdict {
     tracing::debug!(%source, error = %e, "gossip refused");
-    match e.code() {
-        "Replay" | "Expired" | "FutureDated" | "ReplayCacheFull" => Verdict::Ignore,
+    match Code::parse(e.code()) {
+        Code::Replay | Code::Expired | Code::FutureDated | Code::ReplayCacheFull => Verdict::Ignore,
         _ => Verdict::Reject,
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use capmesh_store::{ChangeOp, Item, RecordType};
 use capmesh_types::PeerId;
-use capmesh_wire::{Advert, AnyRecord, Body, ErrorBody, Signed, Sync, SyncResult};
+use capmesh_wire::{Advert, AnyRecord, Body, Code, ErrorBody, Signed, Sync, SyncResult};
 use tokio::sync::mpsc;
 
 use crate::{Mesh, MeshError, error_body, lock};
@@ -25,14 +25,15 @@ impl Mesh {
             Sync::Log { from, limit } => (*from, (*limit).clamp(1, MAX_SERVED)),
             Sync::Reconcile { .. } => {
                 return Err(error_body(
-                    "NotFound",
+                    Code::NotFound,
                     "this node serves Sync in log mode only",
                     false,
                 ));
             }
         };
         let store = &self.inner.store;
-        let internal = |e: capmesh_store::StoreError| error_body("Internal", e.to_string(), true);
+        let internal =
+            |e: capmesh_store::StoreError| error_body(Code::Internal, e.to_string(), true);
         let head = store.head();
         let changes = store.changes(from, limit as usize).map_err(internal)?;
         let limits = self.inner.config.rules.limits;

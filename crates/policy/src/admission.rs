@@ -10,6 +10,7 @@ use std::{
 };
 
 use capmesh_types::{Cid, PeerId};
+use capmesh_wire::Code;
 
 use crate::Limits;
 
@@ -89,10 +90,10 @@ pub enum Refusal {
 
 impl Refusal {
     /// The code as it goes in `ErrorBody.code`: `RateLimited` or `Busy`.
-    pub const fn code(&self) -> &'static str {
+    pub const fn code(&self) -> Code {
         match self {
-            Refusal::RateLimited { .. } => "RateLimited",
-            Refusal::Busy { .. } => "Busy",
+            Refusal::RateLimited { .. } => Code::RateLimited,
+            Refusal::Busy { .. } => Code::Busy,
         }
     }
 

@@ -72,7 +72,7 @@
 //! let nobody_attested = |_: &_, _: &str, _: &_| false;
 //! assert!(policy.check_caller(&friend, &echo, &nobody_attested).is_ok());
 //! let denial = policy.check_caller(&stranger, &echo, &nobody_attested).unwrap_err();
-//! assert_eq!(denial.code.code(), "PolicyDenied");
+//! assert_eq!(denial.code.code(), capmesh_wire::Code::PolicyDenied);
 //! assert!(denial.reason.contains("missing attestation 'member'"));
 //!
 //! let price = Price { amount: 12, unit: "credit".into() };

@@ -7,7 +7,7 @@ use std::{
 };
 
 use capmesh_types::{Cid, PeerId};
-use capmesh_wire::Price;
+use capmesh_wire::{Code, Price};
 
 use crate::PolicyError;
 
@@ -110,17 +110,17 @@ pub enum DenialCode {
 
 impl DenialCode {
     /// The code as it goes in `ErrorBody.code`: `PolicyDenied` or `PriceTooHigh`.
-    pub const fn code(self) -> &'static str {
+    pub const fn code(self) -> Code {
         match self {
-            DenialCode::PolicyDenied => "PolicyDenied",
-            DenialCode::PriceTooHigh => "PriceTooHigh",
+            DenialCode::PolicyDenied => Code::PolicyDenied,
+            DenialCode::PriceTooHigh => Code::PriceTooHigh,
         }
     }
 }
 
 impl fmt::Display for DenialCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.code())
+        f.write_str(self.code().as_str())
     }
 }
 

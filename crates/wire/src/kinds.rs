@@ -353,8 +353,9 @@ pub struct ReceiptCountersign {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorBody {
-    /// Machine code, PascalCase (`Expired`, `PolicyDenied`, … see specs/protocol.md).
-    pub code: String,
+    /// Machine code (`Expired`, `PolicyDenied`, … specs/protocol.md §11); a code this node does
+    /// not know is [`Code::Unknown`](crate::Code::Unknown).
+    pub code: crate::Code,
     pub message: String,
     pub retryable: bool,
     #[serde(with = "repr", default, skip_serializing_if = "Option::is_none")]

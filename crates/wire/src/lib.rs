@@ -23,6 +23,7 @@
 //! ```
 
 pub mod cbor;
+mod code;
 mod envelope;
 mod error;
 pub mod json;
@@ -32,6 +33,7 @@ pub mod repr;
 pub mod schema;
 mod signed;
 
+pub use code::Code;
 pub use envelope::{
     Envelope, EnvelopeBuilder, EnvelopePayload, Nonce, Opened, Receiver, Rules, TraceId, VERSION,
     seal,

@@ -140,7 +140,7 @@ async fn invalid_args_are_refused_by_the_caller_and_again_by_the_provider() {
     let err =
         caller.node.market.call(CallRequest::new(cap, json!({"ms": "soon"}))).await.unwrap_err();
     assert!(matches!(err, CallError::InvalidArgs(_)), "{err}");
-    assert_eq!(err.code(), "InvalidArgs");
+    assert_eq!(err.code(), capmesh_wire::Code::InvalidArgs);
     assert_eq!(caller.node.market.stats().requests_sent, before, "nothing left the caller");
     assert_eq!(provider.node.market.stats().intents_served, 0);
     // Sent raw, past the caller's check: the provider refuses it too, and runs nothing.
@@ -160,7 +160,7 @@ async fn invalid_args_are_refused_by_the_caller_and_again_by_the_provider() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&refused, capmesh_mesh::MeshError::Remote { code, .. } if code == "InvalidArgs"),
+        matches!(&refused, capmesh_mesh::MeshError::Remote { code, .. } if *code == capmesh_wire::Code::InvalidArgs),
         "{refused}"
     );
     assert_eq!(provider.node.market.runs(&cap), Some(1));
@@ -180,7 +180,7 @@ async fn an_unauthorized_caller_is_denied_then_allowed_after_a_policy_reload() {
     })
     .await;
     let err = caller.node.market.call(CallRequest::new(cap, json!({}))).await.unwrap_err();
-    assert_eq!(err.code(), "PolicyDenied", "{err}");
+    assert_eq!(err.code(), capmesh_wire::Code::PolicyDenied, "{err}");
     let attempt = &err.attempts()[0];
     assert_eq!(attempt.provider, provider.peer_id());
     assert!(attempt.message.contains("not allowed"), "the caller sees the reason: {attempt}");
@@ -211,7 +211,7 @@ async fn a_rate_limit_refuses_the_excess_calls_with_retry_after() {
         caller.node.market.call(CallRequest::new(cap, json!({"i": i}))).await.unwrap();
     }
     let err = caller.node.market.call(CallRequest::new(cap, json!({"i": 2}))).await.unwrap_err();
-    assert_eq!(err.code(), "RateLimited", "{err}");
+    assert_eq!(err.code(), capmesh_wire::Code::RateLimited, "{err}");
     let wait = err.retry_after_ms().expect("a retry-after");
     assert!(wait > 0 && wait <= 5_000, "{wait}");
     assert_eq!(provider.node.market.runs(&cap), Some(2));
@@ -384,7 +384,7 @@ async fn a_replayed_task_start_is_refused() {
     assert!(matches!(answer(once), capmesh_wire::Body::TaskDone(_)));
     let again = net_handle.request(provider.peer_id(), Vec::new(), envelope).await.unwrap();
     match answer(again) {
-        capmesh_wire::Body::Error(e) => assert_eq!(e.code, "Replay", "{e:?}"),
+        capmesh_wire::Body::Error(e) => assert_eq!(e.code, capmesh_wire::Code::Replay, "{e:?}"),
         other => panic!("a replay answered with {other:?}"),
     }
     assert_eq!(provider.node.market.runs(&cap), Some(2));
@@ -486,7 +486,7 @@ async fn a_hanging_command_is_killed_at_its_timeout() {
     let (provider, caller) = (net.node(0), net.node(1));
     sees(caller, cap, 1).await;
     let err = caller.node.market.call(CallRequest::new(cap, json!({}))).await.unwrap_err();
-    assert_eq!(err.code(), "Timeout", "{err}");
+    assert_eq!(err.code(), capmesh_wire::Code::Timeout, "{err}");
     let receipts = receipts_in(caller);
     assert_eq!(receipts.len(), 1);
     assert_eq!(receipts[0].status, CallStatus::TimedOut);
@@ -562,7 +562,7 @@ async fn policies_require_attestations_from_trusted_issuers_on_both_sides() {
     sees(caller, cap, 1).await;
     // The caller refuses the unattested provider before asking it anything.
     let err = caller.node.market.call(CallRequest::new(cap, json!({}))).await.unwrap_err();
-    assert_eq!(err.code(), "PolicyDenied", "{err}");
+    assert_eq!(err.code(), capmesh_wire::Code::PolicyDenied, "{err}");
     assert_eq!(err.attempts()[0].stage, "policy");
     assert_eq!(provider.node.market.stats().intents_served, 0);
     let in_a_day = capmesh::now_ms() + 86_400_000;
@@ -584,7 +584,7 @@ async fn policies_require_attestations_from_trusted_issuers_on_both_sides() {
     .await;
     // Now the provider refuses the caller, who holds no "member" claim; the caller sees why.
     let err = caller.node.market.call(CallRequest::new(cap, json!({}))).await.unwrap_err();
-    assert_eq!(err.code(), "PolicyDenied", "{err}");
+    assert_eq!(err.code(), capmesh_wire::Code::PolicyDenied, "{err}");
     assert_eq!(err.attempts()[0].provider, provider.peer_id());
     assert!(err.to_string().contains("member"), "{err}");
     issuer.node.mesh.attest(subject(caller.peer_id()), "member".into(), in_a_day).await.unwrap();

@@ -96,7 +96,7 @@ async fn the_walk_stops_at_its_limit_and_at_the_deadline_with_every_attempt_list
         .await
         .unwrap_err();
     assert!(matches!(err, CallError::Exhausted { .. }), "{err}");
-    assert_eq!(err.code(), "Unreachable", "{err}");
+    assert_eq!(err.code(), capmesh_wire::Code::Unreachable, "{err}");
     assert_eq!(
         tried(err.attempts()),
         [(p[0], "Unreachable", "intent"), (p[1], "Unreachable", "intent")],
@@ -114,7 +114,7 @@ async fn the_walk_stops_at_its_limit_and_at_the_deadline_with_every_attempt_list
         .await
         .unwrap_err();
     assert!(matches!(err, CallError::Deadline { .. }), "{err}");
-    assert_eq!(err.code(), "Timeout");
+    assert_eq!(err.code(), capmesh_wire::Code::Timeout);
     assert_eq!(
         tried(err.attempts()),
         [

@@ -661,7 +661,7 @@ async fn an_imported_mcp_server_is_called_from_another_node_and_a_changed_tool_g
     let gone =
         caller.node.market.call(CallRequest::new(add, json!({"a": 1, "b": 1}))).await.unwrap_err();
     // Refused by the importer even through the standing offer the caller still holds.
-    assert_eq!(gone.code(), "NotFound", "{gone}");
+    assert_eq!(gone.code(), capmesh_wire::Code::NotFound, "{gone}");
 
     net.shutdown().await.unwrap();
     cancel.cancel();

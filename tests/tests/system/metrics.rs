@@ -138,7 +138,7 @@ async fn a_node_serves_libp2p_and_capmesh_metrics_that_match_what_it_did() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&refused, capmesh_mesh::MeshError::Remote { code, .. } if code == "NotFound"),
+        matches!(&refused, capmesh_mesh::MeshError::Remote { code, .. } if *code == capmesh_wire::Code::NotFound),
         "{refused}"
     );
     let after = scrape(provider).await;

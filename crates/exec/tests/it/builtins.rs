@@ -83,7 +83,7 @@ async fn sleep_stops_at_the_timeout() {
         .await
         .unwrap_err();
     assert!(matches!(err, ExecError::Timeout(d) if d == limit), "{err:?}");
-    assert_eq!(err.code(), "Timeout");
+    assert_eq!(err.code(), capmesh_wire::Code::Timeout);
     assert!(err.retryable());
     // Long before the hour-long sleep would have ended.
     assert!(started.elapsed() < Duration::from_secs(600));
@@ -104,7 +104,7 @@ async fn sleep_stops_when_cancelled() {
     cancel.cancel();
     let err = task.await.unwrap().unwrap_err();
     assert!(matches!(err, ExecError::Cancelled), "{err:?}");
-    assert_eq!(err.code(), "Cancelled");
+    assert_eq!(err.code(), capmesh_wire::Code::Cancelled);
     assert!(!err.retryable());
     assert!(started.elapsed() < Duration::from_secs(600));
     assert_eq!(e.runs(), 1, "clones share the counter");
@@ -128,7 +128,7 @@ async fn fail_fails_with_its_message() {
         matches!(&err, ExecError::Failed(m) if m == "the fail builtin always fails"),
         "{err:?}"
     );
-    assert_eq!(err.code(), "Failed");
+    assert_eq!(err.code(), capmesh_wire::Code::Failed);
     assert!(!err.retryable());
     let err = e.run(json!({"message": "nope"}), run()).await.unwrap_err();
     assert!(matches!(&err, ExecError::Failed(m) if m == "nope"), "{err:?}");
@@ -213,7 +213,7 @@ async fn invalid_arguments_are_refused_before_running() {
         let err = e.run(args.clone(), run().with_chunks(tx)).await.unwrap_err();
         let ExecError::InvalidArgs(violations) = &err else { panic!("{b} {args}: {err:?}") };
         assert!(!violations.is_empty());
-        assert_eq!(err.code(), "InvalidArgs");
+        assert_eq!(err.code(), capmesh_wire::Code::InvalidArgs);
         assert!(!err.retryable());
         assert!(e.validate_input(&args).is_err());
         assert_eq!(e.runs(), 0, "{b} {args}");
@@ -227,7 +227,7 @@ fn streaming_must_match_the_contract() {
     c.streaming = false;
     let err = Executor::new(c, Runtime::Builtin { name: Builtin::Stream }).unwrap_err();
     assert!(matches!(err, ExecError::Config(_)), "{err:?}");
-    assert_eq!(err.code(), "Internal");
+    assert_eq!(err.code(), capmesh_wire::Code::Internal);
     let mut c = Builtin::Echo.contract();
     c.streaming = true;
     let err = Executor::new(c, Runtime::Builtin { name: Builtin::Echo }).unwrap_err();
@@ -244,7 +244,7 @@ async fn an_output_that_breaks_the_contract_is_refused_and_kept() {
     let ExecError::OutputInvalid { output, violations } = &err else { panic!("{err:?}") };
     assert_eq!(output, &json!({"text": "abc"}));
     assert!(!violations.is_empty());
-    assert_eq!(err.code(), "OutputInvalid");
+    assert_eq!(err.code(), capmesh_wire::Code::OutputInvalid);
     assert_eq!(e.runs(), 1);
 }
 

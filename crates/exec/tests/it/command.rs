@@ -57,7 +57,7 @@ async fn invalid_arguments_start_nothing() {
     let spec = sh(&format!("/usr/bin/touch {}; echo '{{}}'", marker.display()));
     let e = Executor::new(c, Runtime::Command(spec)).unwrap();
     let err = e.run(json!({"y": 1}), run()).await.unwrap_err();
-    assert_eq!(err.code(), "InvalidArgs");
+    assert_eq!(err.code(), capmesh_wire::Code::InvalidArgs);
     assert_eq!(e.runs(), 0);
     assert!(!marker.exists());
     e.run(json!({"x": 1}), run()).await.unwrap();
@@ -78,7 +78,7 @@ async fn an_output_that_breaks_the_contract_is_refused_and_kept() {
     let ExecError::OutputInvalid { output, violations } = &err else { panic!("{err:?}") };
     assert_eq!(output, &json!({"y": 1}));
     assert_eq!(violations.len(), 1, "{violations:?}");
-    assert_eq!(err.code(), "OutputInvalid");
+    assert_eq!(err.code(), capmesh_wire::Code::OutputInvalid);
     assert_eq!(e.runs(), 1);
 }
 
@@ -150,7 +150,7 @@ async fn a_program_that_cannot_start_is_an_internal_retryable_error() {
     let e = executor(CommandSpec::new(["/nonexistent/program"]));
     let err = e.run(json!({}), run()).await.unwrap_err();
     assert!(matches!(&err, ExecError::Io(_)), "{err:?}");
-    assert_eq!(err.code(), "Internal");
+    assert_eq!(err.code(), capmesh_wire::Code::Internal);
     assert!(err.retryable());
     assert!(err.to_string().contains("/nonexistent/program"), "{err}");
 }
@@ -231,7 +231,7 @@ async fn a_non_zero_exit_fails_with_the_stderr_tail() {
     let ExecError::Failed(message) = &err else { panic!("{err:?}") };
     assert!(message.contains("exit status: 3"), "{message}");
     assert!(message.contains("oops"), "{message}");
-    assert_eq!(err.code(), "Failed");
+    assert_eq!(err.code(), capmesh_wire::Code::Failed);
     assert!(!err.retryable());
 
     // Only the end of a long stderr is kept.
@@ -349,6 +349,6 @@ fn a_misconfigured_command_is_refused() {
     ] {
         let err = Executor::new(open_contract("test.bad"), Runtime::Command(spec)).unwrap_err();
         assert!(matches!(err, ExecError::Config(_)), "{err:?}");
-        assert_eq!(err.code(), "Internal");
+        assert_eq!(err.code(), capmesh_wire::Code::Internal);
     }
 }

@@ -73,7 +73,7 @@ async fn checks_args_before_and_output_after() {
     assert_eq!((e.runs(), tool.calls.load(Ordering::SeqCst)), (1, 1));
 
     let refused = e.run(json!({"txt": "x"}), run(Duration::from_secs(5))).await.unwrap_err();
-    assert_eq!(refused.code(), "InvalidArgs");
+    assert_eq!(refused.code(), capmesh_wire::Code::InvalidArgs);
     assert_eq!(tool.calls.load(Ordering::SeqCst), 1, "bad arguments never reach the runtime");
 
     let liar = fake(json!({"digest": "short"}), Duration::ZERO);
@@ -109,6 +109,6 @@ async fn a_timeout_or_a_cancel_drops_the_call() {
 fn a_streaming_contract_is_refused() {
     let err =
         Executor::foreign(Builtin::Stream.contract(), fake(json!({}), Duration::ZERO)).unwrap_err();
-    assert_eq!(err.code(), "Internal");
+    assert_eq!(err.code(), capmesh_wire::Code::Internal);
     assert!(err.to_string().contains("a fake tool"), "{err}");
 }

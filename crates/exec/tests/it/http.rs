@@ -151,7 +151,7 @@ async fn an_unreachable_service_is_an_internal_retryable_error() {
     drop(listener);
     let err = executor(format!("http://{addr}/run")).run(json!({}), run()).await.unwrap_err();
     assert!(matches!(&err, ExecError::Io(_)), "{err:?}");
-    assert_eq!(err.code(), "Internal");
+    assert_eq!(err.code(), capmesh_wire::Code::Internal);
     assert!(err.retryable());
 }
 

@@ -29,7 +29,7 @@ fn burst_then_rate_limited_then_refilled() {
     }
     let refusal = admission.admit(&caller, &echo, RATE_10, t0).unwrap_err();
     assert_eq!(refusal, Refusal::RateLimited { retry_after_ms: 100 });
-    assert_eq!(refusal.code(), "RateLimited");
+    assert_eq!(refusal.code(), capmesh_wire::Code::RateLimited);
     assert_eq!(refusal.retry_after_ms(), Some(100));
     assert!(refusal.to_string().contains("100 ms"), "{refusal}");
 
@@ -103,7 +103,7 @@ fn busy_at_the_concurrency_limit_until_a_permit_drops() {
     let second = admission.admit(&caller, &cap("other"), limits, t0).unwrap();
     let refusal = admission.admit(&caller, &cap("echo"), limits, t0).unwrap_err();
     assert_eq!(refusal, Refusal::Busy { running: 2, limit: 2 });
-    assert_eq!(refusal.code(), "Busy");
+    assert_eq!(refusal.code(), capmesh_wire::Code::Busy);
     assert_eq!(refusal.retry_after_ms(), None);
     assert!(refusal.to_string().contains("limit is 2"), "{refusal}");
     // Another caller is not affected.

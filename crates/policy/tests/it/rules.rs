@@ -21,8 +21,8 @@ fn price(amount: u64, unit: &str) -> Price {
 
 #[test]
 fn codes() {
-    assert_eq!(DenialCode::PolicyDenied.code(), "PolicyDenied");
-    assert_eq!(DenialCode::PriceTooHigh.code(), "PriceTooHigh");
+    assert_eq!(DenialCode::PolicyDenied.code(), capmesh_wire::Code::PolicyDenied);
+    assert_eq!(DenialCode::PriceTooHigh.code(), capmesh_wire::Code::PriceTooHigh);
     assert_eq!(DenialCode::PriceTooHigh.to_string(), "PriceTooHigh");
 }
 
