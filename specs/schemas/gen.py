@@ -9,19 +9,24 @@
 
 Every schema is built from the single table `DEFS` below, so a shared part (a CID, a Price, a signed
 record) has one definition. Each written file is self-contained: what it uses is copied into its own
-`$defs`, and no `$ref` leaves the document. The schemas mirror the serde types of `capmesh-wire`
-(crates/wire/src/records.rs, kinds.rs, repr.rs) in their JSON projection: byte strings as unpadded
-base64url, CIDs as CIDv1 base32 lower-case text, PeerIds as base58btc text.
+`$defs`, and no `$ref` leaves the document. The schemas describe the JSON projection of
+protocol.md §4.6 (byte strings as unpadded base64url, CIDs as CIDv1 base32 lower-case text, PeerIds
+as base58btc text) and add nothing to protocol.md: every pattern, bound and rule here is stated
+there. Rules JSON Schema cannot express (a hash, a signature, a byte length of text, two fields
+being equal) are at most in the descriptions.
 
 The body schemas in kinds/ are protocol constants: an envelope names the CID of its body's schema
-(DESIGN §2), so any change to those files, descriptions included, changes the wire.
+(protocol.md §3.2, §13), so any change to those files, descriptions included, changes the wire.
 
 Examples (specs/examples/, same relative paths) have the shape
 `{"valid": [instance, ...], "invalid": [{"why": ..., "instance": ...}, ...]}`. Each invalid instance
 is a valid one with exactly one change, the one its `why` names. Keys, PeerIds and CIDs are
-well-formed (PeerIds of real ed25519 keys, derived below from fixed seeds), but CIDs are not the ids
-of actual content and signatures are not actual signatures: these are shape examples; the vectors
-in specs/vectors/ are the cryptographic ones. Only the standard library is needed to generate.
+well-formed (PeerIds of real ed25519 keys, derived below from fixed seeds). Signatures are not
+actual signatures and most CIDs are not the ids of actual content: these are shape examples, and
+the vectors in specs/vectors/ are the cryptographic ones. The exceptions are what the body rules of
+protocol.md §8.8 tie to content, so that valid examples obey them: the capability ids of the two
+example contracts (an AdvertiseCapability's advert names its contract) and the chain of a chunk 0.
+Only the standard library is needed to generate (BLAKE3 and canonical CBOR are written out below).
 """
 
 import base64
@@ -29,6 +34,7 @@ import copy
 import hashlib
 import json
 import os
+import struct as binary
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -40,7 +46,7 @@ U64_MAX = 2**64 - 1
 U32_MAX = 2**32 - 1
 
 # ---------------------------------------------------------------------------------------------
-# Encodings, with the exact text patterns the Rust decoders accept.
+# Encodings, with the exact text patterns of protocol.md §3, §4.6 and the patterns it states.
 # ---------------------------------------------------------------------------------------------
 
 B64 = "[A-Za-z0-9_-]"
@@ -78,8 +84,9 @@ SEMVER_PATTERN = (
 NAME_PATTERN = "^[a-z][a-z0-9_.-]{0,63}$"
 TAG_PATTERN = "^[a-z0-9][a-z0-9_.:-]{0,63}$"
 CLAIM_PATTERN = "^[a-z0-9][a-z0-9_.:/-]{0,127}$"
-CODE_PATTERN = "^[A-Z][A-Za-z0-9]{0,63}$"
-UNIT_PATTERN = "^[A-Za-z0-9_.:-]{1,32}$"
+MAX_TAGS = 32
+# A SyncRange bound: empty, or 36 bytes (a binary record id: 48 characters, no padding bits).
+SYNC_BOUND_PATTERN = f"^(?:{B64}{{48}})?$"
 
 # ---------------------------------------------------------------------------------------------
 # The table of definitions.
@@ -111,18 +118,27 @@ def boolean(description):
     return {"type": "boolean", "description": description}
 
 
-def struct(description, fields, optional=()):
-    """A serde struct with `deny_unknown_fields`: `fields` in Rust order; `optional` names the
-    `Option` fields skipped when `None` (absent, never null)."""
+def struct(description, fields, optional=(), rules=()):
+    """An object with unknown fields refused: `fields` in wire order; `optional` names the fields
+    that may be absent (absent, never null); `rules` are schemas of protocol.md §8.8 rules across
+    fields that JSON Schema can express, all of which must hold."""
     names = [name for name, _ in fields]
     assert set(optional) <= set(names), optional
-    return {
+    out = {
         "type": "object",
         "description": description,
         "properties": dict(fields),
         "required": [name for name in names if name not in optional],
         "additionalProperties": False,
     }
+    if rules:
+        out["allOf"] = list(rules)
+    return out
+
+
+def when(condition, then):
+    """A rule: if the object matches `condition`, it must match `then`."""
+    return {"if": condition, "then": then}
 
 
 def tagged(description, variants):
@@ -189,6 +205,12 @@ KINDS = [
     ("Error", "ErrorBody", "rpc"),
 ]
 
+def RECEIPT_STATUS(ok):
+    """A signed receipt whose status is `Ok` (`ok`) or any other."""
+    status = {"const": "Ok"} if ok else {"not": {"const": "Ok"}}
+    return {"properties": {"payload": {"properties": {"status": status}}}}
+
+
 CARRIERS = {
     "gossip": "gossip on `capmesh/registry/1`, or rpc",
     "rpc": "request-response `/capmesh/rpc/1.0.0` only",
@@ -254,14 +276,23 @@ DEFS = {
     "Tag": string("A tag of a contract.", pattern=TAG_PATTERN),
     "Tags": array(
         ref("Tag"),
-        "Tags, each at most once.",
+        f"At most {MAX_TAGS} tags, each at most once.",
         uniqueItems=True,
+        maxItems=MAX_TAGS,
     ),
     "Claim": string(
         "An attestation claim (e.g. `audited`, `org:acme/member`).",
         pattern=CLAIM_PATTERN,
     ),
-    "Multiaddr": string("A multiaddr in its text form (`/ip4/…/tcp/…/p2p/…`).", pattern="^/"),
+    "Multiaddr": string(
+        "A multiaddr in its text form (`/ip4/…/tcp/…/p2p/…`); text that is none is not refused, "
+        "only useless to dial."
+    ),
+    "SyncBound": string(
+        "A range bound: empty, or 36 bytes (a binary record id, compared bytewise), unpadded "
+        "base64url (0 or 48 characters). Any other length is refused.",
+        pattern=SYNC_BOUND_PATTERN,
+    ),
     "JsonSchema": {
         "type": ["object", "boolean"],
         "description": "A self-contained JSON Schema (2020-12): no `$ref` outside the document.",
@@ -272,8 +303,11 @@ DEFS = {
         "capability id; a changed contract is a new capability. At most 32 KiB.",
         [
             ("name", string("Lower-case tool name.", pattern=NAME_PATTERN)),
-            ("version", string("Semantic version (2.0.0) of the contract.", pattern=SEMVER_PATTERN)),
-            ("description", string("What the capability does.")),
+            (
+                "version",
+                string("Semantic version (2.0.0, semver.org) of the contract.", pattern=SEMVER_PATTERN),
+            ),
+            ("description", string("What the capability does; at most 4096 bytes of UTF-8.")),
             ("input", ref("JsonSchema", "JSON Schema 2020-12 of the arguments.")),
             ("output", ref("JsonSchema", "JSON Schema 2020-12 of the output.")),
             ("tags", ref("Tags", "Tags for discovery.")),
@@ -289,7 +323,7 @@ DEFS = {
         "A price: an unsigned amount in a unit the caller may or may not accept.",
         [
             ("amount", ref("U64")),
-            ("unit", string("The unit of `amount`.", pattern=UNIT_PATTERN)),
+            ("unit", string("The unit of `amount`, any text; a caller skips units it does not accept.")),
         ],
     ),
     "Limits": struct(
@@ -406,7 +440,9 @@ DEFS = {
     **{f"Signed{record}": signed(record) for record in DOMAINS},
     # --- kind bodies ----------------------------------------------------------------------
     "AdvertiseCapability": struct(
-        "A signed Advert with the contract it names, so every replica can index tags and text.",
+        "A signed Advert with the contract it names, so every replica can index tags and text. "
+        "The CID of the contract's canonical CBOR must be the advert's `capability` (else "
+        "`CidMismatch`).",
         [("advert", ref("SignedAdvert")), ("contract", ref("Contract"))],
     ),
     "Retire": struct("A signed Retirement.", [("retirement", ref("SignedRetirement"))]),
@@ -414,13 +450,16 @@ DEFS = {
     "Filter": struct(
         "Filters of a replica query; all present filters must hold.",
         [
-            ("tags", ref("Tags", "Every tag must be on the contract.")),
+            ("tags", array(string(), "Every tag must be on the contract.")),
             ("name_prefix", string("The contract's name starts with this.")),
             ("text", string("Words searched in name, description and tags.")),
             ("provider", ref("PeerId")),
             ("max_price", ref("Price", "Only adverts in this unit at or below this amount.")),
-            ("claim", ref("Claim", "The provider must hold an unexpired attestation with this claim …")),
-            ("issuer", ref("PeerId", "… issued by this peer.")),
+            (
+                "claim",
+                string("The provider holds an unexpired attestation with this claim (if given) …"),
+            ),
+            ("issuer", ref("PeerId", "… issued by this peer (if given).")),
             ("issued_after", ref("UnixMs", "Only adverts issued at or after this time.")),
         ],
         optional=["name_prefix", "text", "provider", "max_price", "claim", "issuer", "issued_after"],
@@ -448,11 +487,11 @@ DEFS = {
     ),
     "SyncRange": struct(
         "A range of record ids for set reconciliation: ids in `[lower, upper)` (binary CIDs; an "
-        "empty `upper` means no bound), how many the sender holds, and the XOR of their BLAKE3 "
-        "digests.",
+        "empty `lower` means from the lowest, an empty `upper` no bound), how many the sender "
+        "holds, and the XOR of their BLAKE3 digests.",
         [
-            ("lower", ref("Bytes", "Inclusive lower bound: a binary CID.")),
-            ("upper", ref("Bytes", "Exclusive upper bound: a binary CID, or empty for no bound.")),
+            ("lower", ref("SyncBound", "Inclusive lower bound, or empty for the lowest.")),
+            ("upper", ref("SyncBound", "Exclusive upper bound, or empty for no bound.")),
             ("count", ref("U64")),
             ("fingerprint", ref("Digest")),
         ],
@@ -488,7 +527,8 @@ DEFS = {
         ],
     ),
     "SyncResult": struct(
-        "The answer to `Sync`.",
+        "The answer to `Sync`. Log mode has no ranges, reconcile mode `next` 0: ranges with a "
+        "non-zero `next` fit neither.",
         [
             ("records", array(ref("AnyRecord"))),
             ("contracts", array(ref("Contract"), "Contracts named by the adverts in `records`.")),
@@ -498,6 +538,12 @@ DEFS = {
                 "ranges",
                 array(ref("SyncRange"), "Reconcile mode: sub-ranges whose fingerprints still differ."),
             ),
+        ],
+        rules=[
+            when(
+                {"properties": {"ranges": {"minItems": 1}}, "required": ["ranges"]},
+                {"properties": {"next": {"const": 0}}},
+            )
         ],
     ),
     "Intent": struct(
@@ -525,11 +571,21 @@ DEFS = {
         "Accept, counter or decline an offer (or decline an intent, with no offer).",
         [
             ("action", ref("NegotiateAction")),
-            ("offer", ref("Cid", "Id of the offer envelope.")),
-            ("price", ref("Price", "The counter price.")),
+            ("offer", ref("Cid", "Id of the offer envelope; required for `Accept` and `Counter`.")),
+            ("price", ref("Price", "The counter price; required for `Counter`.")),
             ("reason", string()),
         ],
         optional=["offer", "price", "reason"],
+        rules=[
+            when(
+                {"properties": {"action": {"enum": ["Accept", "Counter"]}}, "required": ["action"]},
+                {"required": ["offer"]},
+            ),
+            when(
+                {"properties": {"action": {"const": "Counter"}}, "required": ["action"]},
+                {"required": ["price"]},
+            ),
+        ],
     ),
     "TaskStart": struct(
         "The call.",
@@ -553,7 +609,8 @@ DEFS = {
     ),
     "TaskProgress": struct(
         "A chunk of a streaming output. `chain` = BLAKE3(previous chain || data), starting from "
-        "32 zero bytes; the last chain value is the receipt's `output`.",
+        "32 zero bytes (so chunk 0's `chain` must be BLAKE3(32 zero bytes || data)); the last "
+        "chain value is the receipt's `output`.",
         [
             ("call", ref("CallId")),
             ("seq", ref("U64")),
@@ -566,7 +623,10 @@ DEFS = {
         [
             (
                 "code",
-                string("Machine code, PascalCase (`Expired`, `PolicyDenied`, …).", pattern=CODE_PATTERN),
+                string(
+                    "Machine code (`Expired`, `PolicyDenied`, …): any text; the codes of "
+                    "protocol.md §11 are PascalCase."
+                ),
             ),
             ("message", string("For humans.")),
             ("retryable", boolean("Trying again later may succeed.")),
@@ -575,7 +635,9 @@ DEFS = {
         optional=["retry_after_ms"],
     ),
     "TaskDone": struct(
-        "The outcome, with the provider's signed receipt.",
+        "The outcome, with the provider's signed receipt for this call (its `call` is this "
+        "`call`). At most one of `output` and `error` (neither: a successful streaming call); the "
+        "receipt's status is `Ok` exactly when there is no `error`.",
         [
             ("call", ref("CallId")),
             (
@@ -589,6 +651,14 @@ DEFS = {
             ("receipt", ref("SignedReceipt")),
         ],
         optional=["output", "error"],
+        rules=[
+            {"not": {"required": ["output", "error"]}},
+            {
+                "if": {"required": ["error"]},
+                "then": {"properties": {"receipt": RECEIPT_STATUS(False)}},
+                "else": {"properties": {"receipt": RECEIPT_STATUS(True)}},
+            },
+        ],
     ),
     "TaskCancel": struct(
         "The caller cancels a call.",
@@ -605,7 +675,14 @@ DEFS = {
         "The content of an envelope. Its id is the CID of its canonical CBOR; the envelope is "
         "signed by `from` under the domain tag `pervasive.link/v1/envelope`.",
         [
-            ("v", {"type": "integer", "const": 1, "description": "Protocol version."}),
+            (
+                "v",
+                ref(
+                    "U64",
+                    "Protocol version, 1. Another value is not a shape error: a receiver refuses "
+                    "it with `UnsupportedVersion` once the rest of the payload decoded.",
+                ),
+            ),
             ("kind", ref("Kind")),
             ("from", ref("PublicKey", "The sender's public key.")),
             ("to", ref("PeerId", "The recipient, for direct messages (absent for gossip).")),
@@ -770,10 +847,120 @@ def fake_bytes(label, n):
     return out[:n]
 
 
+def cid_text(binary_cid):
+    return "b" + base64.b32encode(binary_cid).decode().rstrip("=").lower()
+
+
 def cid(label, codec=0x71, hash_code=0x1E):
     """A well-formed CID whose digest stands in for the BLAKE3 of the object named `label`."""
-    binary = bytes([0x01, codec, hash_code, 0x20]) + fake_bytes(label, 32)
-    return "b" + base64.b32encode(binary).decode().rstrip("=").lower()
+    return cid_text(bytes([0x01, codec, hash_code, 0x20]) + fake_bytes(label, 32))
+
+
+# BLAKE3 (its specification's reference algorithm, unkeyed, 32-byte output), for the few example
+# values the body rules tie to content.
+_B3_IV = [
+    0x6A09E667, 0xBB67AE85, 0x3C6EF372, 0xA54FF53A, 0x510E527F, 0x9B05688C, 0x1F83D9AB, 0x5BE0CD19,
+]
+_B3_PERMUTATION = [2, 6, 3, 10, 7, 0, 4, 13, 1, 11, 12, 5, 9, 14, 15, 8]
+_B3_CHUNK_START, _B3_CHUNK_END, _B3_PARENT, _B3_ROOT = 1, 2, 4, 8
+_M32 = 0xFFFFFFFF
+
+
+def _b3_g(v, a, b, c, d, x, y):
+    def rotr(n, r):
+        return (n >> r | n << (32 - r)) & _M32
+
+    v[a] = (v[a] + v[b] + x) & _M32
+    v[d] = rotr(v[d] ^ v[a], 16)
+    v[c] = (v[c] + v[d]) & _M32
+    v[b] = rotr(v[b] ^ v[c], 12)
+    v[a] = (v[a] + v[b] + y) & _M32
+    v[d] = rotr(v[d] ^ v[a], 8)
+    v[c] = (v[c] + v[d]) & _M32
+    v[b] = rotr(v[b] ^ v[c], 7)
+
+
+def _b3_compress(cv, block, counter, flags):
+    """The first 8 words of the compression output: the next chaining value."""
+    m = list(binary.unpack("<16I", block.ljust(64, b"\0")))
+    v = list(cv) + _B3_IV[:4] + [counter & _M32, counter >> 32, len(block), flags]
+    for round_ in range(7):
+        for i, (a, b, c, d) in enumerate(
+            [(0, 4, 8, 12), (1, 5, 9, 13), (2, 6, 10, 14), (3, 7, 11, 15),
+             (0, 5, 10, 15), (1, 6, 11, 12), (2, 7, 8, 13), (3, 4, 9, 14)]
+        ):
+            _b3_g(v, a, b, c, d, m[2 * i], m[2 * i + 1])
+        if round_ < 6:
+            m = [m[i] for i in _B3_PERMUTATION]
+    return [v[i] ^ v[i + 8] for i in range(8)]
+
+
+def _b3_chunk(chunk, counter, root):
+    blocks = [chunk[i : i + 64] for i in range(0, len(chunk), 64)] or [b""]
+    cv = _B3_IV
+    for i, block in enumerate(blocks):
+        flags = _B3_CHUNK_START if i == 0 else 0
+        if i == len(blocks) - 1:
+            flags |= _B3_CHUNK_END | (_B3_ROOT if root else 0)
+        cv = _b3_compress(cv, block, counter, flags)
+    return cv
+
+
+def _b3_tree(cvs, root):
+    """Parent nodes over chunk chaining values: the left subtree holds the largest power of two
+    of chunks that leaves at least one for the right."""
+    if len(cvs) == 1:
+        return cvs[0]
+    split = 1
+    while split * 2 < len(cvs):
+        split *= 2
+    block = binary.pack("<16I", *_b3_tree(cvs[:split], False), *_b3_tree(cvs[split:], False))
+    return _b3_compress(_B3_IV, block, 0, _B3_PARENT | (_B3_ROOT if root else 0))
+
+
+def blake3(data):
+    chunks = [data[i : i + 1024] for i in range(0, len(data), 1024)] or [b""]
+    if len(chunks) == 1:
+        cv = _b3_chunk(chunks[0], 0, True)
+    else:
+        cv = _b3_tree([_b3_chunk(c, i, False) for i, c in enumerate(chunks)], True)
+    return binary.pack("<8I", *cv)
+
+
+def _cbor_head(major, n):
+    if n < 24:
+        return bytes([major << 5 | n])
+    for info, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if n < 1 << (8 * size):
+            return bytes([major << 5 | info]) + n.to_bytes(size, "big")
+    raise ValueError(f"{n} does not fit a CBOR head")
+
+
+def canonical_cbor(value):
+    """Canonical CBOR of a JSON value (protocol.md §4.1, §4.5); the examples need no floats."""
+    if value is None:
+        return b"\xf6"
+    if isinstance(value, bool):
+        return b"\xf5" if value else b"\xf4"
+    if isinstance(value, int):
+        return _cbor_head(0, value) if value >= 0 else _cbor_head(1, -1 - value)
+    if isinstance(value, str):
+        text = value.encode()
+        return _cbor_head(3, len(text)) + text
+    if isinstance(value, list):
+        return _cbor_head(4, len(value)) + b"".join(canonical_cbor(v) for v in value)
+    if isinstance(value, dict):
+        keys = sorted((k.encode(), k) for k in value)
+        keys.sort(key=lambda k: len(k[0]))
+        return _cbor_head(5, len(keys)) + b"".join(
+            _cbor_head(3, len(raw)) + raw + canonical_cbor(value[k]) for raw, k in keys
+        )
+    raise TypeError(f"no canonical CBOR here for {value!r}")
+
+
+def json_cid(value):
+    """The dag-cbor CID of a JSON value: a contract's capability id (protocol.md §6.1)."""
+    return cid_text(bytes([0x01, 0x71, 0x1E, 0x20]) + blake3(canonical_cbor(value)))
 
 
 class Party:
@@ -801,8 +988,6 @@ def signed_example(payload, label):
     return {"payload": copy.deepcopy(payload), "sig": sig(label)}
 
 
-CAP_ECHO = cid("contract:echo")
-CAP_BLAKE3 = cid("contract:blake3")
 OFFER_ID = cid("envelope:offer")
 ATTESTATION_ID = cid("attestation:audited")
 CALL = b64(fake_bytes("call:1", 16))
@@ -840,6 +1025,9 @@ CONTRACT_MINIMAL = {
     "idempotent": False,
     "streaming": True,
 }
+# Real capability ids: an AdvertiseCapability's advert must name its contract (§8.2).
+CAP_ECHO = json_cid(CONTRACT)
+CAP_BLAKE3 = json_cid(CONTRACT_MINIMAL)
 PRICE = {"amount": 5, "unit": "credit"}
 LIMITS = {"timeout_ms": 30_000, "max_input_bytes": 1_048_576, "concurrency": 8}
 ADVERT = {
@@ -983,6 +1171,12 @@ def examples():
             bad("`version` is not semver (missing patch)", CONTRACT, ("version",), "1.2"),
             bad("`version` has a leading zero", CONTRACT, ("version",), "01.2.0"),
             bad("`tags` repeats a tag", CONTRACT, ("tags",), ["text", "text"]),
+            bad(
+                f"`tags` has more than {MAX_TAGS} tags",
+                CONTRACT,
+                ("tags",),
+                [f"t{i}" for i in range(MAX_TAGS + 1)],
+            ),
             bad("a tag has an upper-case letter", CONTRACT, ("tags", 0), "Builtin"),
             bad("`input` is not a JSON Schema (a string)", CONTRACT, ("input",), "object"),
             bad("`read_only` is a string, not a boolean", CONTRACT, ("read_only",), "true"),
@@ -996,9 +1190,9 @@ def examples():
             bad("`provider` is an RSA-era PeerId, not ed25519", ADVERT, ("provider",), LEGACY_PEER),
             bad("`capability` is a CIDv0", ADVERT, ("capability",), CID_V0),
             bad("`capability` is upper-case base32", ADVERT, ("capability",), UPPER_CID),
-            bad("an address is not a multiaddr", ADVERT, ("addrs", 0), "127.0.0.1:4001"),
+            bad("an address is a number", ADVERT, ("addrs", 0), 4001),
             bad("`price.amount` is negative", ADVERT, ("price", "amount"), -1),
-            bad("`price.unit` is empty", ADVERT, ("price", "unit"), ""),
+            bad("`price.unit` is missing", ADVERT, ("price", "unit")),
             bad("`limits.concurrency` exceeds u32", ADVERT, ("limits", "concurrency"), U32_MAX + 1),
             bad("`limits` has an unknown field", ADVERT, ("limits", "burst"), 2),
             bad("`seq` is a string", ADVERT, ("seq",), "3"),
@@ -1133,8 +1327,8 @@ def examples():
             missing(discover, "limit"),
             extra(discover, "offset", 10),
             bad("`filter` misses `tags`", discover, ("filter", "tags")),
-            bad("`filter.tags` repeats a tag", discover, ("filter", "tags"), ["text", "text"]),
-            bad("`filter.claim` is not a claim", discover, ("filter", "claim"), "Audited!"),
+            bad("`filter.tags` holds a number", discover, ("filter", "tags", 0), 7),
+            bad("`filter.claim` is a list", discover, ("filter", "claim"), ["audited"]),
             bad("`filter.name_prefix` is null", discover, ("filter", "name_prefix"), None),
             bad("`cursor` is not base64url", discover, ("cursor",), "page 2"),
             bad("`limit` exceeds u32", discover, ("limit",), U32_MAX + 1),
@@ -1174,6 +1368,12 @@ def examples():
                 ("reconcile", "ranges", 0, "lower"),
                 CAP_ECHO,
             ),
+            bad(
+                "a range's `lower` is 35 bytes, neither empty nor a binary record id",
+                sync_reconcile,
+                ("reconcile", "ranges", 0, "lower"),
+                b64(bytes([0x01, 0x71, 0x1E, 0x20]) + bytes(31)),
+            ),
         ],
     }
     sync_result = {
@@ -1203,6 +1403,12 @@ def examples():
                 ("records", 0),
                 {"advert": SIGNED_RETIREMENT},
             ),
+            bad(
+                "`ranges` (reconcile mode) with a non-zero `next`",
+                sync_result,
+                ("ranges",),
+                [SYNC_RANGE],
+            ),
         ],
     }
     intent = {
@@ -1228,7 +1434,7 @@ def examples():
         "invalid": [
             missing(offer, "price"),
             extra(offer, "provider", BOB.peer),
-            bad("`price.unit` has a space", offer, ("price", "unit"), "credit points"),
+            bad("`price.unit` is a number", offer, ("price", "unit"), 5),
             bad("`latency_ms` is a string", offer, ("latency_ms",), "40ms"),
         ],
     }
@@ -1245,6 +1451,9 @@ def examples():
             extra(negotiate, "calls", 2),
             bad("`action` is lower-case", negotiate, ("action",), "counter"),
             bad("`reason` is null", negotiate, ("reason",), None),
+            bad("`Counter` without `price`", negotiate, ("price",)),
+            bad("`Counter` without `offer`", negotiate, ("offer",)),
+            {"why": "`Accept` without `offer`", "instance": {"action": "Accept"}},
         ],
     }
     task_start = {
@@ -1272,11 +1481,12 @@ def examples():
             bad("`call` is hex", accepted, ("call",), fake_bytes("call:1", 16).hex()),
         ],
     }
+    first_chunk = b"first chunk of the output"
     progress = {
         "call": CALL,
         "seq": 0,
-        "data": b64(b"first chunk of the output"),
-        "chain": b64(fake_bytes("chain:0", 32)),
+        "data": b64(first_chunk),
+        "chain": b64(blake3(bytes(32) + first_chunk)),
     }
     ex["kinds/TaskProgress.json"] = {
         "valid": [progress, {**progress, "seq": 7, "data": ""}],
@@ -1299,8 +1509,16 @@ def examples():
         "invalid": [
             missing(done_ok, "receipt"),
             extra(done_ok, "status", "Ok"),
-            bad("`error.code` is not PascalCase", done_error, ("error", "code"), "timeout"),
+            bad("`error.code` is a number", done_error, ("error", "code"), 408),
             bad("`error` is null", done_error, ("error",), None),
+            bad("both `output` and `error`", done_ok, ("error",), done_error["error"]),
+            bad("`error` with a receipt of status `Ok`", done_error, ("receipt",), SIGNED_RECEIPT),
+            bad(
+                "no `error` with a receipt of status `TimedOut`",
+                done_ok,
+                ("receipt",),
+                SIGNED_RECEIPT_FAILED,
+            ),
             bad("`receipt.payload.status` is unknown", done_ok, ("receipt", "payload", "status"), "Done"),
             bad("`receipt` is the countersignature", done_ok, ("receipt",), SIGNED_COUNTERSIGNATURE),
         ],
@@ -1332,8 +1550,7 @@ def examples():
         "invalid": [
             missing(ERROR, "retryable"),
             extra(ERROR, "details", {}),
-            bad("`code` is snake_case", ERROR, ("code",), "policy_denied"),
-            bad("`code` is empty", ERROR, ("code",), ""),
+            bad("`code` is a number", ERROR, ("code",), 403),
             bad("`retry_after_ms` is negative", ERROR, ("retry_after_ms",), -5),
         ],
     }
@@ -1368,7 +1585,8 @@ def examples():
         "invalid": [
             missing(payload, "schema"),
             extra(payload, "id", cid("envelope")),
-            bad("`v` is 2", payload, ("v",), 2),
+            bad("`v` is a string", payload, ("v",), "1"),
+            bad("`v` is negative", payload, ("v",), -1),
             bad("`kind` is a reserved name, not a v1 kind", payload, ("kind",), "PolicyUpdate"),
             bad("`from` is a PeerId, not a public key", payload, ("from",), BOB.peer),
             bad("`nonce` is 16 bytes, not 8", payload, ("nonce",), b64(fake_bytes("nonce", 16))),

@@ -136,7 +136,10 @@ async fn blocking(
 /// The request as far as it can be trusted after a refusal: decoded, and signed by its `from`.
 fn addressable(bytes: &[u8], limits: capmesh_wire::cbor::Limits) -> Option<Opened> {
     let envelope = Envelope::from_bytes(bytes, limits).ok()?;
-    let payload = envelope.decode(limits).ok()?;
+    // The payload's shape without the body rules (protocol.md §8.8): a body that breaks one
+    // still names who asked, and is answered with its error rather than a reset stream.
+    let payload: capmesh_wire::EnvelopePayload =
+        capmesh_wire::cbor::from_slice(envelope.payload(), limits, "EnvelopePayload").ok()?;
     let sig: capmesh_types::Signature = *envelope.sig();
     payload
         .from

@@ -174,6 +174,14 @@ impl<'de> Deserialize<'de> for EnvelopePayload {
 
 impl Payload for EnvelopePayload {
     const NAME: &'static str = "EnvelopePayload";
+
+    /// The shape, then the body's rules (protocol.md §7.2 check 4, §8.8): both before the
+    /// version, so a body a v1 decoder cannot accept is `InvalidObject` whatever `v` says.
+    fn decode_payload(bytes: &[u8], limits: Limits) -> Result<Self, VerifyError> {
+        let payload: Self = cbor::from_slice(bytes, limits, Self::NAME)?;
+        payload.body.check(limits)?;
+        Ok(payload)
+    }
 }
 
 /// Receiver-side rules for envelopes.
@@ -213,8 +221,9 @@ impl Envelope {
         }
     }
 
-    /// Checks everything that needs no receiver state: strict decode, version, signature by
-    /// `from`, time window and schema id. [`Receiver::accept`] adds recipient and replay checks.
+    /// Checks everything that needs no receiver state: strict decode (with the body's rules,
+    /// [`Body::check`]), version, signature by `from`, time window and schema id.
+    /// [`Receiver::accept`] adds recipient and replay checks.
     pub fn open(&self, now_ms: u64, rules: &Rules) -> Result<Opened, VerifyError> {
         let payload = self.decode(rules.limits)?;
         if payload.v != VERSION {

@@ -1,6 +1,6 @@
 //! The v1 kinds (DESIGN §2) and their bodies. Each body mirrors `specs/schemas/kinds/<Kind>.json`.
 
-use capmesh_types::{Cid, Codec, Digest, PeerId};
+use capmesh_types::{Cid, Digest, PeerId};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -60,11 +60,14 @@ macro_rules! kinds {
                 })
             }
 
-            /// Decode of a body's JSON projection for `kind`.
+            /// Decode of a body's JSON projection for `kind`, with the body's rules
+            /// ([`Body::check`]) as in the CBOR form.
             pub fn from_json(kind: Kind, json: serde_json::Value) -> Result<Self, serde_json::Error> {
-                Ok(match kind {
+                let body = match kind {
                     $(Kind::$kind => Body::$kind(serde_json::from_value(json)?),)*
-                })
+                };
+                body.check(cbor::Limits::default()).map_err(serde::de::Error::custom)?;
+                Ok(body)
             }
         }
 
@@ -111,16 +114,7 @@ impl AdvertiseCapability {
         rules: &crate::Rules,
     ) -> Result<Verified<Advert>, VerifyError> {
         let advert = self.advert.verify(now_ms, rules)?;
-        let bytes = cbor::to_vec(&self.contract).map_err(|e| {
-            VerifyError::Decode(DecodeError::Invalid {
-                expected: "Contract",
-                reason: e.to_string(),
-            })
-        })?;
-        let actual = Cid::of(Codec::DagCbor, &bytes);
-        if actual != advert.record.capability {
-            return Err(VerifyError::CidMismatch { expected: advert.record.capability, actual });
-        }
+        self.check_contract(&advert.record.capability)?;
         Ok(advert)
     }
 }
@@ -193,11 +187,15 @@ pub struct DiscoverResult {
 }
 
 /// A range of record ids for set reconciliation: ids in `[lower, upper)` (binary CIDs; an empty
-/// `upper` means no bound), how many the sender holds, and the XOR of their BLAKE3 digests.
+/// `lower` means from the lowest, an empty `upper` no bound), how many the sender holds, and the
+/// XOR of their BLAKE3 digests.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SyncRange {
+    /// Empty or 36 bytes, else the range is refused.
+    #[serde(deserialize_with = "crate::body_rules::sync_bound")]
     pub lower: Bytes,
+    #[serde(deserialize_with = "crate::body_rules::sync_bound")]
     pub upper: Bytes,
     pub count: u64,
     #[serde(with = "repr")]

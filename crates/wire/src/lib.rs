@@ -22,6 +22,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod body_rules;
 pub mod cbor;
 mod code;
 mod envelope;

@@ -31,9 +31,10 @@ pub trait Payload: Serialize + DeserializeOwned + fmt::Debug {
     /// Type name, as in specs/ (`Advert`, …).
     const NAME: &'static str;
 
-    /// Strict decode of payload bytes.
-    fn decode_payload(bytes: &[u8], limits: Limits) -> Result<Self, DecodeError> {
-        cbor::from_slice(bytes, limits, Self::NAME)
+    /// Strict decode of payload bytes: canonical form, shape, and any rule across fields that
+    /// the shape does not express (an envelope's body rules, protocol.md §8.8).
+    fn decode_payload(bytes: &[u8], limits: Limits) -> Result<Self, VerifyError> {
+        Ok(cbor::from_slice(bytes, limits, Self::NAME)?)
     }
 }
 
@@ -223,7 +224,7 @@ impl<T: Record> Signed<T> {
 impl<T: Payload> Signed<T> {
     /// Decodes the payload strictly without checking the signature (inspection only).
     pub fn decode(&self, limits: Limits) -> Result<T, VerifyError> {
-        Ok(T::decode_payload(&self.payload, limits)?)
+        T::decode_payload(&self.payload, limits)
     }
 }
 

@@ -1,5 +1,7 @@
-//! Deterministic sample values of every wire type: `full` with every optional field present,
-//! `min` with none. Used by the vector generator, the schema drift guard and the benchmarks.
+//! Deterministic sample values of every wire type: `full` with every optional field present
+//! (that the body rules of protocol.md §8.8 allow together), `min` with none, and
+//! [`more_bodies`] for the forms in between. Used by the vector generator and the schema drift
+//! guard. Every body obeys the rules of protocol.md §8.
 
 use capmesh_types::{Cid, Codec, Digest, NodeKey, PeerId};
 use capmesh_wire::{repr::Bytes, repr::FixedBytes, *};
@@ -36,8 +38,13 @@ pub fn contract(full: bool) -> Contract {
     }
 }
 
+/// The capability id of `contract(true)`.
 pub fn capability() -> Cid {
-    Cid::of(Codec::DagCbor, &cbor::to_vec(&contract(true)).expect("canonical"))
+    capability_of(true)
+}
+
+pub fn capability_of(full: bool) -> Cid {
+    Cid::of(Codec::DagCbor, &cbor::to_vec(&contract(full)).expect("canonical"))
 }
 
 pub fn cid(n: u8) -> Cid {
@@ -48,9 +55,10 @@ pub fn price() -> Price {
     Price { amount: 250, unit: "usd-micro".into() }
 }
 
+/// An advert of `contract(full)`.
 pub fn advert(full: bool) -> Advert {
     Advert {
-        capability: capability(),
+        capability: capability_of(full),
         provider: provider().peer_id(),
         addrs: if full { vec!["/ip4/127.0.0.1/tcp/4001".into()] } else { vec![] },
         price: price(),
@@ -89,6 +97,29 @@ pub fn call_id() -> CallId {
     FixedBytes([0xca; 16])
 }
 
+/// The arguments of the `TaskStart` fixture.
+pub fn args() -> serde_json::Value {
+    json!({"text": "The quick brown fox jumps over the lazy dog.", "n": 3})
+}
+
+/// The output of the `TaskDone` fixture that succeeded.
+pub fn output() -> serde_json::Value {
+    json!({"summary": "Fox jumps dog."})
+}
+
+/// The one chunk of the streamed output in the fixtures.
+pub const CHUNK: &[u8] = b"chunk";
+
+/// The chain value of [`CHUNK`] as chunk 0, which is also the stream's root.
+pub fn chunk_chain() -> Digest {
+    Digest::of(&[[0u8; 32].as_slice(), CHUNK].concat())
+}
+
+fn json_digest(value: &serde_json::Value) -> Digest {
+    Digest::of(&cbor::to_vec(value).expect("canonical"))
+}
+
+/// `full`: the receipt of a call that returned [`output`]; otherwise of one that failed.
 pub fn receipt(full: bool) -> Receipt {
     Receipt {
         call: call_id(),
@@ -96,14 +127,19 @@ pub fn receipt(full: bool) -> Receipt {
         caller: caller().peer_id(),
         provider: provider().peer_id(),
         offer: cid(2),
-        input: Digest::of(b"args"),
-        output: full.then(|| Digest::of(b"output")),
+        input: json_digest(&args()),
+        output: full.then(|| json_digest(&output())),
         price: price(),
         started: NOW - 300,
         ended: NOW - 100,
         status: if full { CallStatus::Ok } else { CallStatus::Failed },
         validation: if full { Validation::Passed } else { Validation::Skipped },
     }
+}
+
+/// The receipt of a call whose output was streamed as the one chunk [`CHUNK`].
+pub fn receipt_streamed() -> Receipt {
+    Receipt { output: Some(chunk_chain()), validation: Validation::Skipped, ..receipt(true) }
 }
 
 pub fn countersignature() -> Countersignature {
@@ -133,7 +169,7 @@ pub fn error_body(full: bool) -> ErrorBody {
     }
 }
 
-fn range() -> SyncRange {
+pub fn range() -> SyncRange {
     SyncRange {
         lower: Bytes(vec![]),
         upper: Bytes(cid(9).to_bytes().to_vec()),
@@ -142,7 +178,8 @@ fn range() -> SyncRange {
     }
 }
 
-/// One body per kind, in `Kind::ALL` order; `full` sets every optional field.
+/// One body per kind, in `Kind::ALL` order; `full` sets every optional field the body rules allow
+/// together (a `TaskDone` has its output, not an error).
 pub fn bodies(full: bool) -> Vec<Body> {
     let advert = signed(&provider(), &advert(full));
     let attestation = signed(&issuer(), &attestation(full));
@@ -191,7 +228,8 @@ pub fn bodies(full: bool) -> Vec<Body> {
                 vec![]
             },
             contracts: if full { vec![contract(true)] } else { vec![] },
-            next: 42,
+            // Reconcile mode (`full`, with ranges) sends `next` 0; log mode no ranges.
+            next: if full { 0 } else { 42 },
             head: 42,
             ranges: if full { vec![range()] } else { vec![] },
         }
@@ -212,7 +250,7 @@ pub fn bodies(full: bool) -> Vec<Body> {
         }
         .into(),
         Negotiate {
-            action: if full { NegotiateAction::Counter } else { NegotiateAction::Accept },
+            action: if full { NegotiateAction::Counter } else { NegotiateAction::Decline },
             offer: full.then(|| cid(2)),
             price: full.then(|| Price { amount: 200, unit: "usd-micro".into() }),
             reason: full.then(|| "budget".into()),
@@ -222,28 +260,60 @@ pub fn bodies(full: bool) -> Vec<Body> {
             call: call_id(),
             capability: capability(),
             offer: cid(2),
-            args: json!({"text": "The quick brown fox jumps over the lazy dog.", "n": 3}),
+            args: args(),
             deadline: NOW + 30_000,
         }
         .into(),
         TaskAccepted { call: call_id() }.into(),
-        TaskProgress {
-            call: call_id(),
-            seq: 0,
-            data: Bytes(b"chunk".to_vec()),
-            chain: Digest::of(&[[0u8; 32].as_slice(), b"chunk"].concat()),
-        }
-        .into(),
+        TaskProgress { call: call_id(), seq: 0, data: Bytes(CHUNK.to_vec()), chain: chunk_chain() }
+            .into(),
+        // `full`: a call that returned its output; otherwise one that streamed it (neither
+        // output nor error). The one that failed is in `more_bodies`.
         TaskDone {
             call: call_id(),
-            output: full.then(|| json!({"summary": "Fox jumps dog."})),
-            error: full.then(|| error_body(true)),
-            receipt: signed(&provider(), &receipt(full)),
+            output: full.then(output),
+            error: None,
+            receipt: signed(&provider(), &if full { receipt(true) } else { receipt_streamed() }),
         }
         .into(),
         TaskCancel { call: call_id(), reason: full.then(|| "user pressed ctrl-c".into()) }.into(),
         ReceiptCountersign { countersignature: signed(&caller(), &countersignature()) }.into(),
         error_body(full).into(),
+    ]
+}
+
+/// Valid bodies of the forms `bodies` leaves out, where the rules of protocol.md §8.8 allow a
+/// field only with or without others: a call that timed out, and an offer accepted.
+pub fn more_bodies() -> Vec<(&'static str, Body)> {
+    vec![
+        (
+            "TaskDone-error",
+            TaskDone {
+                call: call_id(),
+                output: None,
+                error: Some(ErrorBody {
+                    code: "Timeout".into(),
+                    message: "the tool ran past 30000 ms".into(),
+                    retryable: true,
+                    retry_after_ms: Some(5_000),
+                }),
+                receipt: signed(
+                    &provider(),
+                    &Receipt { status: CallStatus::TimedOut, ..receipt(false) },
+                ),
+            }
+            .into(),
+        ),
+        (
+            "Negotiate-accept",
+            Negotiate {
+                action: NegotiateAction::Accept,
+                offer: Some(cid(2)),
+                price: None,
+                reason: None,
+            }
+            .into(),
+        ),
     ]
 }
 

@@ -1,4 +1,4 @@
-//! The test vectors of specs/vectors/ (format: DESIGN §10, specs/protocol.md).
+//! The test vectors of specs/vectors/ (format: specs/protocol.md §12).
 //!
 //! `generate()` builds every vector from the fixtures; the tests check that the files equal
 //! what the code generates (no drift) and check each vector in the files on its own, the way an
@@ -105,7 +105,7 @@ fn cbor_vectors() -> Value {
         "cbor_hex": hex(&cbor::to_vec(&json!("hello")).expect("canonical")),
     }));
     file(
-        "Canonical CBOR (DESIGN §1): JSON values with their canonical bytes and CIDs, and byte \
+        "Canonical CBOR (protocol.md §4): JSON values with their canonical bytes and CIDs, and byte \
          strings a strict decoder must refuse. Limits default to max_size 1048576 and max_depth \
          64 unless the vector names them.",
         v,
@@ -463,6 +463,10 @@ fn envelope_vectors() -> Value {
             ));
         }
     }
+    for (name, body) in fixtures::more_bodies() {
+        let (_, to) = fixtures::parties(body.kind());
+        v.push(envelope_vector(name, &fixtures::envelope(body), to, NOW + 1_000));
+    }
     let cancel = || fixtures::bodies(false).swap_remove(Kind::TaskCancel as usize);
     let at_provider = p.peer_id();
     let good = fixtures::envelope(cancel());
@@ -596,14 +600,171 @@ fn envelope_vectors() -> Value {
         Envelope::from_parts(bytes, sig).to_bytes()
     };
     v.push(bad_envelope("kind-as-map", "InvalidObject", &kind_as_map, at_provider, NOW));
+    v.extend(broken_bodies());
     file(
-        "Envelopes: one valid vector per kind (with every optional field, and with none), and \
-         one per refusal. A receiver judges at now_ms as the peer `receiver`, with max_size \
-         1048576, max_depth 64, skew 30000 ms, max TTL 600000 ms and an empty replay cache of \
-         capacity 100000 unless the vector says otherwise (`max_size`, `max_depth`, \
-         `replay_capacity`); `deliver_first` lists envelopes (hex) it accepted before this one.",
+        "Envelopes: valid vectors of every kind (with every optional field, with none, and the \
+         forms that the body rules of protocol.md §8.8 allow only apart), and one per refusal, \
+         including one per body rule. A receiver runs every check of protocol.md §7.2 in order \
+         (check 4 is the full typed decode, body rules included) at now_ms as the peer \
+         `receiver`, with max_size 1048576, max_depth 64, skew 30000 ms, max TTL 600000 ms and \
+         an empty replay cache of capacity 100000 unless the vector says otherwise (`max_size`, \
+         `max_depth`, `replay_capacity`); `deliver_first` lists envelopes (hex) it accepted \
+         before this one.",
         v,
     )
+}
+
+/// One body per rule of protocol.md §8.8 that breaks it and nothing else: (name, error, body).
+fn broken_body_cases() -> Vec<(&'static str, &'static str, Body)> {
+    let broken = |name, error, body| (name, error, body);
+    let provider = fixtures::provider();
+    let receipt = |r: &Receipt| fixtures::signed(&provider, r);
+    let done = |output: Option<Value>, error: Option<ErrorBody>, r: &Receipt| -> Body {
+        TaskDone { call: fixtures::call_id(), output, error, receipt: receipt(r) }.into()
+    };
+    let offer = Some(fixtures::cid(2));
+    let counter_price = Some(Price { amount: 200, unit: "usd-micro".into() });
+    let negotiate = |action, offer: Option<Cid>, price: Option<Price>| -> Body {
+        Negotiate { action, offer, price, reason: None }.into()
+    };
+    let range = fixtures::range();
+    let sync_result = |next: u64, ranges: Vec<SyncRange>| -> Body {
+        SyncResult { records: vec![], contracts: vec![], next, head: 42, ranges }.into()
+    };
+    // Signed bytes of a Retirement, where an Advert or a Receipt belongs.
+    let retirement = fixtures::signed(&provider, &fixtures::retirement());
+    let not_an_advert =
+        Signed::<Advert>::from_parts(retirement.payload().to_vec(), *retirement.sig());
+    let not_a_receipt =
+        Signed::<Receipt>::from_parts(retirement.payload().to_vec(), *retirement.sig());
+    vec![
+        broken(
+            "advertise-advert-payload-not-an-advert",
+            "InvalidObject",
+            AdvertiseCapability { advert: not_an_advert, contract: fixtures::contract(true) }
+                .into(),
+        ),
+        broken(
+            "advertise-contract-not-the-advertised-one",
+            "CidMismatch",
+            AdvertiseCapability {
+                advert: fixtures::signed(&provider, &fixtures::advert(true)),
+                contract: fixtures::contract(false),
+            }
+            .into(),
+        ),
+        broken(
+            "sync-range-lower-35-bytes",
+            "InvalidObject",
+            Sync::Reconcile {
+                ranges: vec![SyncRange { lower: repr::Bytes(vec![1; 35]), ..range.clone() }],
+            }
+            .into(),
+        ),
+        broken(
+            "sync-result-range-upper-37-bytes",
+            "InvalidObject",
+            sync_result(0, vec![SyncRange { upper: repr::Bytes(vec![1; 37]), ..range.clone() }]),
+        ),
+        broken("sync-result-ranges-with-next", "InvalidObject", sync_result(7, vec![range])),
+        broken(
+            "negotiate-accept-without-offer",
+            "InvalidObject",
+            negotiate(NegotiateAction::Accept, None, None),
+        ),
+        broken(
+            "negotiate-counter-without-offer",
+            "InvalidObject",
+            negotiate(NegotiateAction::Counter, None, counter_price.clone()),
+        ),
+        broken(
+            "negotiate-counter-without-price",
+            "InvalidObject",
+            negotiate(NegotiateAction::Counter, offer, None),
+        ),
+        broken(
+            "task-progress-chunk-0-chain-not-from-zero",
+            "InvalidObject",
+            TaskProgress {
+                call: fixtures::call_id(),
+                seq: 0,
+                data: repr::Bytes(fixtures::CHUNK.to_vec()),
+                chain: capmesh_types::Digest::of(fixtures::CHUNK),
+            }
+            .into(),
+        ),
+        broken(
+            "task-done-output-and-error",
+            "InvalidObject",
+            done(
+                Some(fixtures::output()),
+                Some(fixtures::error_body(false)),
+                &fixtures::receipt(true),
+            ),
+        ),
+        broken(
+            "task-done-error-with-status-ok",
+            "InvalidObject",
+            done(None, Some(fixtures::error_body(false)), &fixtures::receipt(true)),
+        ),
+        broken(
+            "task-done-no-error-with-status-failed",
+            "InvalidObject",
+            done(None, None, &fixtures::receipt(false)),
+        ),
+        broken(
+            "task-done-receipt-of-another-call",
+            "InvalidObject",
+            done(
+                Some(fixtures::output()),
+                None,
+                &Receipt { call: FixedBytes([0xcb; 16]), ..fixtures::receipt(true) },
+            ),
+        ),
+        broken(
+            "task-done-receipt-payload-not-a-receipt",
+            "InvalidObject",
+            TaskDone {
+                call: fixtures::call_id(),
+                output: Some(fixtures::output()),
+                error: None,
+                receipt: not_a_receipt,
+            }
+            .into(),
+        ),
+    ]
+}
+
+/// One negative vector per rule of protocol.md §8.8: an envelope that is valid in every other
+/// way (signed by the fixture sender, addressed to the fixture recipient, judged at `NOW`).
+fn broken_bodies() -> Vec<Value> {
+    let mut v: Vec<Value> = broken_body_cases()
+        .into_iter()
+        .map(|(name, error, body)| {
+            let (_, to) = fixtures::parties(body.kind());
+            let receiver = to.unwrap_or_else(|| fixtures::caller().peer_id());
+            bad_envelope(name, error, &fixtures::envelope(body).to_bytes(), receiver, NOW)
+        })
+        .collect();
+    let negotiate =
+        |action, offer, price| -> Body { Negotiate { action, offer, price, reason: None }.into() };
+    // The body rules belong to the typed decode (§7.2 check 4), before the version (check 5).
+    let (caller, to) = fixtures::parties(Kind::Negotiate);
+    let mut payload = Envelope::builder(negotiate(NegotiateAction::Accept, None, None))
+        .to(to.expect("an rpc kind"))
+        .nonce(FixedBytes([8; 8]))
+        .trace(FixedBytes([9; 16]))
+        .payload(&caller, NOW)
+        .expect("payload");
+    payload.v = 2;
+    v.push(bad_envelope(
+        "body-rule-before-version",
+        "InvalidObject",
+        &seal(&caller, &payload).expect("seal").to_bytes(),
+        to.expect("an rpc kind"),
+        NOW,
+    ));
+    v
 }
 
 /// Every vector file, by name.
@@ -640,4 +801,13 @@ fn files_match_the_generator() {
     }
     // Writing is not checking: a run that rewrote the files says so by failing.
     assert!(!write, "vector files rewritten; unset CAPMESH_WRITE_VECTORS, review the diff, rerun");
+}
+
+#[test]
+fn body_rules_hold_in_json_as_in_cbor() {
+    for (name, _, body) in broken_body_cases() {
+        // A carried record that does not decode has no JSON projection to test.
+        let Ok(json) = serde_json::to_value(&body) else { continue };
+        assert!(Body::from_json(body.kind(), json).is_err(), "{name}: the JSON form is accepted");
+    }
 }
