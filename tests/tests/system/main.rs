@@ -14,6 +14,7 @@ mod mcp;
 mod mesh;
 mod metrics;
 mod otlp;
+mod overload;
 mod partition;
 mod processes;
 mod reachability;
