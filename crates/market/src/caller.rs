@@ -1157,7 +1157,7 @@ impl Market {
         let (mesh, provider, addrs) =
             (self.inner.mesh.clone(), standing.provider, standing.addrs.clone());
         self.bump(|s| s.requests_sent += 1);
-        tokio::spawn(async move {
+        self.spawn_owned(async move {
             let _ =
                 tokio::time::timeout(CANCEL_TIMEOUT, mesh.request(provider, addrs, body, thread))
                     .await;
@@ -1241,7 +1241,7 @@ impl Market {
         if done.fresh {
             let market = self.clone();
             let addrs = addrs.to_vec();
-            tokio::spawn(async move {
+            self.spawn_owned(async move {
                 market.bump(|s| s.requests_sent += 1);
                 let thread = Thread { trace: Some(trace), re: Some(done_id) };
                 let body = ReceiptCountersign { countersignature: countersigned };

@@ -68,7 +68,7 @@ impl Mesh {
         let (tx, rx) = mpsc::channel(64);
         let mesh = self.clone();
         let timeout = timeout.unwrap_or(self.inner.config.find_timeout);
-        tokio::spawn(async move {
+        self.spawn_owned(async move {
             let done = mesh.run_find(cap, limit.max(1), timeout, &tx, start).await;
             // Recorded before `Done` goes out: whoever saw it sees the find counted.
             mesh.bump(|s| s.find_duration.observe(start.elapsed()));
@@ -271,7 +271,7 @@ impl Mesh {
         // Verified already: the caller need not wait for the replica's flush. (Stale or over a
         // cap is still a valid answer to report.)
         let mesh = self.clone();
-        tokio::spawn(async move {
+        self.spawn_owned(async move {
             for outcome in mesh.insert_many(items).await {
                 if let Err(e) = outcome {
                     tracing::debug!(error = %e, "discovered advert not stored");

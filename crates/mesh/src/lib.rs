@@ -257,6 +257,12 @@ impl Mesh {
         *lock(&self.inner.stats)
     }
 
+    /// Spawns background work owned by the node's cancellation token: stopping or dropping
+    /// the node ends it, so nothing outlives the node holding its store.
+    pub(crate) fn spawn_owned(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        tokio::spawn(self.inner.cancel.clone().run_until_cancelled_owned(work));
+    }
+
     fn bump(&self, f: impl FnOnce(&mut MeshStats)) {
         f(&mut lock(&self.inner.stats));
     }

@@ -93,7 +93,7 @@ impl Mesh {
         let published = Published { capability, advert_id, seq: own.seq, expires: advert.expires };
         lock(&self.inner.published).insert(capability, own);
         let net = self.inner.net.clone();
-        tokio::spawn(async move {
+        self.spawn_owned(async move {
             // "Sent to n peers" is not proof of storage; finds from other nodes are.
             match net.start_providing(kad_key(&capability)).await {
                 Ok(n) => tracing::debug!(%capability, peers = n, "provider record sent"),
