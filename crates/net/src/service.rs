@@ -48,6 +48,8 @@ const TRIM_EVERY: Duration = Duration::from_secs(5);
 /// peer's own dial, a bootstrap) before it reports its failure: the per-peer limit denies, or
 /// the remote closes, whichever connection comes second.
 const DIAL_RACE_GRACE: Duration = Duration::from_millis(500);
+/// Requests waiting for a connection to their peer, over all peers; more are refused.
+const MAX_AWAITING_REQUESTS: usize = 1024;
 
 /// Owns the swarm; consumed by [`NetworkService::run`].
 pub struct NetworkService {
@@ -102,6 +104,27 @@ struct Pending {
     bootstrap: HashMap<kad::QueryId, (Reply<()>, Instant)>,
     /// Failed dials waiting [`DIAL_RACE_GRACE`] for another connection to their peer.
     raced: HashMap<PeerId, Vec<RacedDial>>,
+    /// Requests to peers not connected yet, sent when a connection comes up.
+    awaiting: Awaiting,
+}
+
+/// Requests held back until their peer is connected. request-response fails every request it
+/// holds for a peer on *any* dial failure to that peer (a stale address book entry tried by
+/// another behaviour, a DCUtR attempt), even while another dial is about to succeed; so
+/// requests go to it only once a connection is up, and fail only when the service's own dial
+/// (`dials`) fails, with that dial's reason.
+#[derive(Default)]
+struct Awaiting {
+    requests: HashMap<PeerId, Vec<AwaitingRequest>>,
+    dials: HashMap<ConnectionId, PeerId>,
+    len: usize,
+}
+
+struct AwaitingRequest {
+    peer: capmesh_types::PeerId,
+    body: Vec<u8>,
+    reply: Reply<Vec<u8>>,
+    until: Instant,
 }
 
 /// A dial that failed while another connection to the same peer may still succeed.
@@ -422,21 +445,63 @@ impl NetworkService {
         for addr in addrs {
             self.book.add(target, addr);
         }
-        if !self.swarm.is_connected(&target) {
-            let known = self.book.get(&target);
-            if !known.is_empty() {
-                // Addresses from adverts and provider answers; the behaviours add theirs.
-                let opts = DialOpts::peer_id(target)
-                    .addresses(known)
-                    .extend_addresses_through_behaviour()
-                    .build();
-                if let Err(e) = self.swarm.dial(opts) {
-                    tracing::debug!(%peer, error = %e, "dial before request");
+        if self.swarm.is_connected(&target) {
+            let id = self.swarm.behaviour_mut().rpc.send_request(&target, body);
+            self.pending.requests.insert(id, (peer, reply));
+            return;
+        }
+        let awaiting = &mut self.pending.awaiting;
+        if awaiting.len >= MAX_AWAITING_REQUESTS {
+            let reason = format!("{MAX_AWAITING_REQUESTS} requests already wait for connections");
+            let _ = reply.send(Err(NetError::Request { peer, reason }));
+            return;
+        }
+        let until = Instant::now() + self.config.query_timeout;
+        let first = !awaiting.requests.contains_key(&target);
+        awaiting.requests.entry(target).or_default().push(AwaitingRequest {
+            peer,
+            body,
+            reply,
+            until,
+        });
+        awaiting.len += 1;
+        if first {
+            // Addresses from adverts and provider answers; the behaviours add theirs.
+            let opts = DialOpts::peer_id(target)
+                .condition(libp2p::swarm::dial_opts::PeerCondition::Always)
+                .addresses(self.book.get(&target))
+                .extend_addresses_through_behaviour()
+                .build();
+            let connection = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) => {
+                    self.pending.awaiting.dials.insert(connection, target);
                 }
+                Err(e) => self.fail_awaiting(target, &dial_reason(&e)),
             }
         }
-        let id = self.swarm.behaviour_mut().rpc.send_request(&target, body);
-        self.pending.requests.insert(id, (peer, reply));
+    }
+
+    /// Sends the requests that waited for `peer`, now connected.
+    fn flush_awaiting(&mut self, peer: PeerId) {
+        let Some(waiting) = self.pending.awaiting.requests.remove(&peer) else { return };
+        self.pending.awaiting.len -= waiting.len();
+        self.pending.awaiting.dials.retain(|_, p| *p != peer);
+        for r in waiting {
+            let id = self.swarm.behaviour_mut().rpc.send_request(&peer, r.body);
+            self.pending.requests.insert(id, (r.peer, r.reply));
+        }
+    }
+
+    /// Fails the requests that waited for `peer`: the service's dial failed for `reason`.
+    fn fail_awaiting(&mut self, peer: PeerId, reason: &str) {
+        let Some(waiting) = self.pending.awaiting.requests.remove(&peer) else { return };
+        self.pending.awaiting.len -= waiting.len();
+        self.pending.awaiting.dials.retain(|_, p| *p != peer);
+        for r in waiting {
+            let reason = format!("cannot reach the peer: {reason}");
+            let _ = r.reply.send(Err(NetError::Request { peer: r.peer, reason }));
+        }
     }
 
     fn on_swarm_event<H: Handler>(&mut self, event: SwarmEvent<BehaviourEvent>, handler: &Arc<H>) {
@@ -502,6 +567,7 @@ impl NetworkService {
                 for raced in self.pending.raced.remove(&peer_id).unwrap_or_default() {
                     let _ = raced.reply.send(as_dialed());
                 }
+                self.flush_awaiting(peer_id);
                 self.activity.touch(peer_id, Instant::now());
                 if num_established.get() == 1 {
                     tracing::debug!(peer = %peer_id, "connected");
@@ -512,6 +578,11 @@ impl NetworkService {
             }
             SwarmEvent::OutgoingConnectionError { connection_id, peer_id, error } => {
                 tracing::debug!(peer = ?peer_id, error = %error, "outgoing connection failed");
+                if let Some(peer) = self.pending.awaiting.dials.remove(&connection_id)
+                    && !self.swarm.is_connected(&peer)
+                {
+                    self.fail_awaiting(peer, &dial_reason(&error));
+                }
                 if let Some((reply, _)) = self.pending.dial.remove(&connection_id) {
                     let target = peer_id.map(|p| p.to_string()).unwrap_or_default();
                     let error = NetError::Dial { target, reason: dial_reason(&error) };
@@ -919,6 +990,17 @@ impl NetworkService {
         let p = &mut self.pending;
         expire_map(&mut p.listen, now, &timeout);
         expire_map(&mut p.dial, now, &timeout);
+        let mut gave_up = 0;
+        p.awaiting.requests.retain(|_, waiting| {
+            for r in waiting.extract_if(.., |r| r.until <= now || r.reply.is_closed()) {
+                gave_up += 1;
+                let _ = r.reply.send(Err(timeout.clone()));
+            }
+            !waiting.is_empty()
+        });
+        p.awaiting.len -= gave_up;
+        let awaiting = &p.awaiting.requests;
+        p.awaiting.dials.retain(|_, peer| awaiting.contains_key(peer));
         p.raced.retain(|_, dials| {
             for raced in dials.extract_if(.., |d| d.until <= now || d.reply.is_closed()) {
                 let _ = raced.reply.send(Err(raced.error));
