@@ -179,6 +179,22 @@ struct Done {
     error: String,
 }
 
+impl Done {
+    /// A find (`find`) or a call from `caller` to `provider`, not done yet.
+    fn new(find: bool, caller: usize, provider: usize) -> Self {
+        Self {
+            find,
+            caller,
+            provider,
+            ok: false,
+            ms: 0.0,
+            kind: String::new(),
+            after: String::new(),
+            error: String::new(),
+        }
+    }
+}
+
 /// `lab run`: up, wait, baseline, load, report, down (also when something fails).
 pub async fn run(
     dir: &Path,
@@ -486,16 +502,7 @@ async fn connection(m: &LabManifest, caller: usize, provider: usize) -> String {
 }
 
 async fn one_find(m: &LabManifest, caller: usize, provider: usize, cap: &str) -> Done {
-    let mut d = Done {
-        find: true,
-        caller,
-        provider,
-        ok: false,
-        ms: 0.0,
-        kind: String::new(),
-        after: String::new(),
-        error: String::new(),
-    };
+    let mut d = Done::new(true, caller, provider);
     let out =
         cli_output(&m.capmesh, &m.hosts[caller], &["find", cap, "--timeout-ms", "10000", "--json"])
             .await;
@@ -522,16 +529,7 @@ async fn one_find(m: &LabManifest, caller: usize, provider: usize, cap: &str) ->
 }
 
 async fn one_call(m: &LabManifest, caller: usize, provider: usize, cap: &str) -> Done {
-    let mut d = Done {
-        find: false,
-        caller,
-        provider,
-        ok: false,
-        ms: 0.0,
-        kind: String::new(),
-        after: String::new(),
-        error: String::new(),
-    };
+    let mut d = Done::new(false, caller, provider);
     let args = ["call", cap, "--args", r#"{"text":"lab run"}"#, "--deadline", "30s", "--json"];
     // The path a call runs on is the connection it finds: one DCUtR makes during the call
     // serves the calls after it.
