@@ -172,7 +172,14 @@ impl NetworkService {
             .map_err(|e| err(&e))?
             .with_relay_client(noise::Config::new, yamux::Config::default)
             .map_err(|e| err(&e))?;
-        let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(cfg.idle_timeout);
+        // V1Lazy: an outbound stream proposing one protocol sends its first frame together with
+        // the proposal instead of waiting a round trip for the listener's echo, which saves a
+        // whole RTT per request. A peer that does not speak the protocol still fails the stream;
+        // only the error comes with the read instead of the negotiation.
+        let idle = |c: libp2p::swarm::Config| {
+            c.with_idle_connection_timeout(cfg.idle_timeout)
+                .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
+        };
         let (mut swarm, metrics) = match &config.metrics {
             // Bandwidth wraps the whole transport (TCP, QUIC, relay circuits alike).
             Some(registry) => {
