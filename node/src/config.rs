@@ -207,7 +207,7 @@ pub struct NetworkConfig {
     pub announce_listen_addrs: bool,
     /// Kademlia mode: "auto", "client" or "server". Default "auto" (server when addresses
     /// are announced, else once AutoNAT confirms one).
-    pub kad_mode: String,
+    pub kad_mode: KadMode,
     /// Serve as a relay for nodes behind NATs. Default false.
     pub relay_server: bool,
     /// Relays to hold a reservation on, each ending in `/p2p/<relay id>` (the node is then
@@ -223,6 +223,12 @@ pub struct NetworkConfig {
     pub autonat_allow_private: bool,
     /// Take part in registry gossip. Default true.
     pub gossip: bool,
+    /// Registry gossip each peer may send: messages a second after a burst. Beyond it a peer's
+    /// messages are ignored (not forwarded, not stored) until its bucket refills; a refusal
+    /// does not lower the peer's score, so a merely busy publisher is served again. Defaults 100
+    /// and 400.
+    pub gossip_rate_per_sec: u32,
+    pub gossip_burst: u32,
     /// Most established connections, and per peer. Defaults 256 and 4.
     pub max_connections: u32,
     pub max_connections_per_peer: u32,
@@ -230,6 +236,29 @@ pub struct NetworkConfig {
     /// gossip mesh are disconnected down to `peers_low`. Defaults 32 and 48.
     pub peers_low: u32,
     pub peers_high: u32,
+}
+
+/// `network.kad_mode`, parsed once from the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KadMode {
+    /// Server when addresses are announced, else once AutoNAT confirms one.
+    #[default]
+    Auto,
+    /// Asks the DHT, never answers it.
+    Client,
+    /// Answers the DHT whatever AutoNAT says.
+    Server,
+}
+
+impl From<KadMode> for capmesh_net::KadMode {
+    fn from(m: KadMode) -> Self {
+        match m {
+            KadMode::Auto => Self::Auto,
+            KadMode::Client => Self::Client,
+            KadMode::Server => Self::Server,
+        }
+    }
 }
 
 /// `network.reachability`, parsed once from the file.
@@ -333,13 +362,15 @@ impl Default for NetworkConfig {
             bootstrap: Vec::new(),
             external_addrs: Vec::new(),
             announce_listen_addrs: false,
-            kad_mode: "auto".into(),
+            kad_mode: KadMode::Auto,
             relay_server: false,
             relays: Vec::new(),
             reachability: Reachability::Auto,
             relay_reservations: 2,
             autonat_allow_private: false,
             gossip: true,
+            gossip_rate_per_sec: 100,
+            gossip_burst: 400,
             max_connections: 256,
             max_connections_per_peer: 4,
             peers_low: 32,
@@ -473,9 +504,11 @@ impl Config {
             self.network.relay_reservations
         );
         anyhow::ensure!(
-            ["auto", "client", "server"].contains(&self.network.kad_mode.as_str()),
-            "network.kad_mode = {:?}: use \"auto\", \"client\" or \"server\"",
-            self.network.kad_mode
+            self.network.gossip_rate_per_sec >= 1 && self.network.gossip_burst >= 1,
+            "network.gossip_rate_per_sec = {} and network.gossip_burst = {} must be at least 1 \
+             (0 would refuse every advert: turn gossip off with network.gossip = false)",
+            self.network.gossip_rate_per_sec,
+            self.network.gossip_burst
         );
         let api: std::net::SocketAddr = self.api.listen.parse().with_context(|| {
             format!("api.listen = {:?} is not an address:port", self.api.listen)
@@ -670,6 +703,22 @@ price_amount = 2
         let config: Config = toml::from_str("[network]\nrelay_reservations = 100\n").unwrap();
         let err = format!("{:#}", config.validate().unwrap_err());
         assert!(err.contains("relay_reservations = 100"), "{err}");
+    }
+
+    #[test]
+    fn kad_mode_is_one_of_three_words_and_the_gossip_limit_is_positive() {
+        let config: Config = toml::from_str(
+            "[network]\nkad_mode = \"client\"\ngossip_rate_per_sec = 5\ngossip_burst = 20\n",
+        )
+        .unwrap();
+        config.validate().unwrap();
+        assert_eq!(config.network.kad_mode, KadMode::Client);
+        assert_eq!((config.network.gossip_rate_per_sec, config.network.gossip_burst), (5, 20));
+        let err = toml::from_str::<Config>("[network]\nkad_mode = \"both\"\n").unwrap_err();
+        assert!(err.to_string().contains("server"), "{err}");
+        let config: Config = toml::from_str("[network]\ngossip_rate_per_sec = 0\n").unwrap();
+        let err = format!("{:#}", config.validate().unwrap_err());
+        assert!(err.contains("gossip_rate_per_sec = 0"), "{err}");
     }
 
     #[test]

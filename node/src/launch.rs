@@ -7,7 +7,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use anyhow::Context;
 use capmesh_market::{Market, MarketConfig, ServeSpec};
 use capmesh_mesh::{Mesh, MeshConfig};
-use capmesh_net::{KadMode, Multiaddr, NetworkHandle, NetworkService};
+use capmesh_net::{Multiaddr, NetworkHandle, NetworkService};
 use capmesh_store::Store;
 use capmesh_types::PeerId;
 use tokio::task::JoinSet;
@@ -408,16 +408,13 @@ fn net_config(config: &Config, tuning: &Tuning) -> anyhow::Result<capmesh_net::C
         .with_bootstrap(parse(&n.bootstrap)?)
         .with_external_addrs(parse(&n.external_addrs)?)
         .with_announce_listen_addrs(n.announce_listen_addrs)
-        .with_kad_mode(match n.kad_mode.as_str() {
-            "client" => KadMode::Client,
-            "server" => KadMode::Server,
-            _ => KadMode::Auto,
-        })
+        .with_kad_mode(n.kad_mode.into())
         .with_relay_server(n.relay_server)
         .with_reachability(n.reachability.into())
         .with_relay_reservations(n.relay_reservations)
         .with_autonat_allow_private(n.autonat_allow_private)
         .with_gossip(n.gossip)
+        .with_gossip_rate(n.gossip_rate_per_sec, n.gossip_burst)
         .with_max_connections(n.max_connections, n.max_connections_per_peer)
         .with_peer_trim(n.peers_low, n.peers_high, Duration::from_secs(60))
         .with_max_frame(rules.limits.max_size)

@@ -137,9 +137,16 @@ impl NodeOpts {
         self.config.network.announce_listen_addrs = on;
         self
     }
-    /// `network.kad_mode`: "auto", "client" or "server".
-    pub fn kad_mode(mut self, mode: &str) -> Self {
-        self.config.network.kad_mode = mode.into();
+    /// `network.kad_mode`.
+    pub fn kad_mode(mut self, mode: capmesh::config::KadMode) -> Self {
+        self.config.network.kad_mode = mode;
+        self
+    }
+    /// `network.gossip_rate_per_sec` and `network.gossip_burst`: registry gossip taken from
+    /// each peer.
+    pub fn gossip_rate(mut self, per_sec: u32, burst: u32) -> Self {
+        self.config.network.gossip_rate_per_sec = per_sec;
+        self.config.network.gossip_burst = burst;
         self
     }
     pub fn relayed_through(mut self, relays: &[usize]) -> Self {

@@ -82,8 +82,15 @@ async fn a_private_node_reserves_on_a_relay_by_itself_and_is_called_through_it()
     let r = net.add(NodeOpts::new().relay_server()).await.unwrap();
     // C listens on loopback but announces nothing and answers no Kademlia queries, so P never
     // learns where C is: the only way between them is P's circuit.
-    let c =
-        net.add(NodeOpts::new().bootstrap(&[r]).announce(false).kad_mode("client")).await.unwrap();
+    let c = net
+        .add(
+            NodeOpts::new()
+                .bootstrap(&[r])
+                .announce(false)
+                .kad_mode(capmesh::config::KadMode::Client),
+        )
+        .await
+        .unwrap();
     // P knows R only as a bootstrap peer: no relay is configured.
     let p = net.add(private().bootstrap(&[r]).serve_builtin(Builtin::Echo, 1, 5)).await.unwrap();
     let (rid, cid, pid) = (net.node(r).peer_id(), net.node(c).peer_id(), net.node(p).peer_id());
@@ -130,7 +137,7 @@ async fn a_reservation_whose_relay_stops_is_replaced_and_the_node_stays_callable
             NodeOpts::new()
                 .no_listen()
                 .announce(false)
-                .kad_mode("client")
+                .kad_mode(capmesh::config::KadMode::Client)
                 .reachability(Reachability::Public)
                 .bootstrap(&[r1, r2]),
         )
