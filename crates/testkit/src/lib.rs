@@ -13,6 +13,8 @@
 //! # Ok(()) }
 //! ```
 
+pub mod overload;
+
 use std::{future::Future, path::PathBuf, time::Duration};
 
 use anyhow::Context;
