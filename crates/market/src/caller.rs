@@ -7,11 +7,21 @@
 //! one serves the call, the ranking runs out, `max_providers` were contacted, a try says that
 //! trying elsewhere cannot help (`InvalidArgs`, `Cancelled`), or the deadline passes. Every
 //! failed try is an [`Attempt`], in order.
+//!
+//! The call (`run_call`) is a loop over that walk: find (`find_providers`), one fan-out of
+//! `Intent`s (`ask_for_offers`), then one try per offer (`try_offer`, in `states.rs`: the
+//! `Started`, `Accepted`, `Probing`, `Concluding`, `Cancelling` and `Expired` steps, and the
+//! one verdict on a failed try). Everything goes out through the market's `CallTransport`
+//! (the mesh; scripted peers in `scripted.rs`, the tests of every transition).
+
+#[cfg(test)]
+mod scripted;
+mod states;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     sync::Arc,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use capmesh_contract::Contract;
@@ -20,10 +30,10 @@ use capmesh_store::{LedgerKind, LedgerNote, SessionTag};
 use capmesh_types::{Cid, Digest, PeerId};
 use capmesh_wire::{
     Body, CallId, CallStatus, Code, Countersignature, ErrorBody, Intent, Negotiate, Offer, Opened,
-    Price, Receipt, ReceiptCountersign, Signed, TaskCancel, TaskDone, TaskStart, TraceId,
+    Price, Receipt, ReceiptCountersign, Signed, TaskDone, TraceId,
 };
 use serde_json::Value;
-use tokio::{sync::mpsc, task::JoinSet};
+use tokio::{sync::mpsc, task::JoinSet, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -31,7 +41,7 @@ use crate::{
     batch::{Done, Refused},
     error_body, lock, now_ms,
     offers::{Held, Standing},
-    receipt::{self, CHAIN_START, Expected, chain_next, json_digest},
+    receipt::{CHAIN_START, chain_next, json_digest},
     select::rank,
 };
 
@@ -363,8 +373,10 @@ struct Ctx<'a> {
     cancel: CancellationToken,
     requests: u32,
     input: Digest,
-    /// A `TaskStart` went out under the current call id.
-    started: bool,
+    /// The offers a `TaskStart` went out under with the current call id, by provider. A
+    /// provider asked again with the same id (an idempotent call renewing its offer) answers
+    /// with the run it already did, whose receipt names the first offer (protocol.md §8.5).
+    starts: Vec<(PeerId, Cid, Price)>,
 }
 
 impl Ctx<'_> {
@@ -457,7 +469,7 @@ impl Market {
             cancel,
             requests: 0,
             input,
-            started: false,
+            starts: Vec::new(),
         };
         self.run_call(ctx, clock).await
     }
@@ -620,7 +632,7 @@ impl Market {
         let cap = ctx.req.capability;
         let remaining = ctx.deadline.saturating_duration_since(Instant::now());
         let window = self.inner.config.discover_timeout.min(remaining);
-        let mut found = self.inner.mesh.find(cap, self.inner.config.find_limit, Some(window));
+        let mut found = self.inner.transport.find(cap, self.inner.config.find_limit, Some(window));
         let mut providers: Vec<Candidate> = Vec::new();
         let policy = self.inner.policy.current();
         let attested = self.attested();
@@ -702,13 +714,12 @@ impl Market {
                 calls: self.inner.config.offer_calls,
                 deadline: ctx.deadline_ms,
             };
-            let market = self.clone();
             let thread = Thread { trace: Some(ctx.trace), re: None };
             let timeout = self.inner.config.intent_timeout;
             ctx.requests += 1;
             self.bump(|s| s.requests_sent += 1);
+            let sent = self.inner.transport.request(provider, addrs.clone(), intent.into(), thread);
             asks.spawn(async move {
-                let sent = market.inner.mesh.request(provider, addrs.clone(), intent, thread);
                 let result = match tokio::time::timeout(timeout, sent).await {
                     Ok(r) => r,
                     Err(_) => Err(MeshError::Net(capmesh_mesh::NetError::Timeout(timeout))),
@@ -720,7 +731,7 @@ impl Market {
         loop {
             let joined = tokio::select! {
                 _ = ctx.cancel.cancelled() => return Err(CallError::Cancelled),
-                _ = tokio::time::sleep_until(ctx.deadline.into()) => {
+                _ = tokio::time::sleep_until(ctx.deadline) => {
                     for provider in pending.drain(..) {
                         let a = "no offer before the deadline";
                         failed.push(attempt(provider, "intent", Code::Timeout, a, None));
@@ -807,396 +818,6 @@ impl Market {
         Ok(offers)
     }
 
-    /// One `TaskStart` under `standing`, and whatever follows it.
-    async fn try_offer(&self, ctx: &mut Ctx<'_>, standing: &Standing) -> Tried {
-        let provider = standing.provider;
-        // Idempotent capabilities keep the call id across providers; others get a fresh one
-        // once a TaskStart went out under the current id, so a provider that did run it cannot
-        // be asked to count it twice (protocol.md §9 step 10).
-        let idempotent = ctx.contract.as_ref().is_some_and(|k| k.contract.idempotent);
-        if ctx.started && !idempotent {
-            match fresh::<16>() {
-                Ok(id) => {
-                    let mut state = lock(&self.inner.caller);
-                    if let Some(f) = state.in_flight.remove(&ctx.call) {
-                        state.in_flight.insert(id, f);
-                    }
-                    ctx.call = id;
-                }
-                Err(e) => return Tried::Stop(e),
-            }
-        }
-        let (tx, mut rx) = mpsc::channel(32);
-        {
-            let mut state = lock(&self.inner.caller);
-            state.held.spend(&ctx.req.capability, &standing.offer_id);
-            if let Some(f) = state.in_flight.get_mut(&ctx.call) {
-                f.provider = Some(provider);
-                f.followups = Some(tx);
-                f.chain = CHAIN_START;
-                f.next_seq = 0;
-            }
-        }
-        let start = match self.sign_start(ctx, standing) {
-            Ok(e) => e,
-            Err(e) => return Tried::Stop(e),
-        };
-        let start_id = start.id();
-        ctx.started = true;
-        let sent = self.inner.mesh.send(provider, standing.addrs.clone(), start);
-        let answer = tokio::select! {
-            _ = ctx.cancel.cancelled() => {
-                // The provider may already run it: tell it.
-                return self.cancel_at(ctx, standing, start_id).await;
-            }
-            _ = tokio::time::sleep_until(ctx.deadline.into()) => {
-                self.cancel_later(ctx, standing, start_id);
-                return Tried::Next(attempt(provider, "task", Code::Timeout, "no answer before the deadline", None));
-            }
-            a = sent => a,
-        };
-        let exchange = match answer {
-            Ok(x) => x,
-            Err(e) => {
-                let a = from_mesh(provider, "task", &e);
-                let remote = matches!(e, MeshError::Remote { .. });
-                let mut state = lock(&self.inner.caller);
-                let stale = matches!(a.code, Code::OfferExpired | Code::NotFound);
-                if stale || !remote {
-                    state.held.forget(&ctx.req.capability, &standing.offer_id);
-                }
-                if !remote {
-                    state.rate(provider, false);
-                }
-                drop(state);
-                return match a.code {
-                    Code::InvalidArgs | Code::Cancelled => {
-                        Tried::Stop(CallError::Refused { attempt: a })
-                    }
-                    // The provider forgot the offer (it restarted, or it expired) or could not be
-                    // reached where it was: ask for a new offer (a fresh find has its addresses).
-                    _ if stale || !remote => Tried::Renew(a),
-                    _ => Tried::Next(a),
-                };
-            }
-        };
-        let Some(opened) = exchange.answer else {
-            return Tried::Next(attempt(
-                provider,
-                "task",
-                Code::InvalidObject,
-                "an acknowledgement to TaskStart",
-                None,
-            ));
-        };
-        let answer_id = opened.id;
-        let (done, done_id) = match opened.payload.body {
-            Body::TaskDone(done) => (done, answer_id),
-            Body::TaskAccepted(_) => {
-                ctx.emit(CallEvent::Accepted { provider });
-                // Steps 7–8 deferred: progress and the outcome come as the provider's requests.
-                // A repeat of the `TaskStart` (same call id: never run twice) asks whether it
-                // still runs — at once when no connection to the provider is open, and every
-                // `PROBE_RUNNING` ticks anyway (a provider that restarted between two checks
-                // forgot the call); a provider that cannot be reached is failed over.
-                let mut check = tokio::time::interval(PROBE_EVERY);
-                check.tick().await;
-                let mut ticks = 0u32;
-                loop {
-                    let next = tokio::select! {
-                        _ = ctx.cancel.cancelled() => {
-                            return self.cancel_at(ctx, standing, start_id).await;
-                        }
-                        _ = tokio::time::sleep_until(ctx.deadline.into()) => {
-                            self.cancel_later(ctx, standing, start_id);
-                            return Tried::Next(attempt(provider, "task", Code::Timeout, "no outcome before the deadline", None));
-                        }
-                        _ = check.tick() => {
-                            ticks += 1;
-                            if !ticks.is_multiple_of(PROBE_RUNNING) && self.inner.mesh.connected(provider).await {
-                                continue;
-                            }
-                            let (cancel, deadline) = (ctx.cancel.clone(), ctx.deadline);
-                            let probe = tokio::select! {
-                                _ = cancel.cancelled() => None,
-                                _ = tokio::time::sleep_until(deadline.into()) => None,
-                                p = self.probe(ctx, standing) => Some(p),
-                            };
-                            let Some(probe) = probe else {
-                                if ctx.cancel.is_cancelled() {
-                                    return self.cancel_at(ctx, standing, start_id).await;
-                                }
-                                self.cancel_later(ctx, standing, start_id);
-                                return Tried::Next(attempt(provider, "task", Code::Timeout, "no outcome before the deadline", None));
-                            };
-                            match probe {
-                                Ok(Some((done, id))) => break (done, id),
-                                Ok(None) => continue,
-                                Err(a) => {
-                                    lock(&self.inner.caller).rate(provider, false);
-                                    return Tried::Next(a);
-                                }
-                            }
-                        }
-                        f = rx.recv() => f,
-                    };
-                    match next {
-                        Some(Followup::Progress(data)) => {
-                            if let Some(out) = &ctx.req.chunks {
-                                let _ = out.send(data).await;
-                            }
-                        }
-                        Some(Followup::Done(done, id)) => break (*done, id),
-                        None => {
-                            return Tried::Next(attempt(
-                                provider,
-                                "task",
-                                Code::Internal,
-                                "follow-up channel closed",
-                                None,
-                            ));
-                        }
-                    }
-                }
-            }
-            other => {
-                return Tried::Next(attempt(
-                    provider,
-                    "task",
-                    Code::InvalidObject,
-                    &format!("{:?} in answer to TaskStart", other.kind()),
-                    None,
-                ));
-            }
-        };
-        self.conclude(ctx, provider, standing, done, done_id).await
-    }
-
-    /// Signs the call's `TaskStart` under `standing` (counted in the call's requests).
-    fn sign_start(
-        &self,
-        ctx: &mut Ctx<'_>,
-        standing: &Standing,
-    ) -> Result<capmesh_wire::Envelope, CallError> {
-        let start = TaskStart {
-            call: ctx.call,
-            capability: ctx.req.capability,
-            offer: standing.offer_id,
-            args: ctx.req.args.clone(),
-            deadline: ctx.deadline_ms,
-        };
-        ctx.requests += 1;
-        self.bump(|s| s.requests_sent += 1);
-        let thread = Thread { trace: Some(ctx.trace), re: None };
-        self.inner.mesh.sign_request(standing.provider, start, thread).map_err(|e| match e {
-            MeshError::Sign(e) => CallError::Sign(e),
-            other => CallError::Ledger(other.to_string()),
-        })
-    }
-
-    /// Repeats the `TaskStart` of a deferred call: `TaskDone` if it ended, `None` while it runs.
-    async fn probe(
-        &self,
-        ctx: &mut Ctx<'_>,
-        standing: &Standing,
-    ) -> Result<Option<(TaskDone, Cid)>, Attempt> {
-        let provider = standing.provider;
-        let start = self
-            .sign_start(ctx, standing)
-            .map_err(|e| attempt(provider, "task", e.code(), &e.to_string(), None))?;
-        let sent = self.inner.mesh.send(provider, standing.addrs.clone(), start).await;
-        match sent.map(|x| x.answer) {
-            Ok(Some(Opened { id, payload })) => match payload.body {
-                Body::TaskDone(done) => Ok(Some((done, id))),
-                Body::TaskAccepted(_) => Ok(None),
-                other => Err(attempt(
-                    provider,
-                    "task",
-                    Code::InvalidObject,
-                    &format!("{:?} to a repeated TaskStart", other.kind()),
-                    None,
-                )),
-            },
-            Ok(None) => Err(attempt(
-                provider,
-                "task",
-                Code::InvalidObject,
-                "an acknowledgement to TaskStart",
-                None,
-            )),
-            Err(e) => Err(from_mesh(provider, "task", &e)),
-        }
-    }
-
-    /// Steps 8–9: verify output and receipt, ledger, countersign.
-    async fn conclude(
-        &self,
-        ctx: &mut Ctx<'_>,
-        provider: PeerId,
-        standing: &Standing,
-        done: TaskDone,
-        done_id: Cid,
-    ) -> Tried {
-        let (chain, chunks) = {
-            let state = lock(&self.inner.caller);
-            state.in_flight.get(&ctx.call).map_or((CHAIN_START, 0), |f| (f.chain, f.next_seq))
-        };
-        let streaming = ctx.contract.as_ref().is_some_and(|k| k.contract.streaming);
-        let r = match self.check_done(ctx, standing, &done) {
-            Ok(r) => r,
-            Err(bad) => {
-                lock(&self.inner.caller).rate(provider, false);
-                return Tried::Next(attempt(provider, "task", Code::BadReceipt, &bad.0, None));
-            }
-        };
-        // Step 8 in order: the output against the contract first; an output that does not
-        // match is not accepted, so its receipt is neither kept nor countersigned.
-        if let (Some(output), Some(known)) = (&done.output, &ctx.contract)
-            && let Err(e) = validate_output(known, output)
-        {
-            lock(&self.inner.caller).rate(provider, false);
-            return Tried::Next(attempt(provider, "task", Code::OutputInvalid, &e, None));
-        }
-        // A valid receipt is evidence whatever it says: keep it (flushed), with this node's
-        // countersignature, then send that to the provider.
-        let seq = match self
-            .keep_receipt(&done.receipt, provider, &standing.addrs, ctx.note(), done_id)
-            .await
-        {
-            Ok(seq) => seq,
-            Err(e) => return Tried::Stop(e),
-        };
-        if r.status != CallStatus::Ok {
-            lock(&self.inner.caller).rate(provider, false);
-            let e = done
-                .error
-                .clone()
-                .unwrap_or_else(|| error_body(Code::Internal, "failed", false, None));
-            let a = attempt(provider, "task", e.code.clone(), &e.message, e.retry_after_ms);
-            return match e.code {
-                Code::InvalidArgs | Code::Cancelled => {
-                    Tried::Stop(CallError::Refused { attempt: a })
-                }
-                _ => Tried::Next(a),
-            };
-        }
-        lock(&self.inner.caller).rate(provider, true);
-        let receipt_id = done.receipt.id();
-        Tried::Done(Box::new(CallOutcome {
-            call: ctx.call,
-            trace: ctx.trace,
-            capability: ctx.req.capability,
-            provider,
-            output: done.output,
-            chunks,
-            stream_root: if streaming { Some(chain) } else { None },
-            receipt: done.receipt,
-            receipt_id,
-            ledger_seq: seq,
-            price: r.price,
-            attempts: Vec::new(),
-            requests: 0,
-            warm: false,
-            elapsed: Duration::ZERO,
-        }))
-    }
-
-    /// Sends `TaskCancel` and keeps the receipt of the cancelled run if one comes back.
-    async fn cancel_at(&self, ctx: &mut Ctx<'_>, standing: &Standing, start_id: Cid) -> Tried {
-        let provider = standing.provider;
-        ctx.requests += 1;
-        self.bump(|s| s.requests_sent += 1);
-        let body = TaskCancel { call: ctx.call, reason: Some("cancelled by the caller".into()) };
-        let thread = Thread { trace: Some(ctx.trace), re: Some(start_id) };
-        let mut answer = None;
-        // The TaskStart may still be on its way (a cancel can overtake it on another stream):
-        // a `NotFound` is asked again a few times.
-        for wait in [0u64, 100, 300, 600] {
-            tokio::time::sleep(Duration::from_millis(wait)).await;
-            let sent =
-                self.inner.mesh.request(provider, standing.addrs.clone(), body.clone(), thread);
-            match tokio::time::timeout(CANCEL_TIMEOUT, sent).await {
-                Ok(Err(MeshError::Remote { code: Code::NotFound, .. })) => continue,
-                Ok(Ok(Exchange { answer: Some(opened), .. })) => answer = Some(opened),
-                _ => {}
-            }
-            break;
-        }
-        // The run's final TaskDone: kept (and countersigned) if its receipt holds up.
-        if let Some(opened) = answer
-            && let Body::TaskDone(done) = opened.payload.body
-        {
-            match self.check_done(ctx, standing, &done) {
-                Ok(_) => {
-                    if let Err(e) = self
-                        .keep_receipt(
-                            &done.receipt,
-                            provider,
-                            &standing.addrs,
-                            ctx.note(),
-                            opened.id,
-                        )
-                        .await
-                    {
-                        tracing::warn!(error = %e, "receipt of a cancelled call not kept");
-                    }
-                }
-                Err(bad) => {
-                    tracing::debug!(%provider, error = %bad, "cancelled call's receipt refused")
-                }
-            }
-        }
-        Tried::Stop(CallError::Cancelled)
-    }
-
-    /// `TaskCancel` sent in the background (the deadline passed: the call does not wait).
-    fn cancel_later(&self, ctx: &Ctx<'_>, standing: &Standing, start_id: Cid) {
-        let body =
-            TaskCancel { call: ctx.call, reason: Some("the caller's deadline passed".into()) };
-        let thread = Thread { trace: Some(ctx.trace), re: Some(start_id) };
-        let (mesh, provider, addrs) =
-            (self.inner.mesh.clone(), standing.provider, standing.addrs.clone());
-        self.bump(|s| s.requests_sent += 1);
-        self.spawn_owned(async move {
-            let _ =
-                tokio::time::timeout(CANCEL_TIMEOUT, mesh.request(provider, addrs, body, thread))
-                    .await;
-        });
-    }
-
-    /// Checks a `TaskDone` against what this call sent and received (receipt::check).
-    fn check_done(
-        &self,
-        ctx: &Ctx<'_>,
-        standing: &Standing,
-        done: &TaskDone,
-    ) -> Result<Receipt, receipt::BadReceipt> {
-        let chain = {
-            let state = lock(&self.inner.caller);
-            state.in_flight.get(&ctx.call).map_or(CHAIN_START, |f| f.chain)
-        };
-        let streaming = ctx.contract.as_ref().is_some_and(|k| k.contract.streaming);
-        let expected_output = match (&done.output, &done.error) {
-            (Some(v), _) => json_digest(v).ok(),
-            (None, None) if streaming => Some(chain),
-            _ => None,
-        };
-        let rules = capmesh_wire::Rules::default();
-        let expected = Expected {
-            call: ctx.call,
-            capability: ctx.req.capability,
-            caller: self.inner.me,
-            provider: standing.provider,
-            offer: standing.offer_id,
-            price: &standing.offer.price,
-            input: ctx.input,
-            output: expected_output,
-            streaming,
-            rules: &rules,
-        };
-        receipt::check(done, &expected)
-    }
-
     /// Step 8–9: appends a verified receipt and this node's countersignature of it to the
     /// ledger in the next group commit, returns the receipt's seq once flushed, and sends the
     /// countersignature to the provider without waiting. A receipt already kept (a repeated
@@ -1245,7 +866,8 @@ impl Market {
                 market.bump(|s| s.requests_sent += 1);
                 let thread = Thread { trace: Some(trace), re: Some(done_id) };
                 let body = ReceiptCountersign { countersignature: countersigned };
-                if let Err(e) = market.inner.mesh.request(provider, addrs, body, thread).await {
+                let sent = market.inner.transport.request(provider, addrs, body.into(), thread);
+                if let Err(e) = sent.await {
                     market.bump(|s| s.countersign_failures += 1);
                     tracing::debug!(%provider, error = %e, "countersignature not delivered");
                 }

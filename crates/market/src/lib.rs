@@ -24,7 +24,9 @@
 //! ```
 //!
 //! **Invariant:** owns no swarm and no sled handle; bytes go through `capmesh-mesh` (which
-//! verifies every envelope before the market sees it), records through `capmesh-store`.
+//! verifies every envelope before the market sees it) — the caller's through a small seam the
+//! mesh implements (`CallTransport`, so its tests script the peers) — records through
+//! `capmesh-store`.
 
 mod batch;
 mod caller;
@@ -33,6 +35,7 @@ mod offers;
 mod provider;
 mod receipt;
 mod select;
+mod transport;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -200,6 +203,8 @@ struct Inner {
     key: NodeKey,
     me: PeerId,
     mesh: Mesh,
+    /// What the caller sends and asks through: the mesh, or scripted peers in tests.
+    transport: Arc<dyn transport::CallTransport>,
     policy: PolicyHandle,
     admission: Admission,
     config: MarketConfig,
@@ -224,6 +229,19 @@ impl Market {
         config: MarketConfig,
         cancel: CancellationToken,
     ) -> Self {
+        let transport: Arc<dyn transport::CallTransport> = Arc::new(mesh.clone());
+        Self::with_transport(key, mesh, transport, policy, config, cancel)
+    }
+
+    /// A market whose caller goes through `transport` (the provider side through `mesh`).
+    pub(crate) fn with_transport(
+        key: NodeKey,
+        mesh: Mesh,
+        transport: Arc<dyn transport::CallTransport>,
+        policy: PolicyHandle,
+        config: MarketConfig,
+        cancel: CancellationToken,
+    ) -> Self {
         let me = key.peer_id();
         Self {
             inner: Arc::new(Inner {
@@ -237,6 +255,7 @@ impl Market {
                 stats: Mutex::new(MarketStats::default()),
                 ledger: std::sync::OnceLock::new(),
                 mesh,
+                transport,
                 policy,
                 config,
                 cancel,

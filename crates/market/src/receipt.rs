@@ -26,9 +26,9 @@ pub(crate) struct Expected<'a> {
     pub capability: Cid,
     pub caller: PeerId,
     pub provider: PeerId,
-    pub offer: Cid,
-    /// The offer's price.
-    pub price: &'a Price,
+    /// The offers this call id was started under at this provider, with their prices: the
+    /// receipt names one of them (the one it ran under).
+    pub offers: &'a [(Cid, Price)],
     pub input: Digest,
     /// Output hash (or stream root) computed from what was received; `None` if nothing was.
     pub output: Option<Digest>,
@@ -71,8 +71,9 @@ pub(crate) fn check(done: &TaskDone, expected: &Expected<'_>) -> Result<Receipt,
     field("capability", r.capability == expected.capability)?;
     field("caller", r.caller == expected.caller)?;
     field("provider", r.provider == expected.provider)?;
-    field("offer", r.offer == expected.offer)?;
-    field("price", r.price == *expected.price)?;
+    let offer = expected.offers.iter().find(|(id, _)| *id == r.offer);
+    field("offer", offer.is_some())?;
+    field("price", offer.is_some_and(|(_, price)| r.price == *price))?;
     field("input hash", r.input == expected.input)?;
     field("output hash", r.output == expected.output)?;
     let ok = r.status == CallStatus::Ok;
@@ -102,6 +103,8 @@ mod tests {
         caller: NodeKey,
         receipt: Receipt,
         price: Price,
+        /// The offer the call was started under, with its price.
+        offers: Vec<(Cid, Price)>,
     }
 
     fn fixture() -> Fixture {
@@ -123,7 +126,8 @@ mod tests {
             status: CallStatus::Ok,
             validation: Validation::Passed,
         };
-        Fixture { provider, caller, receipt, price }
+        let offers = vec![(receipt.offer, price.clone())];
+        Fixture { provider, caller, receipt, price, offers }
     }
 
     fn expected<'a>(f: &'a Fixture, rules: &'a Rules, output: Option<Digest>) -> Expected<'a> {
@@ -132,8 +136,7 @@ mod tests {
             capability: f.receipt.capability,
             caller: f.caller.peer_id(),
             provider: f.provider.peer_id(),
-            offer: f.receipt.offer,
-            price: &f.price,
+            offers: &f.offers,
             input: f.receipt.input,
             output,
             streaming: false,
@@ -173,6 +176,30 @@ mod tests {
         other.input = json_digest(&json!({"a": 2})).unwrap();
         let err = check(&done(&f, &other, out, None), &expected(&f, &rules, digest)).unwrap_err();
         assert!(err.0.contains("input"), "{err}");
+    }
+
+    #[test]
+    fn a_repeat_under_a_renewed_offer_is_judged_by_the_offer_the_call_ran_under() {
+        // The call id was started under `first`, then (the answer lost) under `renewed`: the
+        // provider answers the repeat with its one run, whose receipt names `first`.
+        let mut f = fixture();
+        let renewed =
+            (Cid::of(Codec::DagCbor, b"renewed"), Price { amount: 5, unit: "credit".into() });
+        let rules = Rules::default();
+        let out = Some(json!({"b": 2}));
+        let digest = json_digest(&json!({"b": 2})).ok();
+        let answer = done(&f, &f.receipt, out.clone(), None);
+        f.offers = vec![renewed.clone()];
+        let err = check(&answer, &expected(&f, &rules, digest)).unwrap_err();
+        assert!(err.0.contains("offer"), "{err}");
+        f.offers = vec![(f.receipt.offer, f.price.clone()), renewed.clone()];
+        assert!(check(&answer, &expected(&f, &rules, digest)).is_ok());
+        // Each offer keeps its own price: the first offer's receipt at the renewed price fails.
+        let mut repriced = f.receipt.clone();
+        repriced.price = renewed.1.clone();
+        let err =
+            check(&done(&f, &repriced, out, None), &expected(&f, &rules, digest)).unwrap_err();
+        assert!(err.0.contains("price"), "{err}");
     }
 
     #[test]

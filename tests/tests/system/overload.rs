@@ -82,11 +82,28 @@ async fn a_flooding_caller_gets_typed_refusals_while_another_is_served_and_it_re
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // ... and its adverts are taken again once its bucket refilled (Ignore costs no score).
+    // Published adverts may still be on their way (queued towards the provider, or forwarded by
+    // the other caller): wait until the provider has heard the last of them, then a refill.
+    let heard = || async {
+        let g = provider.node.net.info().await.unwrap().gossip;
+        g.accepted + g.ignored + g.rejected
+    };
+    wait_for("the advert flood to drain", Duration::from_secs(30), || async {
+        let before = heard().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = heard().await;
+        if before == after { Ok(()) } else { Err(after) }
+    })
+    .await;
     let refill = f64::from(flood.gossip_burst) / f64::from(flood.gossip_rate);
     tokio::time::sleep(Duration::from_secs_f64(refill)).await;
     let again = flooder.publish_contract("after-flood").await.unwrap();
-    wait_for("the flooder's advert after the flood", Duration::from_secs(10), || async {
-        if provider.has_capability(&again) { Ok(()) } else { Err("not yet") }
+    wait_for("the flooder's advert after the flood", Duration::from_secs(30), || async {
+        if provider.has_capability(&again) {
+            Ok(())
+        } else {
+            Err(provider.node.net.info().await.map(|i| i.gossip))
+        }
     })
     .await;
     r.net.shutdown().await.unwrap();
