@@ -31,6 +31,8 @@ FORBIDDEN = {
     # baseline (two bare capmesh-net services) need the net crate, nothing of the registry,
     # replica or market.
     "capmesh-testnet": {"capmesh", "capmesh-mesh", "capmesh-store", "capmesh-market", "sled"},
+    # Plans are pure: their format, parsing and checking; the node resolves and runs them.
+    "capmesh-plan": {"capmesh", "capmesh-net", "capmesh-mesh", "capmesh-store", "capmesh-market", "capmesh-agents", "capmesh-api", "libp2p", "sled", "tokio"},
 }
 
 meta = json.loads(subprocess.check_output(

@@ -10,6 +10,7 @@ macro_rules! outln {
 }
 
 mod call;
+mod plan;
 mod receipts;
 
 use std::{
@@ -116,6 +117,11 @@ enum Command {
     Receipts {
         #[command(subcommand)]
         command: receipts::ReceiptsCommand,
+    },
+    /// Plans: goal-directed workflows of mesh calls (specs/plans.md).
+    Plan {
+        #[command(subcommand)]
+        command: plan::PlanCommand,
     },
     /// Serve the running node's capabilities to MCP clients as tools (plus capmesh_find): over
     /// stdio, or over streamable HTTP on loopback with --http. Chosen by [mcp] in config.toml,
@@ -510,6 +516,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Attest(args) => return call::attest(&data_dir()?, args),
         Command::Attestations { command } => return call::attestations(&data_dir()?, command),
         Command::Receipts { command } => return receipts::run(command, data_dir),
+        Command::Plan { command } => return plan::run(command, data_dir),
         Command::Mcp(args) => {
             let dir = data_dir()?;
             let config = dir.config()?;

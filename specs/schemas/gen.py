@@ -755,6 +755,256 @@ def document(root, title, prefix=""):
     return doc
 
 
+# ---------------------------------------------------------------------------------------------
+# Plans (specs/plans.md): not a wire object but a document agents write, in JSON or YAML. Its
+# examples are hand-written files in examples/plans/ with the violations each must produce in
+# examples/plans/expected.json (checked by crates/plan), not generated here.
+# ---------------------------------------------------------------------------------------------
+
+PLAN_NAME_PATTERN = "^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+# A JSON Pointer (RFC 6901): "" or "/"-separated tokens, "~" only as "~0" or "~1".
+POINTER_PATTERN = "^(/([^~/]|~[01])*)*$"
+# A reference: a JSON Pointer into {"inputs": …, "steps": …, "item": …, "index": …, "acc": …}.
+SOURCE_PATTERN = (
+    "^(/(inputs|steps)/[A-Za-z][A-Za-z0-9_-]{0,63}|/item|/acc)(/([^~/]|~[01])*)*$|^/index$"
+)
+CAPABILITY_PATTERN = "^bafyr4i[a-z2-7]{51}[aeimquy4]$"
+PLAN_MAX = {
+    "steps": 256, "inputs": 64, "bindings": 64, "join": 64, "require": 16, "issuers": 16,
+    "parallel": 64, "deadline_ms": 86_400_000, "goal": 4096, "text": 256, "unit": 64, "tags": 32,
+}
+
+
+def plan_schema():
+    m = PLAN_MAX
+
+    def obj(description, properties, required=(), **extra):
+        out = {"type": "object", "description": description, "properties": properties}
+        if required:
+            out["required"] = list(required)
+        out["additionalProperties"] = False
+        out.update(extra)
+        return out
+
+    def weight(name):
+        return {"required": [name], "properties": {name: {"exclusiveMinimum": 0}}}
+
+    source = ref("Source")
+    step_common = {
+        "call": ref("Target"),
+        "args": {"description": "Literal arguments (any JSON value); `{}` when absent."},
+        "bind": ref("Bind"),
+        "select": ref("Select"),
+    }
+    defs = {
+        "Name": string(f"An input or step name.", pattern=PLAN_NAME_PATTERN),
+        "Source": string(
+            "A reference: a JSON Pointer (RFC 6901) into the document {inputs, steps, item, "
+            "index, acc}: `/inputs/<name>…`, `/steps/<name>…` (that step's output), `/item…` "
+            "(map, reduce), `/index` (map), `/acc…` (reduce).",
+            pattern=SOURCE_PATTERN,
+        ),
+        "Input": {
+            "description": "An input: its value, or the CID of its value with an optional schema.",
+            "oneOf": [
+                obj("The value itself.", {"value": {"description": "Any JSON value."}}, ["value"]),
+                obj(
+                    "The value whose canonical CBOR has this CID, fetched when the plan runs.",
+                    {
+                        "cid": string("CIDv1 text (dag-cbor or raw).", pattern=CID_PATTERN),
+                        "schema": {
+                            "type": ["object", "boolean"],
+                            "description": "A JSON Schema (2020-12) of the value, for checking.",
+                        },
+                    },
+                    ["cid"],
+                ),
+            ],
+        },
+        "Weights": obj(
+            "Offer ranking weights (a weight not given is 0; at least one above 0).",
+            {
+                name: {"type": "number", "minimum": 0}
+                for name in ["price", "latency", "reputation"]
+            },
+            anyOf=[weight(n) for n in ["price", "latency", "reputation"]],
+        ),
+        "Select": obj("How offers are chosen.", {"optimize": ref("Weights")}, ["optimize"]),
+        "Query": obj(
+            "A query the mesh resolves to a capability id before the plan runs.",
+            {
+                "tags": array(
+                    string(pattern=TAG_PATTERN),
+                    "Every tag must be on the contract.",
+                    minItems=1,
+                    maxItems=m["tags"],
+                    uniqueItems=True,
+                ),
+                "name": string("The contract's exact name.", pattern=NAME_PATTERN),
+                "text": string(
+                    "Words searched in names, descriptions and tags.",
+                    minLength=1,
+                    maxLength=m["text"],
+                ),
+            },
+            minProperties=1,
+        ),
+        "Target": {
+            "description": "A capability id, or a query.",
+            "oneOf": [
+                string("A capability id (dag-cbor CID).", pattern=CAPABILITY_PATTERN),
+                ref("Query"),
+            ],
+        },
+        "Bind": {
+            "type": "object",
+            "description": "Arguments filled from references: target JSON Pointer into the "
+            "arguments (`\"\"`: the whole arguments) → reference.",
+            "maxProperties": m["bindings"],
+            "propertyNames": {"pattern": POINTER_PATTERN},
+            "additionalProperties": source,
+        },
+        "Step": {
+            "description": "A step: exactly one of call, map, reduce, join.",
+            "oneOf": [
+                obj("One call.", dict(step_common), ["call"]),
+                obj(
+                    "The call once per item of a list.",
+                    {"map": source, **step_common},
+                    ["map", "call"],
+                ),
+                obj(
+                    "A fold of a list through the call.",
+                    {"reduce": source, "init": {"description": "The first accumulator."}, **step_common},
+                    ["reduce", "call"],
+                ),
+                obj(
+                    "Values gathered into one object or list, no call.",
+                    {
+                        "join": {
+                            "oneOf": [
+                                {
+                                    "type": "object",
+                                    "minProperties": 1,
+                                    "maxProperties": m["join"],
+                                    "additionalProperties": source,
+                                },
+                                array(source, minItems=1, maxItems=m["join"]),
+                            ]
+                        }
+                    },
+                    ["join"],
+                ),
+            ],
+        },
+    }
+    body = obj(
+        "A plan (specs/plans.md): a goal, inputs, constraints, policy, selection weights and "
+        "named steps wired by references. References, cycles, bounds on literal lists and the "
+        "wiring against contracts are checked beyond this schema (specs/plans.md §5).",
+        {
+            "v": {"const": 1, "description": "The format version: 1."},
+            "goal": string("What the plan is for, in words.", minLength=1, maxLength=m["goal"]),
+            "inputs": {
+                "type": "object",
+                "description": "Named inputs.",
+                "maxProperties": m["inputs"],
+                "propertyNames": ref("Name"),
+                "additionalProperties": ref("Input"),
+            },
+            "constraints": obj(
+                "Bounds on the whole run.",
+                {
+                    "deadline_ms": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": m["deadline_ms"],
+                        "description": "The run ends within this many ms of its start.",
+                    },
+                    "max_price": obj(
+                        "The calls' prices add up to at most this, in this unit.",
+                        {
+                            "amount": {"type": "integer", "minimum": 0, "maximum": U64_MAX},
+                            "unit": string(minLength=1, maxLength=m["unit"]),
+                        },
+                        ["amount", "unit"],
+                    ),
+                    "max_parallel": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": m["parallel"],
+                        "description": "Most calls in flight at once.",
+                    },
+                },
+            ),
+            "policy": obj(
+                "What providers must hold.",
+                {
+                    "require": array(
+                        obj(
+                            "An attestation of `claim` by one of `issuers`.",
+                            {
+                                "claim": string(pattern=CLAIM_PATTERN),
+                                "issuers": array(
+                                    string(pattern=PEER_ID_PATTERN),
+                                    minItems=1,
+                                    maxItems=m["issuers"],
+                                ),
+                            },
+                            ["claim", "issuers"],
+                        ),
+                        maxItems=m["require"],
+                    )
+                },
+            ),
+            "select": ref("Select"),
+            "plan": {
+                "type": "object",
+                "description": "The steps, by name.",
+                "minProperties": 1,
+                "maxProperties": m["steps"],
+                "propertyNames": ref("Name"),
+                "additionalProperties": ref("Step"),
+            },
+            "output": ref("Source", "The plan's result (default: the steps nothing uses)."),
+        },
+        ["goal", "plan"],
+    )
+    return {"$schema": DIALECT, "title": "Plan", **body, "$defs": defs}
+
+
+PLAN_SCHEMA_CODES = {"Missing", "Unknown", "WrongType", "BadValue", "BadPointer", "StepKind", "TooMany"}
+
+
+def verify_plans(validator):
+    """Plan examples: valid files pass; an invalid one fails exactly when one of its expected
+    violations is of a kind the schema expresses (YAML files only with PyYAML)."""
+    base = os.path.join(EXAMPLES, "plans")
+    with open(os.path.join(base, "expected.json"), encoding="utf-8") as f:
+        expected = json.load(f)["examples"]
+    failures = 0
+    for rel, entry in sorted(expected.items()):
+        path = os.path.join(base, rel)
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        try:
+            if rel.endswith(".json"):
+                instance = json.loads(text)
+            else:
+                import yaml
+
+                instance = yaml.safe_load(text)
+        except ImportError:
+            continue
+        except Exception:
+            continue  # not JSON / YAML at all: nothing for a schema to say
+        must_fail = any(v["code"] in PLAN_SCHEMA_CODES for v in entry["violations"])
+        if validator.is_valid(instance) == must_fail:
+            failures += 1
+            print(f"plans/{rel}: the schema and expected.json disagree")
+    return failures
+
+
 def schemas():
     """Relative path -> schema document."""
     out = {}
@@ -766,6 +1016,7 @@ def schemas():
         out[f"kinds/{kind}.json"] = document(body, body, prefix)
     out["EnvelopePayload.json"] = document("EnvelopePayload", "EnvelopePayload")
     out["Envelope.json"] = document("Envelope", "Envelope")
+    out["plan/Plan.json"] = plan_schema()
     return out
 
 
@@ -1637,10 +1888,13 @@ def verify():
     failures = 0
     docs = schemas()
     exs = examples()
-    assert set(docs) == set(exs), set(docs) ^ set(exs)
+    assert set(docs) - {"plan/Plan.json"} == set(exs), set(docs) ^ set(exs)
     for rel, doc in sorted(docs.items()):
         Draft202012Validator.check_schema(doc)
         validator = Draft202012Validator(doc)
+        if rel == "plan/Plan.json":
+            failures += verify_plans(validator)
+            continue
         for i, instance in enumerate(exs[rel]["valid"]):
             errors = list(validator.iter_errors(instance))
             for e in errors:
@@ -1678,6 +1932,8 @@ def main(argv):
     unknown = []
     for root in (SCHEMAS, EXAMPLES):
         for folder, _, names in os.walk(root):
+            if folder.startswith(os.path.join(EXAMPLES, "plans")):
+                continue  # hand-written plan examples (see verify_plans)
             for name in names:
                 path = os.path.join(folder, name)
                 if name.endswith(".json") and path not in files:

@@ -1,0 +1,4 @@
+//! Integration tests of capmesh-plan.
+
+mod examples;
+mod plans;
