@@ -849,16 +849,8 @@ impl Market {
                 .map_err(Refused::internal)?;
             Ok(Done { seq: entry.seq, fresh: true })
         });
-        // One blocking hop: the store's group commit shares the flush among calls in flight.
-        let store = self.store().clone();
-        let done = tokio::task::spawn_blocking(move || {
-            let done = op(&store)?;
-            store.ledger_flush().map_err(Refused::internal)?;
-            Ok::<_, Refused>(done)
-        })
-        .await
-        .map_err(|_| CallError::Stopped)?
-        .map_err(|r| CallError::Ledger(r.message))?;
+        // Group commit: the calls in flight while a flush runs share the next one.
+        let done = self.caller_ledger().run(op).await.map_err(|r| CallError::Ledger(r.message))?;
         if done.fresh {
             let market = self.clone();
             let addrs = addrs.to_vec();

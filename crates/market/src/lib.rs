@@ -186,6 +186,9 @@ pub struct MarketStats {
     /// Provider ledger batches: flushes, and the operations they covered.
     pub ledger_flushes: u64,
     pub ledger_appends: u64,
+    /// Caller ledger batches: flushes, and the receipts they covered.
+    pub caller_ledger_flushes: u64,
+    pub caller_ledger_receipts: u64,
 }
 
 /// How long the provider gathers its ledger work into one flush: nobody waits for it on a
@@ -217,6 +220,10 @@ struct Inner {
     /// The provider's ledger work (its receipt copies, countersignatures), gathered into one
     /// flush per window (started by `Market::start`).
     ledger: std::sync::OnceLock<batch::Batcher>,
+    /// The caller's receipts and countersignatures: one writer with no window, so the calls in
+    /// flight while a flush runs share the next one (a flush each serialized them on the disk's
+    /// sync). Started with the first receipt.
+    caller_ledger: std::sync::OnceLock<batch::Batcher>,
     cancel: CancellationToken,
 }
 
@@ -254,6 +261,7 @@ impl Market {
                 served: RwLock::new(HashMap::new()),
                 stats: Mutex::new(MarketStats::default()),
                 ledger: std::sync::OnceLock::new(),
+                caller_ledger: std::sync::OnceLock::new(),
                 mesh,
                 transport,
                 policy,
@@ -283,8 +291,10 @@ impl Market {
     /// Waits until the ledger batchers have finished their last batch (after the market's
     /// cancellation token fired), so the replica can be closed. Cancel-safe.
     pub async fn stopped(&self) {
-        if let Some(l) = self.inner.ledger.get() {
-            l.stopped().await;
+        for l in [&self.inner.ledger, &self.inner.caller_ledger] {
+            if let Some(l) = l.get() {
+                l.stopped().await;
+            }
         }
     }
 
@@ -301,6 +311,9 @@ impl Market {
         if let Some(l) = self.inner.ledger.get() {
             (stats.ledger_flushes, stats.ledger_appends) = l.counts();
         }
+        if let Some(l) = self.inner.caller_ledger.get() {
+            (stats.caller_ledger_flushes, stats.caller_ledger_receipts) = l.counts();
+        }
         stats
     }
 
@@ -310,6 +323,17 @@ impl Market {
 
     fn ledger(&self) -> Result<&batch::Batcher, String> {
         self.inner.ledger.get().ok_or_else(|| "the market is not started".to_string())
+    }
+
+    /// The caller's ledger writer (started on first use, under the market's token).
+    fn caller_ledger(&self) -> &batch::Batcher {
+        self.inner.caller_ledger.get_or_init(|| {
+            batch::Batcher::start(
+                self.store().clone(),
+                Duration::ZERO,
+                self.inner.cancel.child_token(),
+            )
+        })
     }
 
     /// Spawns background work owned by the node's cancellation token: stopping or dropping

@@ -335,9 +335,11 @@ async fn main() -> anyhow::Result<()> {
         provider_stats.refused
     );
     println!(
-        "provider ledger batches: {} flushes for {} appends (caller: {} countersignatures undelivered)",
+        "provider ledger batches: {} flushes for {} appends; caller: {} flushes for {} receipts, {} countersignatures undelivered",
         provider_stats.ledger_flushes,
         provider_stats.ledger_appends,
+        caller_stats.caller_ledger_flushes,
+        caller_stats.caller_ledger_receipts,
         caller_stats.countersign_failures
     );
     Ok(())
