@@ -31,6 +31,9 @@ FORBIDDEN = {
     # baseline (two bare capmesh-net services) need the net crate, nothing of the registry,
     # replica or market.
     "capmesh-testnet": {"capmesh", "capmesh-mesh", "capmesh-store", "capmesh-market", "sled"},
+    # Fuzz target bodies: the parsers and checkers a peer or a client reaches, never the node,
+    # the replica or a swarm of their own (libp2p comes only with capmesh-net's codec).
+    "capmesh-fuzzing": {"capmesh", "capmesh-store", "capmesh-mesh", "capmesh-market", "capmesh-agents", "libp2p", "sled"},
     # Plans are pure: their format, parsing and checking; the node resolves and runs them.
     "capmesh-plan": {"capmesh", "capmesh-net", "capmesh-mesh", "capmesh-store", "capmesh-market", "capmesh-agents", "capmesh-api", "libp2p", "sled", "tokio"},
 }

@@ -36,12 +36,7 @@ impl Default for Codec {
 /// Reads one frame: refuses a length over `max` before reading the body, and a stream that ends
 /// early.
 pub async fn read_frame<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> io::Result<Vec<u8>> {
-    let len = unsigned_varint::aio::read_u64(&mut *io).await.map_err(|e| match e {
-        unsigned_varint::io::ReadError::Io(e) => e,
-        other => {
-            io::Error::new(io::ErrorKind::InvalidData, format!("Malformed: frame length: {other}"))
-        }
-    })?;
+    let len = read_length(io).await?;
     if len > max as u64 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -57,6 +52,30 @@ pub async fn read_frame<T: AsyncRead + Unpin>(io: &mut T, max: usize) -> io::Res
         }
     })?;
     Ok(buf)
+}
+
+/// An unsigned-varint length as protocol.md §10.1 has it (multiformats: minimal, at most 9
+/// bytes), read a byte at a time: one encoding per value, so a length in more bytes than it
+/// needs (a last byte of zero) or in more than 9 bytes is Malformed. (unsigned-varint 0.8 also
+/// reads a tenth byte, dropping the bits past 64: nine `80` then `02` came out as a length of 0.)
+async fn read_length<T: AsyncRead + Unpin>(io: &mut T) -> io::Result<u64> {
+    let malformed = |why: &str| {
+        io::Error::new(io::ErrorKind::InvalidData, format!("Malformed: frame length: {why}"))
+    };
+    let mut value = 0u64;
+    for i in 0..9u32 {
+        let mut byte = [0u8];
+        io.read_exact(&mut byte).await?;
+        let b = byte[0];
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            if b == 0 && i > 0 {
+                return Err(malformed("not minimal"));
+            }
+            return Ok(value);
+        }
+    }
+    Err(malformed("more than 9 bytes"))
 }
 
 /// Writes one frame. Refuses to send what the other side must refuse.
@@ -165,6 +184,20 @@ mod tests {
         // A non-minimal varint (0x80 0x00 encodes 0 in two bytes) is refused.
         let err = block_on(read_frame(&mut Cursor::new(vec![0x80u8, 0x00]), 100)).unwrap_err();
         assert!(err.to_string().starts_with("Malformed"), "{err}");
+        // So is one in more than 9 bytes: nine 0x80 then 0x02 is not a length of 0 (found by the
+        // rpc_frame fuzz target).
+        for last in [0x01u8, 0x02, 0x7f] {
+            let mut long = vec![0x80u8; 9];
+            long.push(last);
+            let err = block_on(read_frame(&mut Cursor::new(long), 100)).unwrap_err();
+            assert!(err.to_string().contains("more than 9 bytes"), "{err}");
+        }
+        // The largest 9-byte length still reads (and is then too large).
+        let mut buf = unsigned_varint::encode::u64_buffer();
+        let max = unsigned_varint::encode::u64(u64::MAX >> 1, &mut buf).to_vec();
+        assert_eq!(max.len(), 9);
+        let err = block_on(read_frame(&mut Cursor::new(max), 100)).unwrap_err();
+        assert!(err.to_string().starts_with("TooLarge"), "{err}");
     }
 
     #[test]

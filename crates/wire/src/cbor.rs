@@ -490,6 +490,22 @@ mod tests {
     }
 
     #[test]
+    fn a_byte_string_is_never_text() {
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct S {
+            a: String,
+        }
+        let limits = Limits::default();
+        assert_eq!(from_slice::<String>(&hex("6161"), limits, "text").unwrap(), "a");
+        // "a" as a byte string, as a value and as a field name.
+        assert!(from_slice::<String>(&hex("4161"), limits, "text").is_err());
+        assert!(from_slice::<S>(&hex("a161614162"), limits, "S").is_err());
+        assert!(from_slice::<S>(&hex("a141616161"), limits, "S").is_err());
+        assert!(from_slice::<S>(&hex("a161616161"), limits, "S").is_ok());
+    }
+
+    #[test]
     fn every_non_canonical_form_is_refused_by_name() {
         assert_eq!(rule(&hex("1817")), NonCanonical::NonShortestInteger);
         assert_eq!(rule(&hex("190017")), NonCanonical::NonShortestInteger);
