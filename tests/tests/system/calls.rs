@@ -567,6 +567,13 @@ async fn policies_require_attestations_from_trusted_issuers_on_both_sides() {
     assert_eq!(provider.node.market.stats().intents_served, 0);
     let in_a_day = capmesh::now_ms() + 86_400_000;
     let subject = |p| capmesh_wire::Subject::Peer(p);
+    // An attestation travels by gossip only (no sync in this test): the issuer must have a
+    // subscribed peer when it publishes (under load its subscriptions can come late).
+    wait_for("the issuer's gossip peers", T, || async {
+        let peers = issuer.node.net.info().await.unwrap().gossip_peers;
+        if peers >= 1 { Ok(()) } else { Err(peers) }
+    })
+    .await;
     issuer.node.mesh.attest(subject(provider.peer_id()), "audited".into(), in_a_day).await.unwrap();
     wait_for("the provider's attestation at the caller", T, || async {
         let ok = caller
