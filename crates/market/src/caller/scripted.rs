@@ -91,6 +91,8 @@ impl Provider {
 /// The scripted side of the seam: the providers, what they received, the finds asked.
 #[derive(Debug)]
 struct Peers {
+    /// The caller's mesh: requests are signed by it, as in the node; nothing is sent through it.
+    mesh: Mesh,
     caller: PeerId,
     cap: Cid,
     contract: Arc<Contract>,
@@ -133,10 +135,12 @@ fn rules() -> Rules {
 }
 
 impl Peers {
-    fn new(caller: PeerId, providers: Vec<Provider>, connected: bool, idempotent: bool) -> Self {
+    fn new(mesh: Mesh, providers: Vec<Provider>, connected: bool, idempotent: bool) -> Self {
         let contract = contract(idempotent);
+        let caller = mesh.peer_id();
         let cap = capmesh_contract::capability_id(&contract).unwrap();
         Self {
+            mesh,
             caller,
             cap,
             contract: Arc::new(contract),
@@ -380,16 +384,8 @@ impl CallTransport for Peers {
         body: Body,
         thread: Thread,
     ) -> Result<Envelope, MeshError> {
-        // The caller's key signs: the scripted peers hold it as the market does.
-        let key = caller_key();
-        let mut builder = Envelope::builder(body).to(peer);
-        if let Some(trace) = thread.trace {
-            builder = builder.trace(trace);
-        }
-        if let Some(re) = thread.re {
-            builder = builder.re(re);
-        }
-        Ok(builder.sign(&key, now_ms())?)
+        // Signed as the node signs: by the caller's mesh, with its key and envelope lifetime.
+        self.mesh.sign_request(peer, body, thread)
     }
 
     fn send(
@@ -458,7 +454,7 @@ fn harness_of(
     drop(service);
     let cancel = CancellationToken::new();
     let mesh = Mesh::new(key.clone(), store, net, MeshConfig::default(), cancel.child_token());
-    let peers = Arc::new(Peers::new(key.peer_id(), providers, connected, idempotent));
+    let peers = Arc::new(Peers::new(mesh.clone(), providers, connected, idempotent));
     let policy = PolicyHandle::new(Policy::default());
     let transport: Arc<dyn CallTransport> = peers.clone();
     let market = Market::with_transport(key, mesh, transport, policy, config, cancel.clone());
